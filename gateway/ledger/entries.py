@@ -1,0 +1,133 @@
+"""Ledger entry payloads: what each kind of entry holds, encoded as CBOR maps.
+
+The hot path (one event) concatenates pre-encoded CBOR pieces: the map header,
+the constant keys and the per-connection `source` are encoded once, so an event
+costs one cbor2.dumps of the client's object. The chain hash covers the stored
+bytes, so the encoding need not be canonical; any CBOR decoder reads it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+import cbor2
+
+# Entry kinds. Every payload is a CBOR map with at least "kind" and "received_at"
+# (microseconds since the Unix epoch, UTC).
+EVENT = "event"
+REJECTED = "rejected"
+SYSTEM = "system"
+
+_dumps = cbor2.dumps
+
+_K_SOURCE = _dumps("source")
+_K_EVENT = _dumps("event")
+_K_FLAGS = _dumps("flags")
+_EMPTY_LIST = _dumps([])
+
+# map(5) {"kind": "event", "received_at": <uint>, "source": ..., "event": ..., "flags": [...]}
+_EVENT_HEAD = b"\xa5" + _dumps("kind") + _dumps(EVENT) + _dumps("received_at")
+
+
+def encode_source(addr: str, port: int, app: str | None, conn: int) -> bytes:
+    """Pre-encode a connection's source map once; every event on it reuses the bytes."""
+    return _dumps({"addr": addr, "port": port, "app": app, "conn": conn})
+
+
+def encode_event(received_at_us: int, source: bytes, event: dict, flags: list[str]) -> bytes:
+    return b"".join(
+        (
+            _EVENT_HEAD,
+            _dumps(received_at_us),
+            _K_SOURCE,
+            source,
+            _K_EVENT,
+            _dumps(event),
+            _K_FLAGS,
+            _dumps(flags) if flags else _EMPTY_LIST,
+        )
+    )
+
+
+def encode_rejected(
+    received_at_us: int,
+    source: bytes,
+    reason: str,
+    detail: str,
+    length: int,
+    digest: bytes,
+    excerpt: bytes,
+) -> bytes:
+    return b"".join(
+        (
+            b"\xa8",
+            _dumps("kind"),
+            _dumps(REJECTED),
+            _dumps("received_at"),
+            _dumps(received_at_us),
+            _K_SOURCE,
+            source,
+            _dumps(
+                {
+                    "reason": reason,
+                    "detail": detail,
+                    "length": length,
+                    "digest": digest,
+                    "excerpt": excerpt,
+                }
+            )[1:],  # splice the five pairs into the outer map(8)
+        )
+    )
+
+
+def encode_system(received_at_us: int, name: str, detail: dict[str, Any]) -> bytes:
+    return _dumps({"kind": SYSTEM, "received_at": received_at_us, "name": name, "detail": detail})
+
+
+def decode(payload: bytes | memoryview) -> dict[str, Any]:
+    value = cbor2.loads(bytes(payload))
+    if not isinstance(value, dict):
+        raise ValueError("entry payload is not a CBOR map")
+    return value
+
+
+def format_time_us(us: int) -> str:
+    """RFC 3339 UTC with microseconds, as shown in exports and on paper."""
+    t = _dt.datetime.fromtimestamp(us // 1_000_000, tz=_dt.UTC).replace(microsecond=us % 1_000_000)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def to_jsonable(value: Any) -> Any:
+    """CBOR values to JSON values: byte strings become text (undecodable bytes escaped)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return str(value)
+    return value
+
+
+def export_record(seq: int, chain_hash: bytes, entry: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object `gateway export` prints for one entry (docs/ledger-format.md)."""
+    out: dict[str, Any] = {
+        "seq": seq,
+        "kind": entry.get("kind"),
+        "received_at": format_time_us(entry["received_at"])
+        if isinstance(entry.get("received_at"), int)
+        else None,
+        "hash": chain_hash.hex(),
+    }
+    for key, value in entry.items():
+        if key in ("kind", "received_at"):
+            continue
+        if key == "digest" and isinstance(value, bytes):
+            out[key] = value.hex()
+        else:
+            out[key] = to_jsonable(value)
+    out.setdefault("source", None)
+    out.setdefault("flags", [])
+    return out

@@ -1,0 +1,119 @@
+"""Pure encoding of the ledger: segment headers, entry frames, the chain hash.
+
+No files here: everything works on bytes, so corruption tests need no disk.
+docs/ledger-format.md is the normative description; keep the two in step.
+
+Segment file:   [segment header, 64 bytes] [frame] [frame] ...
+Segment header: magic "PGWLEDGR" | version u16 | reserved u16 (0) | reserved u32 (0)
+                | first_seq u64 | prev_hash 32 bytes | check = BLAKE3(first 56 bytes)[:8]
+Frame:          length u32 | seq u64 | crc32(length||seq) u32 | payload (CBOR, `length`
+                bytes) | chain hash 32 bytes
+Chain hash:     h(seq) = BLAKE3(h(seq-1) || length||seq||crc||payload); h(0) = GENESIS.
+
+All integers are big-endian.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from blake3 import blake3
+
+MAGIC = b"PGWLEDGR"
+VERSION = 1
+HASH_BYTES = 32
+SEGMENT_HEADER_BYTES = 64
+FRAME_HEADER_BYTES = 16  # length u32 + seq u64 + crc32 u32
+FRAME_OVERHEAD = FRAME_HEADER_BYTES + HASH_BYTES
+
+# Largest payload a frame may carry. The biggest entry the gateway writes is an
+# event of up to ingest.max_line_bytes of JSON plus its source and flags; 16 MiB
+# leaves room for any allowed max_line_bytes (capped at 8 MiB in config.py) and
+# lets a reader reject an absurd length without allocating it.
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+
+# The chain starts from a fixed, documented value rather than zeros so that a
+# hash of an empty prefix can never be confused with an all-zero region.
+GENESIS_HASH = blake3(b"print-gateway ledger genesis v1").digest()
+
+_SEG_BODY = struct.Struct(">8sHHIQ32s")  # 56 bytes, followed by an 8-byte check
+_FRAME_LEN_SEQ = struct.Struct(">IQ")
+_FRAME_HEADER = struct.Struct(">IQI")
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentHeader:
+    first_seq: int
+    prev_hash: bytes
+
+
+class HeaderDamaged(ValueError):
+    """A segment or frame header fails its check: damage, not a torn write."""
+
+
+def encode_segment_header(first_seq: int, prev_hash: bytes) -> bytes:
+    body = _SEG_BODY.pack(MAGIC, VERSION, 0, 0, first_seq, prev_hash)
+    return body + blake3(body).digest()[:8]
+
+
+def decode_segment_header(data: bytes) -> SegmentHeader:
+    """Decode a 64-byte segment header; raises HeaderDamaged if it fails its check."""
+    if len(data) < SEGMENT_HEADER_BYTES:
+        raise HeaderDamaged(f"segment header is {len(data)} bytes, expected 64")
+    body = bytes(data[:56])
+    if blake3(body).digest()[:8] != bytes(data[56:64]):
+        raise HeaderDamaged("segment header check does not match")
+    magic, version, _r1, _r2, first_seq, prev_hash = _SEG_BODY.unpack(body)
+    if magic != MAGIC:
+        raise HeaderDamaged("not a ledger segment (bad magic)")
+    if version != VERSION:
+        raise HeaderDamaged(f"unsupported segment format version {version}")
+    if first_seq < 1:
+        raise HeaderDamaged("segment first_seq must be at least 1")
+    return SegmentHeader(first_seq, prev_hash)
+
+
+def frame_header(length: int, seq: int) -> bytes:
+    ls = _FRAME_LEN_SEQ.pack(length, seq)
+    return ls + zlib.crc32(ls).to_bytes(4, "big")
+
+
+def encode_frame(seq: int, payload: bytes, prev_hash: bytes) -> tuple[bytes, bytes]:
+    """Return (frame bytes, chain hash of this entry)."""
+    stored = frame_header(len(payload), seq) + payload
+    digest = blake3(prev_hash + stored).digest()
+    return stored + digest, digest
+
+
+def parse_frame_header(data: bytes | memoryview, offset: int = 0) -> tuple[int, int]:
+    """Return (payload length, seq) of the frame header at offset.
+
+    Raises HeaderDamaged when the header's CRC does not match or the length is
+    impossible. The caller must supply at least FRAME_HEADER_BYTES bytes.
+    """
+    length, seq, crc = _FRAME_HEADER.unpack_from(data, offset)
+    if zlib.crc32(data[offset : offset + 12]) != crc:
+        raise HeaderDamaged("frame header CRC does not match")
+    if length > MAX_PAYLOAD_BYTES:
+        raise HeaderDamaged(f"frame length {length} exceeds the maximum")
+    return length, seq
+
+
+def chain_hash(prev_hash: bytes, stored: bytes | memoryview) -> bytes:
+    """h(n) = BLAKE3(h(n-1) || stored bytes of entry n) (header and payload)."""
+    h = blake3(prev_hash)
+    h.update(stored)
+    return h.digest()
+
+
+def segment_name(first_seq: int) -> str:
+    """Segment files sort by name in seq order: 20 digits holds any u64."""
+    return f"{first_seq:020d}.seg"
+
+
+def parse_segment_name(name: str) -> int | None:
+    if len(name) == 24 and name.endswith(".seg") and name[:20].isdigit():
+        return int(name[:20])
+    return None
