@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
+
+def _json_line(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
 
 class GatewayError(Exception):
     """Root of every error the gateway raises on purpose."""
@@ -18,12 +24,33 @@ class ConfigError(GatewayError):
 
 
 class RemoteInputError(GatewayError):
-    """A client sent something we refuse. Carries the error code and detail for the reply."""
+    """A client sent something we refuse; carries what the reply and the ledger need.
 
-    def __init__(self, code: str, detail: str) -> None:
+    `code` and `detail` form the error reply. For a refused line, `length`,
+    `digest` (BLAKE3 of the whole line) and `excerpt` (its first bytes) go into
+    the `rejected` ledger entry. `fatal` means the connection closes after the reply.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        *,
+        length: int | None = None,
+        digest: bytes | None = None,
+        excerpt: bytes | None = None,
+        fatal: bool = False,
+    ) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        self.length = length
+        self.digest = digest
+        self.excerpt = excerpt
+        self.fatal = fatal
+
+    def reply(self) -> bytes:
+        return _json_line({"ok": False, "error": self.code, "detail": self.detail})
 
 
 class LedgerError(GatewayError):

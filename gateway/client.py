@@ -1,0 +1,104 @@
+"""`gateway send`: stream NDJSON events to a gateway, optionally waiting for acks.
+
+With acks, a sender thread writes every line while the main thread reads the
+replies as they come, so the client pipelines instead of waiting per event.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from gateway.ingest.protocol import is_blank
+
+
+@dataclass
+class SendResult:
+    sent: int = 0
+    acked: int = 0
+    refused: list[dict] = field(default_factory=list)
+    hello: dict | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.refused and self.acked == self.sent
+
+
+def event_lines(stream: Iterable[bytes]) -> list[bytes]:
+    """The non-blank lines of the input, each ending in a newline."""
+    lines = []
+    for raw in stream:
+        line = raw.rstrip(b"\n")
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not is_blank(line):
+            lines.append(line + b"\n")
+    return lines
+
+
+def send_events(
+    host: str,
+    port: int,
+    lines: list[bytes],
+    *,
+    app: str | None = None,
+    ack: bool = False,
+    timeout: float = 30.0,
+) -> SendResult:
+    result = SendResult()
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        if not ack and app is None:
+            sock.sendall(b"".join(lines))
+            result.sent = len(lines)
+            sock.shutdown(socket.SHUT_WR)
+            return result
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        hello = {"hello": {"ack": ack, **({"app": app} if app else {})}}
+        sock.sendall(json.dumps(hello).encode() + b"\n")
+        reader = sock.makefile("rb")
+        first = reader.readline()
+        try:
+            reply = json.loads(first)
+        except ValueError:
+            result.error = f"no hello reply from the gateway: {first[:200]!r}"
+            return result
+        if "hello" not in reply:
+            result.error = f"hello refused: {reply}"
+            return result
+        result.hello = reply["hello"]
+        if not ack:
+            sock.sendall(b"".join(lines))
+            result.sent = len(lines)
+            sock.shutdown(socket.SHUT_WR)
+            return result
+
+        def writer() -> None:
+            try:
+                sock.sendall(b"".join(lines))
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the reader sees the connection end and reports it
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        result.sent = len(lines)
+        for _ in range(len(lines)):
+            try:
+                line = reader.readline()
+            except OSError as exc:
+                result.error = f"connection failed: {exc}"
+                break
+            if not line:
+                result.error = "the gateway closed the connection before every event was acknowledged"
+                break
+            reply = json.loads(line)
+            if reply.get("ok"):
+                result.acked += 1
+            else:
+                result.refused.append(reply)
+        thread.join(timeout)
+    return result

@@ -1,0 +1,212 @@
+"""Configuration: one YAML file parsed once into frozen dataclasses.
+
+Every key is optional; the defaults below are the documented ones (README,
+"Configuration"). Unknown keys and bad values are refused with the file, the
+key and the reason. Nothing else in the gateway reads YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from blake3 import blake3
+
+from gateway.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+def _limit(lo: float | None = None, hi: float | None = None, doc: str = "") -> dict[str, Any]:
+    return {"min": lo, "max": hi, "doc": doc}
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    # Loopback only by default: `make run` must not expose a port to the LAN.
+    listen: tuple[str, ...] = ("127.0.0.1:50001",)
+    # 64 KiB holds any realistic event (audit records with old/new values are a
+    # few KiB); 8 MiB is the ceiling because a line is buffered whole in memory.
+    max_line_bytes: int = field(default=65536, metadata=_limit(256, 8 * MiB))
+    # 512 apps at a branch office is generous; each costs one fd and ~2 KiB.
+    max_connections: int = field(default=512, metadata=_limit(1, 100_000))
+    # Five minutes: long enough for a persistent client's quiet spells, short
+    # enough that abandoned connections do not pile up.
+    idle_timeout_s: float = field(default=300.0, metadata=_limit(1, 86_400))
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    # batch: group commit (one fdatasync per batch); always: one fdatasync per
+    # entry (for comparison); off: no fdatasync at all (benchmarks only).
+    fsync: Literal["batch", "always", "off"] = "batch"
+    # 64 MiB segments: start-up recovery reads only the last one, so this bounds
+    # start-up time; large enough that a year of events is a few hundred files.
+    segment_bytes: int = field(default=64 * MiB, metadata=_limit(64 * 1024, 1024 * MiB))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: Path = Path("./var")
+    ingest: IngestConfig = IngestConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    log: LogConfig = LogConfig()
+    # Where the configuration came from (a file path, or "<defaults>"); not a YAML key.
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    @property
+    def ledger_dir(self) -> Path:
+        return self.state_dir / "ledger"
+
+    def effective(self) -> dict[str, Any]:
+        """The configuration as plain data (for hashing and `gateway config`)."""
+        data = _plain(self)
+        data.pop("source", None)
+        return data
+
+    def digest(self) -> str:
+        canonical = json.dumps(self.effective(), sort_keys=True, separators=(",", ":"))
+        return blake3(canonical.encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def default_state_dir() -> Path:
+    """$STATE_DIRECTORY under systemd (its first entry), else ./var."""
+    env = os.environ.get("STATE_DIRECTORY")
+    if env:
+        return Path(env.split(":")[0])
+    return Path("./var")
+
+
+def load_config(path: Path | None = None, state_dir: Path | None = None) -> Config:
+    """Read `path` (or take the embedded defaults); `state_dir` overrides the file's."""
+    if path is None:
+        data: Any = {}
+        source = "<defaults>"
+    else:
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(source, "-", f"cannot read: {exc.strerror or exc}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(source, "-", f"not valid YAML: {exc}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(source, "-", "the top level must be a mapping")
+    if "state_dir" not in data:
+        data = {**data, "state_dir": str(default_state_dir())}
+    config = _build(Config, data, source, "")
+    config = dataclasses.replace(config, source=source)
+    if state_dir is not None:
+        config = dataclasses.replace(config, state_dir=state_dir)
+    for i, address in enumerate(config.ingest.listen):
+        parse_address(address, source, f"ingest.listen[{i}]")
+    return config
+
+
+def parse_address(text: str, file: str = "-", key: str = "listen") -> tuple[str, int]:
+    """'host:port' or '[v6]:port' to (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ConfigError(file, key, f"{text!r} is not HOST:PORT")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(file, key, f"port {port} is out of range")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(file, key, f"{host!r} is not an IP address") from None
+    return host, port
+
+
+def _build(cls: type, data: Any, file: str, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(file, prefix.rstrip(".") or "-", "expected a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            file, prefix + str(unknown[0]), f"unknown key (known: {', '.join(sorted(fields))})"
+        )
+    values = {}
+    for name, value in data.items():
+        key = prefix + name
+        values[name] = _convert(hints[name], value, file, key, fields[name].metadata)
+    return cls(**values)
+
+
+def _convert(tp: Any, value: Any, file: str, key: str, meta: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, file, key + ".")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(file, key, f"must be one of {', '.join(map(str, choices))}")
+        return value
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            raise ConfigError(file, key, "expected a non-empty list")
+        return tuple(_convert(item_tp, v, file, f"{key}[{i}]", {}) for i, v in enumerate(value))
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _convert(args[0], value, file, key, meta)
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(file, key, "expected a path")
+        return Path(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(file, key, "expected true or false")
+        return value
+    if tp is int or tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(file, key, f"expected a number, got {value!r}")
+        if tp is int and not isinstance(value, int):
+            raise ConfigError(file, key, f"expected a whole number, got {value!r}")
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is not None and value < lo:
+            raise ConfigError(file, key, f"{value} is below the minimum {lo}")
+        if hi is not None and value > hi:
+            raise ConfigError(file, key, f"{value} is above the maximum {hi}")
+        return tp(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(file, key, "expected a string")
+        return value
+    raise ConfigError(file, key, f"unsupported setting type {tp}")

@@ -1,0 +1,1 @@
+"""Event ingest: the sans-I/O protocol, validation, and the TCP server on the loop."""

@@ -1,0 +1,291 @@
+"""Sans-I/O ingest protocol: newline-delimited JSON with an optional hello line.
+
+Feed bytes with `receive_data` (b"" meaning EOF) and ask `next_event()` for the
+next item. It never sees a socket. Invariant (tested by fuzzing): for any input
+it either returns an item or raises RemoteInputError, never anything else, and
+it never buffers more than max_line_bytes plus one received chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from blake3 import blake3
+
+from gateway.errors import RemoteInputError
+
+# Objects and arrays may nest at most this deep. Audit events carry old/new
+# values that are themselves objects; 32 levels is far beyond any real record
+# while keeping every recursive walk (CBOR encoding, export, printing) cheap.
+MAX_DEPTH = 32
+
+# A rejected line is recorded with at most this many of its first bytes: enough
+# to recognise it, bounded so a 10 MB line cannot bloat the ledger.
+EXCERPT_BYTES = 256
+
+# Longest app name accepted in a hello: it is printed and logged, so bounded.
+MAX_APP_NAME = 64
+
+_BLANK = b" \t\r"
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    app: str | None
+    ack: bool
+
+
+class _Eof:
+    """Returned once all input up to EOF has been consumed."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "EOF"
+
+
+EOF = _Eof()
+
+
+def is_blank(line: bytes) -> bool:
+    """Blank lines (only spaces, tabs, CR) are ignored: no entry, no reply."""
+    return not line.strip(_BLANK)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:32]} is out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
+_decode = _decoder.decode
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return False
+
+
+def bad_line(code: str, detail: str, line: bytes) -> RemoteInputError:
+    return RemoteInputError(
+        code,
+        detail,
+        length=len(line),
+        digest=blake3(line).digest(),
+        excerpt=bytes(line[:EXCERPT_BYTES]),
+    )
+
+
+def decode_object(line: bytes) -> dict[str, Any]:
+    """One line to a JSON object, or RemoteInputError carrying the reply."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_line("bad_utf8", f"invalid UTF-8 at byte {exc.start}", line) from None
+    try:
+        value = _decode(text)
+    except RecursionError:
+        raise bad_line("too_deep", f"nesting deeper than {MAX_DEPTH} levels", line) from None
+    except ValueError as exc:
+        raise bad_line("bad_json", str(exc)[:200], line) from None
+    if not isinstance(value, dict):
+        raise bad_line("not_object", f"a line must be a JSON object, not {_json_type(value)}", line)
+    # A JSON escape can name a lone UTF-16 surrogate, which no UTF-8 text (and so
+    # no CBOR text string) can hold. Only lines with such an escape need the check.
+    if (b"\\ud" in line or b"\\uD" in line) and _has_lone_surrogate(value):
+        raise bad_line("bad_unicode", "a string contains a lone UTF-16 surrogate escape", line)
+    # Cheap guard first: nesting can only exceed MAX_DEPTH if the line opens that many brackets.
+    if line.count(b"{") + line.count(b"[") > MAX_DEPTH and _depth_exceeds(value, MAX_DEPTH):
+        raise bad_line("too_deep", f"nesting deeper than {MAX_DEPTH} levels", line)
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
+
+
+class IngestProtocol:
+    """State of one connection's input: line splitting, the hello, limits."""
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self.max_line_bytes = max_line_bytes
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._eof_returned = False
+        self._first_line = True
+        # While discarding an overlong line: its length so far, hash and excerpt.
+        self._overlong: tuple[int, Any, bytes] | None = None
+        self.hello: Hello | None = None
+        self.lines = 0
+        self.last_line = b""  # the line behind the last item returned
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def receive_data(self, data: bytes) -> None:
+        if self._eof:
+            if data:
+                raise RuntimeError("data after EOF")
+            return
+        if not data:
+            self._eof = True
+            return
+        if self._overlong is not None:
+            self._discard(data)
+            return
+        if self._pos and self._pos == len(self._buf):
+            self._buf = bytearray(data)
+            self._pos = 0
+        else:
+            if self._pos > 65536:
+                del self._buf[: self._pos]
+                self._pos = 0
+            self._buf += data
+
+    def _discard(self, data: bytes) -> None:
+        """Consume an overlong line: hash it whole, keep nothing but its excerpt."""
+        length, hasher, excerpt = self._overlong  # type: ignore[misc]
+        nl = data.find(b"\n")
+        part = data if nl < 0 else data[:nl]
+        hasher.update(part)
+        length += len(part)
+        if len(excerpt) < EXCERPT_BYTES:
+            excerpt += part[: EXCERPT_BYTES - len(excerpt)]
+        self._overlong = (length, hasher, excerpt)
+        if nl >= 0:
+            self._buf = bytearray(data[nl:])  # keep the newline: it ends the overlong line
+            self._pos = 0
+
+    def _next_line(self) -> bytes | None:
+        """The next complete line (without its newline), or None if more data is needed."""
+        buf = self._buf
+        pos = self._pos
+        if self._overlong is not None:
+            if buf[pos : pos + 1] == b"\n" or (self._eof and pos >= len(buf)):
+                length, hasher, excerpt = self._overlong
+                self._overlong = None
+                self._pos = pos + 1 if pos < len(buf) else pos
+                raise RemoteInputError(
+                    "line_too_long",
+                    f"line of {length} bytes exceeds max_line_bytes {self.max_line_bytes}",
+                    length=length,
+                    digest=hasher.digest(),
+                    excerpt=excerpt,
+                )
+            return None
+        nl = buf.find(b"\n", pos)
+        if nl < 0:
+            pending = len(buf) - pos
+            if pending > self.max_line_bytes:
+                first = bytes(buf[pos:])
+                self._overlong = (0, blake3(), b"")
+                self._buf = bytearray()
+                self._pos = 0
+                self._discard(first)
+                return self._next_line()
+            if self._eof and pending:
+                line = bytes(buf[pos:])
+                self._pos = len(buf)
+                return line
+            return None
+        line = bytes(buf[pos:nl])
+        self._pos = nl + 1
+        if len(line) > self.max_line_bytes:
+            raise bad_line(
+                "line_too_long",
+                f"line of {len(line)} bytes exceeds max_line_bytes {self.max_line_bytes}",
+                line,
+            )
+        return line
+
+    def next_event(self) -> dict[str, Any] | Hello | _Eof | None:
+        """The next event object, the Hello, EOF, or None when more data is needed.
+
+        Raises RemoteInputError for a refused line; the caller records it and
+        calls again, except when `fatal` is set (a bad hello), which ends the
+        connection after the reply.
+        """
+        while True:
+            line = self._next_line()
+            if line is None:
+                if self._eof and not self._eof_returned and self._overlong is None:
+                    self._eof_returned = True
+                    return EOF
+                return None
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if is_blank(line):
+                continue
+            self.lines += 1
+            self.last_line = line
+            obj = decode_object(line)
+            if self._first_line:
+                self._first_line = False
+                if "hello" in obj:
+                    self.hello = _parse_hello(obj, line)
+                    return self.hello
+            elif "hello" in obj and len(obj) == 1:
+                raise bad_line("unexpected_hello", "hello is only allowed as the first line", line)
+            return obj
+
+
+def _parse_hello(obj: dict[str, Any], line: bytes) -> Hello:
+    hello = obj.get("hello")
+    if len(obj) != 1 or not isinstance(hello, dict):
+        raise _fatal(bad_line("bad_hello", 'expected {"hello": {"app": ..., "ack": ...}}', line))
+    app = hello.get("app")
+    ack = hello.get("ack", False)
+    if app is not None and (not isinstance(app, str) or not 0 < len(app) <= MAX_APP_NAME):
+        raise _fatal(bad_line("bad_hello", f"app must be a string of 1 to {MAX_APP_NAME} characters", line))
+    if not isinstance(ack, bool):
+        raise _fatal(bad_line("bad_hello", "ack must be true or false", line))
+    return Hello(app, ack)
+
+
+def _fatal(exc: RemoteInputError) -> RemoteInputError:
+    exc.fatal = True
+    return exc

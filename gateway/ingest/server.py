@@ -1,0 +1,528 @@
+"""The TCP ingest server on the event loop: listeners, connections, replies.
+
+Each connection runs an IngestProtocol; every event goes through validation
+into LedgerWriter.append (staged). Replies wait in a per-connection queue, in
+line order, until the durability thread reports the batch that covers them;
+then one send per connection carries all that became due.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway import __version__
+from gateway.config import IngestConfig, parse_address
+from gateway.errors import RemoteInputError
+from gateway.ingest.protocol import EOF, Hello, IngestProtocol
+from gateway.ingest.validate import validate_event
+from gateway.ledger import entries
+from gateway.ledger.store import MAX_BATCH_BYTES, LedgerWriter
+from gateway.logs import RateLimitedLog
+from gateway.loop import READ, WRITE, EventLoop
+
+log = logging.getLogger("gateway.ops")
+security_log = logging.getLogger("gateway.security")
+
+# One recv takes up to 256 KiB: at ~200-byte events that is over a thousand
+# events per system call, and it bounds what one connection buffers beyond
+# max_line_bytes.
+RECV_BYTES = 256 * 1024
+
+# Stop reading a connection while this many reply bytes wait for it to read
+# them (about 13,000 acks): a client that does not read its acks gets
+# backpressure instead of unbounded buffering.
+OUTBUF_PAUSE_BYTES = 256 * 1024
+
+# Accept at most this many connections per readiness event, so a connection
+# flood cannot starve the connections already open.
+ACCEPT_BATCH = 64
+
+# A refused connection gets its one error line, then we read and discard what
+# it sends for up to 2 s (so closing does not reset the line away), at most 256
+# such sockets at a time.
+LINGER_S = 2.0
+MAX_LINGERING = 256
+
+# On shutdown, read at most this many chunks per connection: "what clients
+# already sent" is what sits in the socket buffer, not an endless stream.
+DRAIN_READS = 8
+
+# Listen backlog: the kernel queues this many connections not yet accepted.
+LISTEN_BACKLOG = 1024
+
+
+def json_line(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+@dataclass(slots=True)
+class IngestStats:
+    events: int = 0
+    rejected: int = 0
+    accepted_connections: int = 0
+    refused_connections: int = 0
+    idle_closed: int = 0
+
+
+class Listener:
+    def __init__(self, server: IngestServer, sock: socket.socket, address: str) -> None:
+        self.server = server
+        self.sock = sock
+        self.address = address
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def on_ready(self, mask: int) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: log, try again next turn
+                log.error("accept failed", extra={"fields": {"error": str(exc)}})
+                return
+            self.server.accepted(sock, addr)
+
+    def close(self) -> None:
+        self.server.loop.remove(self)
+        self.sock.close()
+
+    def __repr__(self) -> str:
+        return f"Listener({self.address})"
+
+
+class Connection:
+    __slots__ = (
+        "addr",
+        "app",
+        "closed",
+        "conn_id",
+        "events",
+        "fd",
+        "finished",
+        "last_active",
+        "outbuf",
+        "pending",
+        "port",
+        "proto",
+        "reply_mode",
+        "server",
+        "sock",
+        "source",
+    )
+
+    def __init__(self, server: IngestServer, sock: socket.socket, addr: tuple, conn_id: int) -> None:
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.addr = str(addr[0])
+        self.port = int(addr[1])
+        self.conn_id = conn_id
+        self.app: str | None = None
+        self.proto = IngestProtocol(server.config.max_line_bytes)
+        self.source = entries.encode_source(self.addr, self.port, None, conn_id)
+        # Replies owed, in line order: an int is "ok" for that seq; a tuple is
+        # (seq, reply bytes) for errors and the hello (seq 0: due at once).
+        self.pending: collections.deque = collections.deque()
+        self.reply_mode = False  # acknowledged mode (hello with "ack": true)
+        self.outbuf = bytearray()
+        self.events = 0  # selector interest currently registered
+        self.finished = False  # no more input will be read (EOF, fatal error, shutdown)
+        self.closed = False
+        self.last_active = server.loop.clock()
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def __repr__(self) -> str:
+        return f"Connection({self.conn_id} {self.addr}:{self.port})"
+
+    def on_ready(self, mask: int) -> None:
+        if mask & WRITE:
+            self._write()
+        if mask & READ and not self.closed:
+            self._read()
+        if not self.closed:
+            self.update_interest()
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.server.lost(self, exc)
+            return
+        self.last_active = self.server.loop.clock()
+        self.proto.receive_data(data)
+        self.server.process(self)
+
+    def drain(self) -> None:
+        """Shutdown: take in what the client already sent, then read no more."""
+        for _ in range(DRAIN_READS):
+            if self.finished or self.closed:
+                break
+            try:
+                data = self.sock.recv(RECV_BYTES)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.server.lost(self, exc)
+                return
+            self.proto.receive_data(data)
+            self.server.process(self)
+        if not self.closed:
+            self.finished = True
+            self.update_interest()
+
+    def send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if not self.outbuf:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self.server.lost(self, exc)
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self.outbuf += data
+
+    def _write(self) -> None:
+        try:
+            sent = self.sock.send(self.outbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.server.lost(self, exc)
+            return
+        del self.outbuf[:sent]
+        self.last_active = self.server.loop.clock()
+
+    def update_interest(self) -> None:
+        """Register for what the connection can use now; close it once it is done."""
+        server = self.server
+        if self.finished and not self.pending and not self.outbuf:
+            server.close(self)
+            return
+        wanted = 0
+        if not self.finished and not server.paused and len(self.outbuf) < OUTBUF_PAUSE_BYTES:
+            wanted = READ
+        if self.outbuf:
+            wanted |= WRITE
+        if wanted != self.events:
+            self.events = server.loop.set_interest(self, self.fd, self.events, wanted)
+
+
+class _Lingerer:
+    """A refused connection: its error line is sent; discard input until EOF or timeout."""
+
+    def __init__(self, server: IngestServer, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.timer = server.loop.call_later(LINGER_S, self.close)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def on_ready(self, mask: int) -> None:
+        try:
+            if self.sock.recv(65536):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self.close()
+
+    def close(self) -> None:
+        if self in self.server.lingering:
+            self.timer.cancel()
+            self.server.lingering.discard(self)
+            self.server.loop.remove(self)
+            self.sock.close()
+
+
+class IngestServer:
+    def __init__(
+        self,
+        loop: EventLoop,
+        ledger: LedgerWriter,
+        config: IngestConfig,
+        *,
+        wall_clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+    ) -> None:
+        self.loop = loop
+        self.ledger = ledger
+        self.config = config
+        self.wall_clock_us = wall_clock_us
+        self.listeners: list[Listener] = []
+        self.connections: dict[int, Connection] = {}
+        self.lingering: set[_Lingerer] = set()
+        self.waiting: set[Connection] = set()  # connections with replies not yet due
+        self.paused = False
+        self.accepting = False
+        self.stats = IngestStats()
+        self._next_conn_id = 1
+        self._security = RateLimitedLog(security_log)
+        self._sweep_interval = max(0.5, min(5.0, config.idle_timeout_s / 10))
+
+    # ---- listening
+
+    def listen(self) -> list[tuple[str, int]]:
+        """Bind every configured address; returns the bound (host, port) pairs."""
+        bound = []
+        for address in self.config.listen:
+            host, port = parse_address(address)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                raise
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+            listener = Listener(self, sock, address)
+            self.loop.add(listener, READ)
+            self.listeners.append(listener)
+            bound.append(sock.getsockname()[:2])
+        self.accepting = True
+        self.loop.call_later(self._sweep_interval, self._sweep)
+        return bound
+
+    def stop_accepting(self) -> None:
+        self.accepting = False
+        for listener in self.listeners:
+            listener.close()
+        self.listeners.clear()
+
+    def accepted(self, sock: socket.socket, addr: tuple) -> None:
+        sock.setblocking(False)
+        if len(self.connections) >= self.config.max_connections:
+            self.stats.refused_connections += 1
+            self._security.warning(
+                "connection refused: too many connections",
+                {"peer": f"{addr[0]}:{addr[1]}", "limit": self.config.max_connections},
+                self.loop.clock(),
+            )
+            self.refuse(
+                sock,
+                "too_many_connections",
+                f"the gateway already has {self.config.max_connections} connections",
+            )
+            return
+        conn_id = self._next_conn_id
+        self._next_conn_id += 1
+        conn = Connection(self, sock, addr, conn_id)
+        self.connections[conn_id] = conn
+        self.stats.accepted_connections += 1
+        conn.update_interest()
+
+    def refuse(self, sock: socket.socket, code: str, detail: str) -> None:
+        """One error line, then close: a refused client is never silently dropped."""
+        try:
+            sock.send(json_line({"ok": False, "error": code, "detail": detail}))
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        if len(self.lingering) >= MAX_LINGERING:
+            sock.close()
+            return
+        lingerer = _Lingerer(self, sock)
+        self.lingering.add(lingerer)
+        self.loop.add(lingerer, READ)
+
+    # ---- input
+
+    def process(self, conn: Connection) -> None:
+        """Turn everything complete in the connection's buffer into staged entries."""
+        proto = conn.proto
+        next_event = proto.next_event
+        append = self.ledger.append
+        encode = entries.encode_event
+        validate = validate_event
+        pending = conn.pending
+        received = self.wall_clock_us()
+        source = conn.source
+        reply_mode = conn.reply_mode
+        events = 0
+        while True:
+            try:
+                item = next_event()
+            except RemoteInputError as exc:
+                self._reject(conn, exc, received)
+                if exc.fatal:
+                    conn.finished = True
+                    break
+                continue
+            if item is None:
+                break
+            if type(item) is dict:
+                seq = append(encode(received, source, item, validate(item)))
+                events += 1
+                if reply_mode:
+                    pending.append(seq)
+                continue
+            if item is EOF:
+                conn.finished = True
+                break
+            assert isinstance(item, Hello)
+            self._hello(conn, item)
+            source = conn.source
+            reply_mode = conn.reply_mode
+        self.stats.events += events
+        if pending:
+            self.waiting.add(conn)
+            head = pending[0]
+            if (head if type(head) is int else head[0]) <= self.ledger.durable.seq:
+                self._flush(conn)
+        if not self.paused and self.ledger.staged_bytes >= MAX_BATCH_BYTES:
+            self._pause()
+
+    def _hello(self, conn: Connection, hello: Hello) -> None:
+        conn.app = hello.app
+        conn.reply_mode = hello.ack
+        conn.source = entries.encode_source(conn.addr, conn.port, hello.app, conn.conn_id)
+        if hello.ack:
+            # Acks are small and latency-bound: without NODELAY, Nagle plus the
+            # peer's delayed ACK holds each reply back ~40 ms.
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reply = {
+            "ok": True,
+            "version": __version__,
+            "head_seq": self.ledger.durable.seq,
+            "conn": conn.conn_id,
+            "ack": hello.ack,
+            "max_line_bytes": self.config.max_line_bytes,
+        }
+        conn.pending.append((0, json_line({"hello": reply})))
+
+    def _reject(self, conn: Connection, exc: RemoteInputError, received: int) -> None:
+        self.stats.rejected += 1
+        seq = 0
+        if exc.length is not None:
+            seq = self.ledger.append(
+                entries.encode_rejected(
+                    received,
+                    conn.source,
+                    exc.code,
+                    exc.detail,
+                    exc.length,
+                    exc.digest or b"",
+                    exc.excerpt or b"",
+                )
+            )
+        self._security.warning(
+            "input refused",
+            {"peer": f"{conn.addr}:{conn.port}", "conn": conn.conn_id, "error": exc.code, "seq": seq},
+            self.loop.clock(),
+        )
+        # Fire-and-forget clients get no reply; a bad hello is answered anyway,
+        # since the client spoke the protocol and is about to be disconnected.
+        if conn.reply_mode or exc.fatal:
+            conn.pending.append((seq, exc.reply()))
+
+    # ---- output
+
+    def on_durable(self) -> None:
+        """The durable head moved: send every reply that became due."""
+        if self.waiting:
+            for conn in list(self.waiting):
+                self._flush(conn)
+                if not conn.closed:
+                    conn.update_interest()
+        if self.paused and self.ledger.staged_bytes < MAX_BATCH_BYTES:
+            self._resume()
+
+    def _flush(self, conn: Connection) -> None:
+        durable = self.ledger.durable.seq
+        pending = conn.pending
+        out = []
+        while pending:
+            head = pending[0]
+            if type(head) is int:
+                if head > durable:
+                    break
+                out.append(b'{"ok":true,"seq":%d}\n' % head)
+            else:
+                if head[0] > durable:
+                    break
+                out.append(head[1])
+            pending.popleft()
+        if not pending:
+            self.waiting.discard(conn)
+        if out:
+            conn.send(b"".join(out))
+
+    # ---- backpressure, idleness, closing
+
+    def _pause(self) -> None:
+        self.paused = True
+        for conn in list(self.connections.values()):
+            conn.update_interest()
+
+    def _resume(self) -> None:
+        self.paused = False
+        for conn in list(self.connections.values()):
+            conn.update_interest()
+
+    def _sweep(self) -> None:
+        now = self.loop.clock()
+        limit = self.config.idle_timeout_s
+        for conn in list(self.connections.values()):
+            if now - conn.last_active > limit and not conn.pending:
+                self.stats.idle_closed += 1
+                if conn.reply_mode and not conn.outbuf:
+                    conn.send(json_line({"ok": False, "error": "idle_timeout",
+                                         "detail": f"no data for {limit:g} s"}))
+                self.close(conn)
+        if self.accepting:
+            self.loop.call_later(self._sweep_interval, self._sweep)
+
+    def lost(self, conn: Connection, exc: OSError) -> None:
+        log.info(
+            "connection lost",
+            extra={"fields": {"conn": conn.conn_id, "peer": f"{conn.addr}:{conn.port}",
+                              "error": str(exc), "replies_dropped": len(conn.pending)}},
+        )
+        conn.pending.clear()
+        conn.outbuf.clear()
+        self.close(conn)
+
+    def close(self, conn: Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        if conn.events:
+            self.loop.set_interest(conn, conn.fd, conn.events, 0)
+            conn.events = 0
+        self.waiting.discard(conn)
+        self.connections.pop(conn.conn_id, None)
+        conn.sock.close()
+
+    def drain_all(self) -> None:
+        for conn in list(self.connections.values()):
+            conn.drain()
+
+    def close_all(self) -> None:
+        for conn in list(self.connections.values()):
+            self.close(conn)
+        for lingerer in list(self.lingering):
+            lingerer.close()
+
+    @property
+    def replies_owed(self) -> int:
+        return sum(len(c.pending) + (1 if c.outbuf else 0) for c in self.connections.values())

@@ -1,0 +1,199 @@
+"""The event loop: one thread, one selector, every file descriptor.
+
+Handlers are small objects with `fileno()` and `on_ready(mask)`. Other threads
+never touch an fd: they `post()` a callable, which writes a byte to the wake-up
+socketpair so the selector returns and the loop runs it. Signals arrive the same
+way (signal.set_wakeup_fd). Time comes from an injected monotonic clock.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import logging
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+log = logging.getLogger("gateway.ops")
+perf_log = logging.getLogger("gateway.perf")
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+# One loop iteration longer than this is reported on the performance stream:
+# at the target rates an iteration handles a few thousand events in a few ms,
+# so a quarter of a second means something blocked the loop.
+SLOW_ITERATION_S = 0.25
+
+
+class Handler(Protocol):
+    def fileno(self) -> int: ...
+
+    def on_ready(self, mask: int) -> None: ...
+
+
+class Timer:
+    __slots__ = ("_callback", "cancelled", "deadline")
+
+    def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self._callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class EventLoop:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.selector = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._timer_seq = itertools.count()
+        self._posted: collections.deque[Callable[[], None]] = collections.deque()
+        self._idle_hooks: list[Callable[[], None]] = []
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector.register(self._wake_r, READ, _WakeReader(self._wake_r))
+        self.running = False
+        self.iterations = 0
+        self.last_iteration_at = clock()
+        self._old_wakeup_fd: int | None = None
+
+    # ---- file descriptors
+
+    def add(self, handler: Handler, events: int) -> None:
+        self.selector.register(handler.fileno(), events, handler)
+
+    def modify(self, handler: Handler, events: int) -> None:
+        self.selector.modify(handler.fileno(), events, handler)
+
+    def remove(self, handler: Handler) -> None:
+        try:
+            self.selector.unregister(handler.fileno())
+        except (KeyError, ValueError):
+            pass
+
+    def set_interest(self, handler: Handler, fd: int, current: int, wanted: int) -> int:
+        """Move `handler` from `current` to `wanted` events (0 meaning unregistered)."""
+        if wanted == current:
+            return current
+        if not current:
+            self.selector.register(fd, wanted, handler)
+        elif not wanted:
+            self.selector.unregister(fd)
+        else:
+            self.selector.modify(fd, wanted, handler)
+        return wanted
+
+    # ---- time
+
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(deadline, callback)
+        heapq.heappush(self._timers, (deadline, next(self._timer_seq), timer))
+        return timer
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return self.call_at(self.clock() + delay, callback)
+
+    # ---- other threads and signals
+
+    def post(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the loop thread soon. Safe from any thread."""
+        self._posted.append(callback)
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # the pipe is full, so the loop is going to wake anyway
+
+    def add_signal_handler(self, signum: int, callback: Callable[[], None]) -> None:
+        if self._old_wakeup_fd is None:
+            self._old_wakeup_fd = signal.set_wakeup_fd(
+                self._wake_w.fileno(), warn_on_full_buffer=False
+            )
+        signal.signal(signum, lambda _s, _f: self._posted.append(callback))
+
+    def add_idle_hook(self, hook: Callable[[], None]) -> None:
+        """Run `hook` at the end of every iteration, after all ready handlers ran."""
+        self._idle_hooks.append(hook)
+
+    # ---- running
+
+    def run_once(self, max_wait: float | None = None) -> None:
+        timeout = max_wait
+        if self._posted:
+            timeout = 0
+        elif self._timers:
+            until = max(0.0, self._timers[0][0] - self.clock())
+            timeout = until if timeout is None else min(timeout, until)
+        events = self.selector.select(timeout)
+        started = self.clock()
+        for key, mask in events:
+            try:
+                key.data.on_ready(mask)
+            except Exception:
+                log.exception("handler failed", extra={"fields": {"handler": repr(key.data)}})
+                closer = getattr(key.data, "close", None)
+                if closer is not None:
+                    closer()
+                else:
+                    self.remove(key.data)
+        self._run_timers()
+        while self._posted:
+            self._posted.popleft()()
+        for hook in self._idle_hooks:
+            hook()
+        self.iterations += 1
+        now = self.clock()
+        if now - started > SLOW_ITERATION_S:
+            perf_log.warning(
+                "slow loop iteration", extra={"fields": {"seconds": round(now - started, 3)}}
+            )
+        self.last_iteration_at = now
+
+    def _run_timers(self) -> None:
+        now = self.clock()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _deadline, _n, timer = heapq.heappop(timers)
+            if not timer.cancelled:
+                timer._callback()
+
+    def run(self) -> None:
+        self.running = True
+        while self.running:
+            self.run_once()
+
+    def stop(self) -> None:
+        self.running = False
+
+    def close(self) -> None:
+        if self._old_wakeup_fd is not None:
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+            self._old_wakeup_fd = None
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+class _WakeReader:
+    """Drains the wake-up socketpair; the posted callables run after the handlers."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def on_ready(self, mask: int) -> None:
+        try:
+            while self._sock.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass

@@ -1,0 +1,194 @@
+"""`gateway run`: wire the loop, the ledger, the durability thread and ingest.
+
+Start-up: lock the state directory, recover the ledger tail, record what
+recovery did and a `started` entry, bind the listeners. Shutdown (SIGTERM or
+SIGINT): stop accepting, take in what clients already sent, commit it, send
+the last replies, append `stopped`, exit 0.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import Config
+from gateway.errors import LedgerError
+from gateway.ingest.server import IngestServer
+from gateway.ledger import entries
+from gateway.ledger.durability import BatchResult, DurabilityThread
+from gateway.ledger.store import DIR_MODE, LedgerWriter
+from gateway.loop import EventLoop
+
+log = logging.getLogger("gateway.ops")
+
+# After the last entry is durable, wait at most this long for clients to read
+# their final replies before closing their connections anyway.
+SHUTDOWN_FLUSH_S = 5.0
+
+LOCK_FILE = "gateway.lock"
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Take the exclusive lock that makes this process the ledger's only writer."""
+    state_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise LedgerError(
+                f"another gateway is already running on {state_dir} (lock {LOCK_FILE} is held)"
+            ) from None
+        raise
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+class Gateway:
+    def __init__(self, config: Config, loop: EventLoop | None = None) -> None:
+        self.config = config
+        self.loop = loop or EventLoop()
+        self.ledger = LedgerWriter(
+            config.ledger_dir,
+            segment_bytes=config.ledger.segment_bytes,
+            per_entry_sync=config.ledger.fsync == "always",
+            clock=self.loop.clock,
+        )
+        self.durability = DurabilityThread(
+            self.loop.post, self._on_batch, sync=config.ledger.fsync != "off"
+        )
+        self.ingest = IngestServer(self.loop, self.ledger, config.ingest)
+        self.started_at = time.monotonic()
+        self.stopping = False
+        self.exit_code = 0
+        self.ledger_error: OSError | None = None
+        self.syncs = 0
+        self.batches = 0
+        self._lock_fd: int | None = None
+
+    # ---- start
+
+    def start(self) -> list[tuple[str, int]]:
+        self._lock_fd = lock_state_dir(self.config.state_dir)
+        if self.config.ledger.fsync == "off":
+            log.warning(
+                "ledger.fsync is off: acknowledged events can be lost on power failure; "
+                "use this for benchmarks only"
+            )
+        self.ledger.open()
+        now = time.time_ns() // 1000
+        if self.ledger.recovery is not None:
+            report = asdict(self.ledger.recovery)
+            log.warning("ledger tail recovered", extra={"fields": report})
+            self.ledger.append(entries.encode_system(now, "recovered", report))
+        self.ledger.append(
+            entries.encode_system(
+                now,
+                "started",
+                {"version": __version__, "config_hash": self.config.digest(), "pid": os.getpid()},
+            )
+        )
+        self.durability.start()
+        bound = self.ingest.listen()
+        self.loop.add_idle_hook(self._commit_if_idle)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, self.request_stop)
+        # Configuration reload is not implemented yet: SIGHUP is logged and
+        # ignored rather than killing the process (its default action).
+        self.loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        log.info(
+            "gateway ready",
+            extra={
+                "fields": {
+                    "version": __version__,
+                    "listen": [f"{h}:{p}" for h, p in bound],
+                    "state_dir": str(self.config.state_dir),
+                    "head_seq": self.ledger.next_seq - 1,
+                    "fsync": self.config.ledger.fsync,
+                }
+            },
+        )
+        return bound
+
+    # ---- group commit
+
+    def _commit_if_idle(self) -> None:
+        if not self.durability.busy:
+            batch = self.ledger.take_batch()
+            if batch is not None:
+                self.durability.submit(batch)
+
+    def _on_batch(self, result: BatchResult) -> None:
+        if result.error is not None:
+            if self.ledger_error is None:
+                log.error(
+                    "ledger write failed; retrying, no acknowledgements until it succeeds",
+                    extra={"fields": {"error": str(result.error), "first_seq": result.batch.first_seq}},
+                )
+            self.ledger_error = result.error
+            return
+        if self.ledger_error is not None:
+            log.warning("ledger writes succeed again")
+            self.ledger_error = None
+        self.batches += 1
+        self.syncs += result.syncs
+        self.ledger.batch_done(result.batch)
+        self.ingest.on_durable()
+
+    # ---- stop
+
+    def _on_sighup(self) -> None:
+        log.warning("SIGHUP received: configuration reload is not supported yet; restart to apply")
+
+    def request_stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("stopping: no new connections; committing what clients already sent")
+        self.ingest.stop_accepting()
+        self.ingest.drain_all()
+        self.ledger.append(
+            entries.encode_system(
+                time.time_ns() // 1000,
+                "stopped",
+                {"version": __version__, "events": self.ingest.stats.events},
+            )
+        )
+        self.loop.stop()
+
+    def run(self) -> int:
+        self.loop.run()
+        self._finish()
+        return self.exit_code
+
+    def _finish(self) -> None:
+        """Commit the rest, send the last replies, then close everything."""
+        deadline = self.loop.clock() + SHUTDOWN_FLUSH_S
+        target = self.ledger.next_seq - 1
+        while self.ledger.durable.seq < target or self.durability.busy:
+            self.loop.run_once(max_wait=0.1)
+            if self.ledger_error is not None and self.loop.clock() > deadline:
+                log.error("stopping with entries not yet durable: the ledger cannot be written")
+                self.exit_code = 1
+                break
+        flush_deadline = self.loop.clock() + SHUTDOWN_FLUSH_S
+        while self.ingest.connections and self.loop.clock() < flush_deadline:
+            self.loop.run_once(max_wait=0.1)
+        self.ingest.close_all()
+        self.durability.stop()
+        self.loop.close()
+        log.info(
+            "gateway stopped",
+            extra={"fields": {"head_seq": self.ledger.durable.seq, "events": self.ingest.stats.events}},
+        )
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
