@@ -12,6 +12,7 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import signal
 import time
 from dataclasses import asdict
@@ -33,6 +34,24 @@ log = logging.getLogger("gateway.ops")
 SHUTDOWN_FLUSH_S = 5.0
 
 LOCK_FILE = "gateway.lock"
+
+# File descriptors beyond the client connections: listeners, ledger segments,
+# the wake-up pair, printers, the control socket, lingering refused sockets.
+FD_HEADROOM = 512
+
+
+def raise_fd_limit(connections: int) -> None:
+    """Lift the soft RLIMIT_NOFILE (often 1024) so max_connections can be reached."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + FD_HEADROOM
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < wanted:
+            log.warning(
+                "file descriptor limit is below what max_connections needs",
+                extra={"fields": {"limit": new, "wanted": wanted}},
+            )
 
 
 def lock_state_dir(state_dir: Path) -> int:
@@ -79,6 +98,7 @@ class Gateway:
 
     def start(self) -> list[tuple[str, int]]:
         self._lock_fd = lock_state_dir(self.config.state_dir)
+        raise_fd_limit(self.config.ingest.max_connections)
         if self.config.ledger.fsync == "off":
             log.warning(
                 "ledger.fsync is off: acknowledged events can be lost on power failure; "

@@ -141,6 +141,9 @@ class Connection:
     def fileno(self) -> int:
         return self.fd
 
+    def close(self) -> None:
+        self.server.close(self)
+
     def __repr__(self) -> str:
         return f"Connection({self.conn_id} {self.addr}:{self.port})"
 

@@ -7,7 +7,7 @@ entry's `flags`, so reports and queries can single such events out.
 
 from __future__ import annotations
 
-import datetime as _dt
+import calendar
 import re
 from typing import Any
 
@@ -17,10 +17,14 @@ BAD_EVENT_TYPE = "bad_event_type"  # present but not a non-empty string
 MISSING_TIMESTAMP = "missing_timestamp"
 BAD_TIMESTAMP = "bad_timestamp"  # present but not an RFC 3339 date-time
 
-# RFC 3339 section 5.6 date-time: full-date "T" full-time, with a mandatory offset.
-# Lower-case t/z and a space separator are accepted as the RFC's note allows.
+# RFC 3339 section 5.6 date-time: full-date "T" full-time with a mandatory
+# offset; lower-case t/z and a space separator are accepted as the RFC's note
+# allows. The pattern checks every field's range itself (second 60 is a leap
+# second), so only days 29-31 need the calendar.
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
+    r"(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt ]"
+    r"(?:[01]\d|2[0-3]):[0-5]\d:(?:[0-5]\d|60)(?:\.\d{1,9})?"
+    r"(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)"
 )
 
 
@@ -28,16 +32,11 @@ def is_rfc3339(value: str) -> bool:
     m = _RFC3339.fullmatch(value)
     if m is None:
         return False
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    if second == 60:  # a leap second is valid RFC 3339; datetime cannot hold it
-        second = 59
-    try:
-        _dt.datetime(year, month, day, hour, minute, second)
-    except ValueError:
-        return False
-    offset = m.group(8)
-    if len(offset) == 6 and (int(offset[1:3]) > 23 or int(offset[4:6]) > 59):
-        return False
+    day = m.group(3)
+    if day > "28":
+        year, month = int(m.group(1)), int(m.group(2))
+        if int(day) > calendar.monthrange(year, month)[1]:
+            return False
     return True
 
 

@@ -152,15 +152,20 @@ class SegmentReader:
     def _stop_at(self, offset: int, rest: memoryview, eof: bool, reason: str) -> None:
         """Classify what follows the last good frame."""
         self.end_offset = offset
-        remaining = bytes(rest) if eof else bytes(rest) + self.file.read()
-        if not remaining:
+        if not rest and eof:
             self.tail = TailState.CLEAN
-        elif _all_zero(remaining):
+        elif _all_zero(rest) and (eof or self._rest_of_file_is_zero()):
             self.tail = TailState.ZEROS
-        elif not reason:
+        elif not reason and eof:
             self.tail = TailState.INCOMPLETE
         else:
-            self._damaged(offset, reason)
+            self._damaged(offset, reason or "frame incomplete before the end of the file")
+
+    def _rest_of_file_is_zero(self) -> bool:
+        while chunk := self.file.read(self.chunk_bytes):
+            if not _all_zero(chunk):
+                return False
+        return True
 
     def _damaged(self, offset: int, reason: str) -> None:
         self.end_offset = offset
@@ -206,12 +211,11 @@ class LedgerReader:
                     raise LedgerCorruption(str(path), 0, first, "segment header incomplete")
                 except fmt.HeaderDamaged as exc:
                     raise LedgerCorruption(str(path), 0, first, str(exc)) from None
-                for offset, seq, stored, digest in reader.frames():
+                for _offset, seq, stored, digest in reader.frames():
                     if seq < from_seq:
                         continue
                     if to_seq is not None and seq > to_seq:
                         return
-                    del offset
                     yield seq, stored[fmt.FRAME_HEADER_BYTES :], bytes(digest)
                 if reader.tail == TailState.DAMAGED or (
                     not last_segment and reader.tail != TailState.CLEAN

@@ -53,6 +53,9 @@ def verify_ledger(directory: Path) -> VerifyResult:
     result = VerifyResult(True, 0, 0, running, segments=len(segments))
 
     def bad(path: Path, offset: int, seq: int, reason: str) -> VerifyResult:
+        # entries/head describe the prefix that did verify, up to the damage.
+        result.entries = result.head_seq = seq - 1
+        result.head_hash = running
         result.ok = False
         result.first_bad_seq = seq
         result.file = str(path)
@@ -81,9 +84,10 @@ def verify_ledger(directory: Path) -> VerifyResult:
             if header.prev_hash != running:
                 return bad(path, 0, expect, "segment prev_hash does not match the chain")
             for offset, seq, stored, digest in reader.frames():
-                running = chain(running, stored)
-                if running != digest:
+                computed = chain(running, stored)
+                if computed != digest:
                     return bad(path, offset, seq, "chain hash does not match")
+                running = computed
                 expect = seq + 1
             if reader.tail == TailState.DAMAGED:
                 return bad(path, reader.end_offset, expect, reader.damage)
