@@ -65,6 +65,7 @@ class EventLoop:
         self.iterations = 0
         self.last_iteration_at = clock()
         self._old_wakeup_fd: int | None = None
+        self._old_signal_handlers: dict[int, object] = {}
 
     # ---- file descriptors
 
@@ -117,7 +118,8 @@ class EventLoop:
             self._old_wakeup_fd = signal.set_wakeup_fd(
                 self._wake_w.fileno(), warn_on_full_buffer=False
             )
-        signal.signal(signum, lambda _s, _f: self._posted.append(callback))
+        old = signal.signal(signum, lambda _s, _f: self._posted.append(callback))
+        self._old_signal_handlers.setdefault(signum, old)
 
     def add_idle_hook(self, hook: Callable[[], None]) -> None:
         """Run `hook` at the end of every iteration, after all ready handlers ran."""
@@ -174,6 +176,9 @@ class EventLoop:
         self.running = False
 
     def close(self) -> None:
+        for signum, handler in self._old_signal_handlers.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        self._old_signal_handlers.clear()
         if self._old_wakeup_fd is not None:
             signal.set_wakeup_fd(self._old_wakeup_fd)
             self._old_wakeup_fd = None

@@ -1,0 +1,119 @@
+"""Group commit under faults: no acknowledgement before the sync that covers it.
+
+The gateway runs in-process here (its loop pumped by the test) so that the
+durability thread's writer can be replaced by one that fails on demand.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import time
+
+import pytest
+
+from gateway.config import Config, IngestConfig, LedgerConfig
+from gateway.ledger import durability
+from gateway.ledger.store import LedgerReader, write_batch
+from gateway.ledger.verify import verify_ledger
+from gateway.service import Gateway
+
+
+class FlakyWriter:
+    """Fails with the given errno until `fail` is cleared; then writes for real."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.fail = True
+        self.calls = 0
+
+    def __call__(self, batch, fds, sync):
+        self.calls += 1
+        if self.fail:
+            raise OSError(self.code, "injected fault")
+        return write_batch(batch, fds, sync)
+
+
+def pump(gw: Gateway, until, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        gw.loop.run_once(max_wait=0.02)
+
+
+class Replies:
+    """Collects the reply lines a non-blocking client socket has received so far."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lines: list[dict] = []
+
+    def poll(self) -> list[dict]:
+        try:
+            while chunk := self.sock.recv(65536):
+                self.lines.extend(json.loads(line) for line in chunk.splitlines())
+        except BlockingIOError:
+            pass
+        return self.lines
+
+
+@pytest.fixture
+def gateway_factory(tmp_path, monkeypatch):
+    monkeypatch.setattr(durability, "RETRY_START_S", 0.005)
+    monkeypatch.setattr(durability, "RETRY_CAP_S", 0.02)
+    made = []
+
+    def make(writer=None) -> tuple[Gateway, tuple[str, int]]:
+        config = Config(
+            state_dir=tmp_path / "state",
+            ingest=IngestConfig(listen=("127.0.0.1:0",)),
+            ledger=LedgerConfig(fsync="batch"),
+        )
+        gw = Gateway(config)
+        if writer is not None:
+            gw.durability.writer = writer
+        bound = gw.start()
+        made.append(gw)
+        return gw, bound[0]
+
+    yield make
+    for gw in made:
+        if not gw.stopping:
+            gw.request_stop()
+            gw._finish()
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC])
+def test_no_ack_while_writes_fail_and_ack_once_they_succeed(gateway_factory, code):
+    writer = FlakyWriter(code)
+    gw, address = gateway_factory(writer)
+    client = socket.create_connection(address)
+    client.setblocking(False)
+    client.sendall(b'{"hello":{"app":"t","ack":true}}\n{"event_type":"a","timestamp":"2026-01-01T00:00:00Z"}\n')
+    replies = Replies(client)
+    pump(gw, lambda: writer.calls >= 3 and replies.poll())
+    assert [r.get("hello", {}).get("ok") for r in replies.lines] == [True]
+    assert gw.ledger_error is not None and gw.ledger_error.errno == code
+    assert gw.ledger.durable.seq == 0  # nothing durable, so nothing acknowledged
+
+    writer.fail = False
+    pump(gw, lambda: len(replies.poll()) >= 2)
+    assert replies.lines[1] == {"ok": True, "seq": 2}
+    assert gw.ledger_error is None
+    client.close()
+    gw.request_stop()
+    gw._finish()
+    result = verify_ledger(gw.config.ledger_dir)
+    assert result.ok
+    seqs = [seq for seq, _payload, _hash in LedgerReader(gw.config.ledger_dir).entries()]
+    assert seqs == [1, 2, 3]  # started, the event, stopped
+
+
+def test_fire_and_forget_events_are_committed_after_the_client_closes(gateway_factory):
+    gw, address = gateway_factory()
+    with socket.create_connection(address) as client:
+        client.sendall(b'{"event_type":"a","timestamp":"2026-01-01T00:00:00Z"}\n{"event_type":"b"}')
+    pump(gw, lambda: gw.ledger.durable.seq >= 3)
+    pump(gw, lambda: not gw.ingest.connections)
+    assert gw.ingest.stats.events == 2

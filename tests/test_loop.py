@@ -1,0 +1,92 @@
+"""The event loop: timers on an injected clock, cross-thread posts, idle hooks, handler faults."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from gateway.loop import READ, EventLoop
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_timers_fire_in_deadline_order_on_the_injected_clock():
+    clock = FakeClock()
+    loop = EventLoop(clock)
+    fired = []
+    loop.call_later(2.0, lambda: fired.append("b"))
+    loop.call_later(1.0, lambda: fired.append("a"))
+    cancelled = loop.call_later(1.5, lambda: fired.append("never"))
+    cancelled.cancel()
+    loop.run_once(max_wait=0)
+    assert fired == []
+    clock.now += 1.0
+    loop.run_once(max_wait=0)
+    assert fired == ["a"]
+    clock.now += 5.0
+    loop.run_once(max_wait=0)
+    assert fired == ["a", "b"]
+    loop.close()
+
+
+def test_post_from_another_thread_wakes_a_blocked_select():
+    loop = EventLoop()
+    ran = threading.Event()
+    thread = threading.Timer(0.05, lambda: loop.post(ran.set))
+    thread.start()
+    # Without the wake-up socketpair this would block for the full 30 s.
+    for _ in range(100):
+        loop.run_once(max_wait=30)
+        if ran.is_set():
+            break
+    assert ran.is_set()
+    thread.join()
+    loop.close()
+
+
+def test_idle_hooks_run_after_every_iteration():
+    loop = EventLoop(FakeClock())
+    calls = []
+    loop.add_idle_hook(lambda: calls.append(loop.iterations))
+    loop.run_once(max_wait=0)
+    loop.run_once(max_wait=0)
+    assert calls == [0, 1]
+    loop.close()
+
+
+class _Exploding:
+    def __init__(self, sock: socket.socket, loop: EventLoop) -> None:
+        self.sock = sock
+        self.loop = loop
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def on_ready(self, mask: int) -> None:
+        raise RuntimeError("handler bug")
+
+    def close(self) -> None:
+        self.closed = True
+        self.loop.remove(self)
+
+
+def test_a_failing_handler_is_closed_and_the_loop_carries_on(caplog):
+    loop = EventLoop(FakeClock())
+    a, b = socket.socketpair()
+    handler = _Exploding(a, loop)
+    loop.add(handler, READ)
+    b.send(b"x")
+    loop.run_once(max_wait=1)
+    assert handler.closed
+    assert "handler failed" in caplog.text
+    loop.run_once(max_wait=0)  # nothing registered any more; no exception
+    a.close()
+    b.close()
+    loop.close()
