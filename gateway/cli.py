@@ -19,7 +19,9 @@ EXIT_USAGE = 2
 def _add_state_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--config", type=Path, help="configuration file (YAML)")
-    group.add_argument("--state", type=Path, help="state directory (default: ./var or $STATE_DIRECTORY)")
+    group.add_argument(
+        "--state", type=Path, help="state directory (default: ./var or $STATE_DIRECTORY)"
+    )
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -77,7 +79,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_json()))
     elif result.ok:
-        tail = " (an incomplete entry at the live tail was ignored)" if result.tail_incomplete else ""
+        tail = (
+            " (an incomplete entry at the live tail was ignored)" if result.tail_incomplete else ""
+        )
         print(
             f"ok: {result.entries} entries in {result.segments} segments; "
             f"head seq {result.head_seq} hash {result.head_hash.hex()}{tail}"

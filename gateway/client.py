@@ -93,7 +93,9 @@ def send_events(
                 result.error = f"connection failed: {exc}"
                 break
             if not line:
-                result.error = "the gateway closed the connection before every event was acknowledged"
+                result.error = (
+                    "the gateway closed the connection before every event was acknowledged"
+                )
                 break
             reply = json.loads(line)
             if reply.get("ok"):

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +25,25 @@ from blake3 import blake3
 from gateway.errors import ConfigError
 
 MiB = 1024 * 1024
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with only true/false as booleans (as YAML 1.2 has it).
+
+    YAML 1.1 reads an unquoted `off`, `on`, `yes` or `no` as a boolean, so
+    `fsync: off` would arrive as False: in this file they stay strings.
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
 
 
 def _limit(lo: float | None = None, hi: float | None = None, doc: str = "") -> dict[str, Any]:
@@ -113,8 +134,10 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Conf
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(source, "-", f"cannot read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(source, "-", f"not UTF-8 text (byte {exc.start})") from None
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_Loader)
         except yaml.YAMLError as exc:
             raise ConfigError(source, "-", f"not valid YAML: {exc}") from None
         if data is None:
@@ -155,6 +178,9 @@ def _build(cls: type, data: Any, file: str, prefix: str) -> Any:
         raise ConfigError(file, prefix.rstrip(".") or "-", "expected a mapping")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for name in data:
+        if not isinstance(name, str):
+            raise ConfigError(file, f"{prefix}{name!r}", "keys must be strings")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
@@ -199,6 +225,8 @@ def _convert(tp: Any, value: Any, file: str, key: str, meta: Any) -> Any:
             raise ConfigError(file, key, f"expected a number, got {value!r}")
         if tp is int and not isinstance(value, int):
             raise ConfigError(file, key, f"expected a whole number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(file, key, f"expected a finite number, got {value!r}")
         lo, hi = meta.get("min"), meta.get("max")
         if lo is not None and value < lo:
             raise ConfigError(file, key, f"{value} is below the minimum {lo}")

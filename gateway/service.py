@@ -152,7 +152,9 @@ class Gateway:
             if self.ledger_error is None:
                 log.error(
                     "ledger write failed; retrying, no acknowledgements until it succeeds",
-                    extra={"fields": {"error": str(result.error), "first_seq": result.batch.first_seq}},
+                    extra={
+                        "fields": {"error": str(result.error), "first_seq": result.batch.first_seq}
+                    },
                 )
             self.ledger_error = result.error
             return
@@ -208,7 +210,9 @@ class Gateway:
         self.loop.close()
         log.info(
             "gateway stopped",
-            extra={"fields": {"head_seq": self.ledger.durable.seq, "events": self.ingest.stats.events}},
+            extra={
+                "fields": {"head_seq": self.ledger.durable.seq, "events": self.ingest.stats.events}
+            },
         )
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from gateway.config import Config, IngestConfig, LedgerConfig
-from gateway.ledger import durability
+from gateway.ledger import durability, entries
 from gateway.ledger.store import LedgerReader, write_batch
 from gateway.ledger.verify import verify_ledger
 from gateway.service import Gateway
@@ -90,7 +90,9 @@ def test_no_ack_while_writes_fail_and_ack_once_they_succeed(gateway_factory, cod
     gw, address = gateway_factory(writer)
     client = socket.create_connection(address)
     client.setblocking(False)
-    client.sendall(b'{"hello":{"app":"t","ack":true}}\n{"event_type":"a","timestamp":"2026-01-01T00:00:00Z"}\n')
+    client.sendall(
+        b'{"hello":{"app":"t","ack":true}}\n{"event_type":"a","timestamp":"2026-01-01T00:00:00Z"}\n'
+    )
     replies = Replies(client)
     pump(gw, lambda: writer.calls >= 3 and replies.poll())
     assert [r.get("hello", {}).get("ok") for r in replies.lines] == [True]
@@ -117,3 +119,19 @@ def test_fire_and_forget_events_are_committed_after_the_client_closes(gateway_fa
     pump(gw, lambda: gw.ledger.durable.seq >= 3)
     pump(gw, lambda: not gw.ingest.connections)
     assert gw.ingest.stats.events == 2
+
+
+def test_shutdown_records_a_line_still_missing_its_newline(gateway_factory):
+    gw, address = gateway_factory()
+    client = socket.create_connection(address)
+    client.sendall(b'{"event_type":"whole","timestamp":"2026-01-01T00:00:00Z"}\n{"event_type":"cut')
+    pump(gw, lambda: gw.ingest.stats.events >= 1)
+    gw.request_stop()
+    gw._finish()
+    client.close()
+    kinds = [
+        entries.decode(payload)["kind"]
+        for _seq, payload, _hash in LedgerReader(gw.config.ledger_dir).entries()
+    ]
+    # started, the whole event, the fragment (refused: not valid JSON), stopped
+    assert kinds == ["system", "event", "rejected", "system"]

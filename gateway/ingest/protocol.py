@@ -162,8 +162,31 @@ def _json_type(value: Any) -> str:
     return "a number"
 
 
+class _Overlong:
+    """A line past max_line_bytes being discarded: hashed whole, only its excerpt kept."""
+
+    __slots__ = ("complete", "excerpt", "hasher", "length")
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.hasher = blake3()
+        self.excerpt = b""
+        self.complete = False  # its newline has arrived
+
+    def add(self, part: bytes | bytearray) -> None:
+        self.hasher.update(part)
+        self.length += len(part)
+        if len(self.excerpt) < EXCERPT_BYTES:
+            self.excerpt += bytes(part[: EXCERPT_BYTES - len(self.excerpt)])
+
+
 class IngestProtocol:
-    """State of one connection's input: line splitting, the hello, limits."""
+    """State of one connection's input: line splitting, the hello, limits.
+
+    A line is the bytes before a LF (a CR before it included: JSON treats it as
+    white space). Its length, digest and excerpt in a `rejected` entry are of
+    exactly those bytes.
+    """
 
     def __init__(self, max_line_bytes: int) -> None:
         self.max_line_bytes = max_line_bytes
@@ -172,8 +195,7 @@ class IngestProtocol:
         self._eof = False
         self._eof_returned = False
         self._first_line = True
-        # While discarding an overlong line: its length so far, hash and excerpt.
-        self._overlong: tuple[int, Any, bytes] | None = None
+        self._overlong: _Overlong | None = None
         self.hello: Hello | None = None
         self.lines = 0
         self.last_line = b""  # the line behind the last item returned
@@ -190,58 +212,53 @@ class IngestProtocol:
         if not data:
             self._eof = True
             return
-        if self._overlong is not None:
-            self._discard(data)
-            return
+        overlong = self._overlong
+        if overlong is not None and not overlong.complete:
+            nl = data.find(b"\n")
+            if nl < 0:
+                overlong.add(data)
+                return
+            overlong.add(data[:nl])
+            overlong.complete = True
+            data = data[nl + 1 :]
+            if not data:
+                return
         if self._pos and self._pos == len(self._buf):
             self._buf = bytearray(data)
             self._pos = 0
         else:
-            if self._pos > 65536:
+            if self._pos > 65536:  # compact now and then, not on every call
                 del self._buf[: self._pos]
                 self._pos = 0
             self._buf += data
 
-    def _discard(self, data: bytes) -> None:
-        """Consume an overlong line: hash it whole, keep nothing but its excerpt."""
-        length, hasher, excerpt = self._overlong  # type: ignore[misc]
-        nl = data.find(b"\n")
-        part = data if nl < 0 else data[:nl]
-        hasher.update(part)
-        length += len(part)
-        if len(excerpt) < EXCERPT_BYTES:
-            excerpt += part[: EXCERPT_BYTES - len(excerpt)]
-        self._overlong = (length, hasher, excerpt)
-        if nl >= 0:
-            self._buf = bytearray(data[nl:])  # keep the newline: it ends the overlong line
-            self._pos = 0
-
     def _next_line(self) -> bytes | None:
-        """The next complete line (without its newline), or None if more data is needed."""
+        """The next complete line (without its LF), or None if more data is needed."""
+        overlong = self._overlong
+        if overlong is not None:
+            if not (overlong.complete or self._eof):
+                return None
+            self._overlong = None
+            self._first_line = False
+            raise RemoteInputError(
+                "line_too_long",
+                f"line of {overlong.length} bytes exceeds max_line_bytes {self.max_line_bytes}",
+                length=overlong.length,
+                digest=overlong.hasher.digest(),
+                excerpt=overlong.excerpt,
+            )
         buf = self._buf
         pos = self._pos
-        if self._overlong is not None:
-            if buf[pos : pos + 1] == b"\n" or (self._eof and pos >= len(buf)):
-                length, hasher, excerpt = self._overlong
-                self._overlong = None
-                self._pos = pos + 1 if pos < len(buf) else pos
-                raise RemoteInputError(
-                    "line_too_long",
-                    f"line of {length} bytes exceeds max_line_bytes {self.max_line_bytes}",
-                    length=length,
-                    digest=hasher.digest(),
-                    excerpt=excerpt,
-                )
-            return None
         nl = buf.find(b"\n", pos)
         if nl < 0:
             pending = len(buf) - pos
             if pending > self.max_line_bytes:
-                first = bytes(buf[pos:])
-                self._overlong = (0, blake3(), b"")
+                # No newline within the limit: stop buffering, hash the rest as it comes.
+                overlong = _Overlong()
+                overlong.add(buf[pos:])
+                self._overlong = overlong
                 self._buf = bytearray()
                 self._pos = 0
-                self._discard(first)
                 return self._next_line()
             if self._eof and pending:
                 line = bytes(buf[pos:])
@@ -251,6 +268,7 @@ class IngestProtocol:
         line = bytes(buf[pos:nl])
         self._pos = nl + 1
         if len(line) > self.max_line_bytes:
+            self._first_line = False
             raise bad_line(
                 "line_too_long",
                 f"line of {len(line)} bytes exceeds max_line_bytes {self.max_line_bytes}",
@@ -272,15 +290,14 @@ class IngestProtocol:
                     self._eof_returned = True
                     return EOF
                 return None
-            if line.endswith(b"\r"):
-                line = line[:-1]
             if is_blank(line):
                 continue
             self.lines += 1
             self.last_line = line
+            first = self._first_line
+            self._first_line = False  # a refused first line still uses up the hello's place
             obj = decode_object(line)
-            if self._first_line:
-                self._first_line = False
+            if first:
                 if "hello" in obj:
                     self.hello = _parse_hello(obj, line)
                     return self.hello
@@ -296,7 +313,9 @@ def _parse_hello(obj: dict[str, Any], line: bytes) -> Hello:
     app = hello.get("app")
     ack = hello.get("ack", False)
     if app is not None and (not isinstance(app, str) or not 0 < len(app) <= MAX_APP_NAME):
-        raise _fatal(bad_line("bad_hello", f"app must be a string of 1 to {MAX_APP_NAME} characters", line))
+        raise _fatal(
+            bad_line("bad_hello", f"app must be a string of 1 to {MAX_APP_NAME} characters", line)
+        )
     if not isinstance(ack, bool):
         raise _fatal(bad_line("bad_hello", "ack must be true or false", line))
     return Hello(app, ack)

@@ -118,7 +118,9 @@ class Connection:
         "source",
     )
 
-    def __init__(self, server: IngestServer, sock: socket.socket, addr: tuple, conn_id: int) -> None:
+    def __init__(
+        self, server: IngestServer, sock: socket.socket, addr: tuple, conn_id: int
+    ) -> None:
         self.server = server
         self.sock = sock
         self.fd = sock.fileno()
@@ -180,6 +182,11 @@ class Connection:
                 self.server.lost(self, exc)
                 return
             self.proto.receive_data(data)
+            self.server.process(self)
+        if not self.closed and not self.finished:
+            # Treat shutdown as the end of the stream: a line still missing its
+            # newline is stored (or recorded as rejected), never silently lost.
+            self.proto.receive_data(b"")
             self.server.process(self)
         if not self.closed:
             self.finished = True
@@ -430,7 +437,12 @@ class IngestServer:
             )
         self._security.warning(
             "input refused",
-            {"peer": f"{conn.addr}:{conn.port}", "conn": conn.conn_id, "error": exc.code, "seq": seq},
+            {
+                "peer": f"{conn.addr}:{conn.port}",
+                "conn": conn.conn_id,
+                "error": exc.code,
+                "seq": seq,
+            },
             self.loop.clock(),
         )
         # Fire-and-forget clients get no reply; a bad hello is answered anyway,
@@ -489,8 +501,15 @@ class IngestServer:
             if now - conn.last_active > limit and not conn.pending:
                 self.stats.idle_closed += 1
                 if conn.reply_mode and not conn.outbuf:
-                    conn.send(json_line({"ok": False, "error": "idle_timeout",
-                                         "detail": f"no data for {limit:g} s"}))
+                    conn.send(
+                        json_line(
+                            {
+                                "ok": False,
+                                "error": "idle_timeout",
+                                "detail": f"no data for {limit:g} s",
+                            }
+                        )
+                    )
                 self.close(conn)
         if self.accepting:
             self.loop.call_later(self._sweep_interval, self._sweep)
@@ -498,8 +517,14 @@ class IngestServer:
     def lost(self, conn: Connection, exc: OSError) -> None:
         log.info(
             "connection lost",
-            extra={"fields": {"conn": conn.conn_id, "peer": f"{conn.addr}:{conn.port}",
-                              "error": str(exc), "replies_dropped": len(conn.pending)}},
+            extra={
+                "fields": {
+                    "conn": conn.conn_id,
+                    "peer": f"{conn.addr}:{conn.port}",
+                    "error": str(exc),
+                    "replies_dropped": len(conn.pending),
+                }
+            },
         )
         conn.pending.clear()
         conn.outbuf.clear()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
-from gateway.errors import LedgerCorruption, LedgerError
+from gateway.errors import LedgerCorruption
 from gateway.ledger import format as fmt
 
 # Read segments in 4 MiB chunks: large enough that per-read overhead vanishes
@@ -208,7 +208,9 @@ class LedgerReader:
                 except EOFError:
                     if last_segment:
                         return
-                    raise LedgerCorruption(str(path), 0, first, "segment header incomplete")
+                    raise LedgerCorruption(
+                        str(path), 0, first, "segment header incomplete"
+                    ) from None
                 except fmt.HeaderDamaged as exc:
                     raise LedgerCorruption(str(path), 0, first, str(exc)) from None
                 for _offset, seq, stored, digest in reader.frames():
@@ -224,7 +226,8 @@ class LedgerReader:
                         str(path),
                         reader.end_offset,
                         first + reader.frame_count,
-                        reader.damage or f"segment ends with {reader.tail} bytes before its successor",
+                        reader.damage
+                        or f"segment ends with {reader.tail} bytes before its successor",
                     )
 
     def head(self) -> Head:
@@ -350,7 +353,7 @@ class LedgerWriter:
 
     @staticmethod
     def _classify_header(path: Path) -> str:
-        """"ok", "torn" (creation never completed: short or all zero) or "damaged"."""
+        """ "ok", "torn" (creation never completed: short or all zero) or "damaged"."""
         with open(path, "rb") as f:
             data = f.read(fmt.SEGMENT_HEADER_BYTES)
             if len(data) < fmt.SEGMENT_HEADER_BYTES:
