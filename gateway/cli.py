@@ -28,6 +28,18 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.state)
 
 
+def _existing_state(args: argparse.Namespace) -> Config:
+    """The configuration of a read-only command: its state directory must exist.
+
+    (A fresh state directory with no ledger yet is an empty ledger; a missing
+    one is almost always a mistyped path, and must not verify as "ok".)
+    """
+    config = _config(args)
+    if not config.state_dir.is_dir():
+        raise LedgerError(f"no state directory at {config.state_dir}")
+    return config
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Compliance print gateway")
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
@@ -74,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from gateway.ledger.verify import verify_ledger
 
-    config = _config(args)
+    config = _existing_state(args)
     result = verify_ledger(config.ledger_dir)
     if args.json:
         print(json.dumps(result.as_json()))
@@ -98,7 +110,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from gateway.ledger import entries
     from gateway.ledger.store import LedgerReader
 
-    config = _config(args)
+    config = _existing_state(args)
     reader = LedgerReader(config.ledger_dir)
     out = sys.stdout
     for seq, payload, digest in reader.entries(args.from_seq, args.to_seq):

@@ -99,6 +99,9 @@ class Gateway:
     def start(self) -> list[tuple[str, int]]:
         self._lock_fd = lock_state_dir(self.config.state_dir)
         raise_fd_limit(self.config.ingest.max_connections)
+        # Bind first: a port in use stops the start before recovery touches the
+        # ledger, so a `recovered` entry can never be lost to a failed start.
+        bound = self.ingest.listen()
         if self.config.ledger.fsync == "off":
             log.warning(
                 "ledger.fsync is off: acknowledged events can be lost on power failure; "
@@ -118,7 +121,6 @@ class Gateway:
             )
         )
         self.durability.start()
-        bound = self.ingest.listen()
         self.loop.add_idle_hook(self._commit_if_idle)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.request_stop)

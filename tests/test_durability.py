@@ -135,3 +135,29 @@ def test_shutdown_records_a_line_still_missing_its_newline(gateway_factory):
     ]
     # started, the whole event, the fragment (refused: not valid JSON), stopped
     assert kinds == ["system", "event", "rejected", "system"]
+
+
+def test_a_port_in_use_stops_the_start_before_recovery_touches_the_ledger(tmp_path):
+    config = Config(
+        state_dir=tmp_path / "state",
+        ingest=IngestConfig(listen=("127.0.0.1:0",)),
+    )
+    first = Gateway(config)
+    first.start()
+    first.request_stop()
+    first._finish()
+    segment = next((config.ledger_dir).glob("*.seg"))
+    segment.write_bytes(segment.read_bytes() + b"torn")  # a torn tail to recover
+    before = segment.read_bytes()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        busy = Config(
+            state_dir=config.state_dir,
+            ingest=IngestConfig(listen=(f"127.0.0.1:{squatter.getsockname()[1]}",)),
+        )
+        gw = Gateway(busy)
+        with pytest.raises(OSError):
+            gw.start()
+        gw.loop.close()
+    assert segment.read_bytes() == before  # not truncated: recovery never ran

@@ -114,6 +114,7 @@ def segment_name(first_seq: int) -> str:
 
 
 def parse_segment_name(name: str) -> int | None:
-    if len(name) == 24 and name.endswith(".seg") and name[:20].isdigit():
+    digits = name[:20]
+    if len(name) == 24 and name.endswith(".seg") and digits.isascii() and digits.isdigit():
         return int(name[:20])
     return None

@@ -7,6 +7,7 @@ frame at the live tail as the end of the ledger.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -22,10 +23,23 @@ from gateway.ledger import format as fmt
 # against hashing, small enough to keep resident memory low while verifying.
 READ_CHUNK_BYTES = 4 * 1024 * 1024
 
-# The most bytes the loop stages before it stops reading clients; a commit
-# batch never exceeds this plus one entry. Recovery relies on it: a torn write
-# can only damage the last, unsynced batch, so it never discards more.
+# The loop stops reading clients while this many bytes are staged for the next
+# commit, so memory stays bounded when the disk is slow.
 MAX_BATCH_BYTES = 8 * 1024 * 1024
+
+# The durability thread syncs at least once per this many bytes of a batch
+# (whole frames: a unit ends with the frame that crosses the mark). A power cut
+# can therefore only tear the last unit: everything before it was synced.
+SYNC_UNIT_BYTES = 2 * 1024 * 1024
+
+# The largest frame the gateway writes: a line at the max_line_bytes ceiling
+# (8 MiB, config.py) plus its source, flags and framing.
+LARGEST_FRAME_BYTES = 8 * 1024 * 1024 + 64 * 1024
+
+# Start-up recovery cuts at most this much after the last good entry (one sync
+# unit and the frame that crossed its mark). More than that cannot be a torn
+# write: it is damage, and the gateway refuses to start rather than cut it.
+MAX_TORN_BYTES = SYNC_UNIT_BYTES + LARGEST_FRAME_BYTES
 
 SEGMENT_MODE = 0o640  # group-readable: auditors read the ledger without writing it
 DIR_MODE = 0o750
@@ -173,6 +187,29 @@ class SegmentReader:
         self.damage = reason
 
 
+def newest_segment_is_torn(path: Path) -> bool:
+    """A segment whose creation never completed: shorter than its header, or only zeros.
+
+    Only the newest segment can be in this state (a crash while creating it);
+    nothing in it was ever acknowledged, so readers treat it as the live tail
+    and start-up recovery removes it.
+    """
+    with open(path, "rb") as f:
+        head = f.read(fmt.SEGMENT_HEADER_BYTES)
+        if len(head) < fmt.SEGMENT_HEADER_BYTES:
+            return True
+        try:
+            fmt.decode_segment_header(head)
+        except fmt.HeaderDamaged:
+            if not _all_zero(head):
+                return False
+            while chunk := f.read(READ_CHUNK_BYTES):
+                if not _all_zero(chunk):
+                    return False
+            return True
+    return False
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -191,34 +228,40 @@ class LedgerReader:
     def entries(
         self, from_seq: int = 1, to_seq: int | None = None
     ) -> Iterator[tuple[int, memoryview, bytes]]:
-        """Yield (seq, payload, chain hash) in seq order; the live tail ends the ledger."""
+        """Yield (seq, payload, chain hash) in seq order; the live tail ends the ledger.
+
+        The payload view is only valid until the next item is asked for. Damage
+        (including a missing segment) raises LedgerCorruption; hashes are not
+        checked here (that is `verify`'s job).
+        """
         segments = list_segments(self.directory)
         start = 0
         for i, (first, _path) in enumerate(segments):
             if first <= from_seq:
                 start = i
+        expect: int | None = None
         for i in range(start, len(segments)):
             first, path = segments[i]
             if to_seq is not None and first > to_seq:
                 return
+            if expect is not None and first != expect:
+                raise LedgerCorruption(
+                    str(path), 0, expect, f"segment starts at seq {first}, expected {expect}"
+                )
             last_segment = i == len(segments) - 1
             with SegmentReader(path) as reader:
                 try:
                     reader.read_header()
-                except EOFError:
-                    if last_segment:
+                except (EOFError, fmt.HeaderDamaged) as exc:
+                    if last_segment and newest_segment_is_torn(path):
                         return
-                    raise LedgerCorruption(
-                        str(path), 0, first, "segment header incomplete"
-                    ) from None
-                except fmt.HeaderDamaged as exc:
                     raise LedgerCorruption(str(path), 0, first, str(exc)) from None
                 for _offset, seq, stored, digest in reader.frames():
                     if seq < from_seq:
                         continue
-                    if to_seq is not None and seq > to_seq:
-                        return
                     yield seq, stored[fmt.FRAME_HEADER_BYTES :], bytes(digest)
+                    if seq == to_seq:
+                        return
                 if reader.tail == TailState.DAMAGED or (
                     not last_segment and reader.tail != TailState.CLEAN
                 ):
@@ -229,6 +272,7 @@ class LedgerReader:
                         reader.damage
                         or f"segment ends with {reader.tail} bytes before its successor",
                     )
+                expect = first + reader.frame_count
 
     def head(self) -> Head:
         """The last complete entry, found by reading only the last segment."""
@@ -257,8 +301,9 @@ class SegmentWrite:
     offset: int
     data: bytearray
     create: bool = False
-    # Frame end positions within `data`, kept only for fsync "always" (one sync per entry).
-    frame_ends: list[int] | None = None
+    # Positions in `data` after which to sync before writing on (always at
+    # frame ends): every frame with fsync "always", else every SYNC_UNIT_BYTES.
+    sync_points: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -316,6 +361,7 @@ class LedgerWriter:
         self._staged_entries = 0
         self._staged_first = 1
         self._staged_at = 0.0
+        self._unit_start = 0  # where the current sync unit began in the open write
         self.segments_created = 0
 
     # ---- open and recover
@@ -325,12 +371,9 @@ class LedgerWriter:
         segments = list_segments(self.directory)
         removed: list[str] = []
         while segments:
-            first, path = segments[-1]
-            header_state = self._classify_header(path)
-            if header_state == "ok":
+            _first, path = segments[-1]
+            if not newest_segment_is_torn(path):
                 break
-            if header_state == "damaged":
-                raise LedgerCorruption(str(path), 0, first, "segment header is damaged")
             # A segment whose creation never completed: nothing in it was ever acknowledged.
             self._quarantine(path, 0)
             path.unlink()
@@ -351,20 +394,6 @@ class LedgerWriter:
         self._start_staging()
         return self
 
-    @staticmethod
-    def _classify_header(path: Path) -> str:
-        """ "ok", "torn" (creation never completed: short or all zero) or "damaged"."""
-        with open(path, "rb") as f:
-            data = f.read(fmt.SEGMENT_HEADER_BYTES)
-            if len(data) < fmt.SEGMENT_HEADER_BYTES:
-                return "torn"
-            try:
-                fmt.decode_segment_header(data)
-            except fmt.HeaderDamaged:
-                f.seek(0)
-                return "torn" if _all_zero(f.read()) else "damaged"
-        return "ok"
-
     def _create_first_segment(self) -> None:
         path = self.directory / fmt.segment_name(1)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SEGMENT_MODE)
@@ -383,15 +412,18 @@ class LedgerWriter:
         """Find the last good entry of the newest segment; cut a torn tail after it.
 
         Frame headers are walked over the whole segment (cheap), but chain links
-        are only checked across the last MAX_BATCH_BYTES: only the last batch
+        are only checked across the last MAX_TORN_BYTES: only the last sync unit
         can have been torn, and start-up time must not grow with the ledger.
         """
         size = path.stat().st_size
-        check_from = max(fmt.SEGMENT_HEADER_BYTES, size - 2 * MAX_BATCH_BYTES)
+        check_from = max(fmt.SEGMENT_HEADER_BYTES, size - MAX_TORN_BYTES)
         good_end = fmt.SEGMENT_HEADER_BYTES
         reason = ""
         with SegmentReader(path) as reader:
-            header = reader.read_header()
+            try:
+                header = reader.read_header()
+            except fmt.HeaderDamaged as exc:
+                raise LedgerCorruption(str(path), 0, first, str(exc)) from None
             prev = header.prev_hash
             last_seq = first - 1
             for offset, seq, stored, digest in reader.frames():
@@ -407,13 +439,13 @@ class LedgerWriter:
                     reason = reader.damage or f"{reader.tail} tail"
         discarded = size - good_end
         if discarded:
-            if discarded > MAX_BATCH_BYTES + fmt.MAX_PAYLOAD_BYTES + fmt.FRAME_OVERHEAD:
+            if discarded > MAX_TORN_BYTES:
                 raise LedgerCorruption(
                     str(path),
                     good_end,
                     last_seq + 1,
                     f"{reason}; {discarded} bytes follow the last good entry, more than one "
-                    "commit batch can leave behind: this is damage, not a torn write",
+                    "unsynced write can leave behind: this is damage, not a torn write",
                 )
             quarantined, digest_hex = self._quarantine(path, good_end)
             with open(path, "r+b") as f:
@@ -442,8 +474,14 @@ class LedgerWriter:
             return None, digest
         qdir = self.directory / QUARANTINE_DIR
         qdir.mkdir(mode=DIR_MODE, exist_ok=True)
-        name = f"{path.name}.{offset}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.tail"
-        fd = os.open(qdir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SEGMENT_MODE)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for n in itertools.count():
+            name = f"{path.name}.{offset}.{stamp}" + (f".{n}" if n else "") + ".tail"
+            try:  # O_EXCL: a second recovery at the same place never overwrites the first
+                fd = os.open(qdir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SEGMENT_MODE)
+                break
+            except FileExistsError:
+                continue
         try:
             os.write(fd, data)
             os.fsync(fd)
@@ -461,7 +499,8 @@ class LedgerWriter:
         self._staged_first = self.next_seq
 
     def _new_write(self, path: Path, offset: int, create: bool = False) -> SegmentWrite:
-        return SegmentWrite(path, offset, bytearray(), create, [] if self.per_entry_sync else None)
+        self._unit_start = 0
+        return SegmentWrite(path, offset, bytearray(), create)
 
     @property
     def staged_bytes(self) -> int:
@@ -482,8 +521,10 @@ class LedgerWriter:
             self._staged_at = self.clock()
         w = self._writes[-1]
         w.data += frame
-        if w.frame_ends is not None:
-            w.frame_ends.append(len(w.data))
+        end = len(w.data)
+        if self.per_entry_sync or end - self._unit_start >= SYNC_UNIT_BYTES:
+            w.sync_points.append(end)
+            self._unit_start = end
         self._seg_size += size
         self._staged_bytes += size
         self._staged_entries += 1
@@ -496,8 +537,6 @@ class LedgerWriter:
         self._seg_path = self.directory / fmt.segment_name(seq)
         w = self._new_write(self._seg_path, 0, create=True)
         w.data += fmt.encode_segment_header(seq, self.last_hash)
-        if w.frame_ends is not None:
-            w.frame_ends.append(len(w.data))
         self._writes.append(w)
         self._seg_size = fmt.SEGMENT_HEADER_BYTES
         self._staged_bytes += fmt.SEGMENT_HEADER_BYTES
@@ -553,22 +592,14 @@ def write_batch(batch: CommitBatch, fds: dict[Path, int], sync: bool) -> int:
                 del fds[old_path]
             fds[w.path] = fd
         view = memoryview(w.data)
-        if w.frame_ends is not None and sync:
-            start = 0
-            for end in w.frame_ends:
+        start = 0
+        for end in [*w.sync_points, len(view)] if sync else [len(view)]:
+            if end > start:
                 _pwrite_all(fd, view[start:end], w.offset + start)
-                os.fdatasync(fd)
-                syncs += 1
+                if sync:
+                    os.fdatasync(fd)
+                    syncs += 1
                 start = end
-            if start < len(view):
-                _pwrite_all(fd, view[start:], w.offset + start)
-                os.fdatasync(fd)
-                syncs += 1
-        else:
-            _pwrite_all(fd, view, w.offset)
-            if sync:
-                os.fdatasync(fd)
-                syncs += 1
         if w.create and sync:
             fsync_directory(w.path.parent)
             syncs += 1

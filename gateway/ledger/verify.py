@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.ledger import format as fmt
-from gateway.ledger.store import SegmentReader, TailState, list_segments
+from gateway.ledger.store import SegmentReader, TailState, list_segments, newest_segment_is_torn
 
 
 @dataclass(slots=True)
@@ -47,6 +47,7 @@ class VerifyResult:
 
 
 def verify_ledger(directory: Path) -> VerifyResult:
+    """Verify every segment under `directory`; a missing directory is an empty ledger."""
     segments = list_segments(directory)
     running = fmt.GENESIS_HASH
     expect = 1
@@ -70,13 +71,12 @@ def verify_ledger(directory: Path) -> VerifyResult:
             result.bytes_read += reader.size
             try:
                 header = reader.read_header()
-            except EOFError:
-                if last_segment:  # a segment being created, or whose creation was torn
+            except (EOFError, fmt.HeaderDamaged) as exc:
+                if last_segment and newest_segment_is_torn(path):
+                    # A segment being created, or whose creation a crash cut short.
                     result.tail_incomplete = True
                     break
-                return bad(path, 0, expect, "segment header incomplete")
-            except fmt.HeaderDamaged as exc:
-                return bad(path, 0, expect, str(exc))
+                return bad(path, 0, expect, str(exc) or "segment header incomplete")
             if header.first_seq != first:
                 return bad(path, 0, expect, "segment header first_seq does not match its name")
             if first != expect:
