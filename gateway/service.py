@@ -205,7 +205,9 @@ class Gateway:
                 self.exit_code = 1
                 break
         flush_deadline = self.loop.clock() + SHUTDOWN_FLUSH_S
-        while self.ingest.connections and self.loop.clock() < flush_deadline:
+        while (
+            self.ingest.connections or self.ingest.lingering
+        ) and self.loop.clock() < flush_deadline:
             self.loop.run_once(max_wait=0.1)
         self.ingest.close_all()
         self.durability.stop()

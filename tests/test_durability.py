@@ -121,7 +121,7 @@ def test_fire_and_forget_events_are_committed_after_the_client_closes(gateway_fa
     assert gw.ingest.stats.events == 2
 
 
-def test_shutdown_records_a_line_still_missing_its_newline(gateway_factory):
+def test_shutdown_records_a_line_still_missing_its_newline_as_incomplete(gateway_factory):
     gw, address = gateway_factory()
     client = socket.create_connection(address)
     client.sendall(b'{"event_type":"whole","timestamp":"2026-01-01T00:00:00Z"}\n{"event_type":"cut')
@@ -129,12 +129,29 @@ def test_shutdown_records_a_line_still_missing_its_newline(gateway_factory):
     gw.request_stop()
     gw._finish()
     client.close()
+    decoded = [
+        entries.decode(payload)
+        for _seq, payload, _hash in LedgerReader(gw.config.ledger_dir).entries()
+    ]
+    # started, the whole event, the fragment (the client had not closed), stopped
+    assert [d["kind"] for d in decoded] == ["system", "event", "rejected", "system"]
+    assert decoded[2]["reason"] == "incomplete_line"
+    assert decoded[2]["excerpt"] == b'{"event_type":"cut'
+
+
+def test_shutdown_stores_a_last_line_without_newline_from_a_client_that_closed(gateway_factory):
+    gw, address = gateway_factory()
+    client = socket.create_connection(address)
+    client.sendall(b'{"event_type":"last"}')
+    client.shutdown(socket.SHUT_WR)
+    gw.request_stop()
+    gw._finish()
+    client.close()
     kinds = [
         entries.decode(payload)["kind"]
         for _seq, payload, _hash in LedgerReader(gw.config.ledger_dir).entries()
     ]
-    # started, the whole event, the fragment (refused: not valid JSON), stopped
-    assert kinds == ["system", "event", "rejected", "system"]
+    assert kinds == ["system", "event", "system"]
 
 
 def test_a_port_in_use_stops_the_start_before_recovery_touches_the_ledger(tmp_path):

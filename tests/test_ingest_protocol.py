@@ -522,3 +522,33 @@ def test_any_input_split_anywhere_gives_same_items(data, cuts, max_line_bytes):
             _, _code, length, digest, excerpt, _fatal = item
             assert length is not None and len(digest) == 32
             assert len(excerpt) == min(length, EXCERPT_BYTES)
+
+
+def test_abandon_describes_the_unfinished_line_and_ends_the_stream():
+    p = IngestProtocol(1024)
+    p.receive_data(b'{"a":1}\n{"cut')
+    assert p.next_event() == {"a": 1}
+    assert p.next_event() is None
+    err = p.abandon()
+    assert err is not None and err.code == "incomplete_line"
+    assert (err.length, err.excerpt, err.digest) == (5, b'{"cut', blake3(b'{"cut').digest())
+    assert p.next_event() is None  # no EOF item and no event after abandoning
+
+
+def test_abandon_with_only_blank_bytes_left_reports_nothing():
+    p = IngestProtocol(1024)
+    p.receive_data(b'{"a":1}\n \r')
+    assert p.next_event() == {"a": 1}
+    assert p.next_event() is None
+    assert p.abandon() is None
+
+
+def test_abandon_during_an_overlong_line_reports_its_whole_length():
+    p = IngestProtocol(8)
+    p.receive_data(b"x" * 20)
+    p.receive_data(b"y" * 5)
+    assert p.next_event() is None
+    err = p.abandon()
+    assert err is not None and err.code == "incomplete_line"
+    assert err.length == 25
+    assert err.digest == blake3(b"x" * 20 + b"y" * 5).digest()

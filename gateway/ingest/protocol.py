@@ -276,6 +276,33 @@ class IngestProtocol:
             )
         return line
 
+    def abandon(self) -> RemoteInputError | None:
+        """Stop reading: describe the unfinished line left in the buffer, if any.
+
+        Used at shutdown for a client that has not closed its side: its last
+        line may be cut anywhere, so it is reported, never parsed as an event.
+        Call after next_event() has returned None; nothing is accepted after.
+        """
+        self._eof = True
+        self._eof_returned = True
+        overlong = self._overlong
+        self._overlong = None
+        detail = "{} bytes without a newline when the gateway stopped reading"
+        if overlong is not None:
+            return RemoteInputError(
+                "incomplete_line",
+                detail.format(overlong.length),
+                length=overlong.length,
+                digest=overlong.hasher.digest(),
+                excerpt=overlong.excerpt,
+            )
+        line = bytes(self._buf[self._pos :])
+        self._buf = bytearray()
+        self._pos = 0
+        if is_blank(line):
+            return None
+        return bad_line("incomplete_line", detail.format(len(line)), line)
+
     def next_event(self) -> dict[str, Any] | Hello | _Eof | None:
         """The next event object, the Hello, EOF, or None when more data is needed.
 

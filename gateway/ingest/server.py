@@ -53,7 +53,8 @@ MAX_LINGERING = 256
 # already sent" is what sits in the socket buffer, not an endless stream.
 DRAIN_READS = 8
 
-# Listen backlog: the kernel queues this many connections not yet accepted.
+# Listen backlog: the kernel queues this many connections not yet accepted
+# (at shutdown, that many are still taken in and drained).
 LISTEN_BACKLOG = 1024
 
 
@@ -80,7 +81,10 @@ class Listener:
         return self.sock.fileno()
 
     def on_ready(self, mask: int) -> None:
-        for _ in range(ACCEPT_BATCH):
+        self.accept(ACCEPT_BATCH)
+
+    def accept(self, limit: int) -> None:
+        for _ in range(limit):
             try:
                 sock, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -144,7 +148,7 @@ class Connection:
         return self.fd
 
     def close(self) -> None:
-        self.server.close(self)
+        self.server.close(self, linger=False)
 
     def __repr__(self) -> str:
         return f"Connection({self.conn_id} {self.addr}:{self.port})"
@@ -184,12 +188,13 @@ class Connection:
             self.proto.receive_data(data)
             self.server.process(self)
         if not self.closed and not self.finished:
-            # Treat shutdown as the end of the stream: a line still missing its
-            # newline is stored (or recorded as rejected), never silently lost.
-            self.proto.receive_data(b"")
-            self.server.process(self)
-        if not self.closed:
+            # The client has not closed its side, so a line still missing its
+            # newline may be cut anywhere: record it as refused, without a reply.
             self.finished = True
+            unfinished = self.proto.abandon()
+            if unfinished is not None:
+                self.server._reject(self, unfinished, self.server.wall_clock_us(), reply=False)
+        if not self.closed:
             self.update_interest()
 
     def send(self, data: bytes) -> None:
@@ -313,8 +318,14 @@ class IngestServer:
         return bound
 
     def stop_accepting(self) -> None:
+        """Close the listeners, first taking in the connections already queued.
+
+        A client whose connection the kernel completed has written its events
+        and may have closed; closing the listener would reset it unread.
+        """
         self.accepting = False
         for listener in self.listeners:
+            listener.accept(LISTEN_BACKLOG)
             listener.close()
         self.listeners.clear()
 
@@ -344,6 +355,18 @@ class IngestServer:
         """One error line, then close: a refused client is never silently dropped."""
         try:
             sock.send(json_line({"ok": False, "error": code, "detail": detail}))
+        except OSError:
+            sock.close()
+            return
+        self._linger(sock)
+
+    def _linger(self, sock: socket.socket) -> None:
+        """Close gracefully: FIN after the last reply, then discard input until EOF.
+
+        Closing a socket with unread input makes the kernel send a reset, which
+        can destroy replies the client has not read yet.
+        """
+        try:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             sock.close()
@@ -420,7 +443,9 @@ class IngestServer:
         }
         conn.pending.append((0, json_line({"hello": reply})))
 
-    def _reject(self, conn: Connection, exc: RemoteInputError, received: int) -> None:
+    def _reject(
+        self, conn: Connection, exc: RemoteInputError, received: int, *, reply: bool = True
+    ) -> None:
         self.stats.rejected += 1
         seq = 0
         if exc.length is not None:
@@ -447,7 +472,7 @@ class IngestServer:
         )
         # Fire-and-forget clients get no reply; a bad hello is answered anyway,
         # since the client spoke the protocol and is about to be disconnected.
-        if conn.reply_mode or exc.fatal:
+        if reply and (conn.reply_mode or exc.fatal):
             conn.pending.append((seq, exc.reply()))
 
     # ---- output
@@ -528,9 +553,10 @@ class IngestServer:
         )
         conn.pending.clear()
         conn.outbuf.clear()
-        self.close(conn)
+        self.close(conn, linger=False)
 
-    def close(self, conn: Connection) -> None:
+    def close(self, conn: Connection, *, linger: bool = True) -> None:
+        """Forget the connection; with `linger`, its socket closes gracefully."""
         if conn.closed:
             return
         conn.closed = True
@@ -539,7 +565,10 @@ class IngestServer:
             conn.events = 0
         self.waiting.discard(conn)
         self.connections.pop(conn.conn_id, None)
-        conn.sock.close()
+        if linger and not conn.outbuf:
+            self._linger(conn.sock)
+        else:
+            conn.sock.close()
 
     def drain_all(self) -> None:
         for conn in list(self.connections.values()):
@@ -547,7 +576,7 @@ class IngestServer:
 
     def close_all(self) -> None:
         for conn in list(self.connections.values()):
-            self.close(conn)
+            self.close(conn, linger=False)
         for lingerer in list(self.lingering):
             lingerer.close()
 

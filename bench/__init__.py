@@ -1,0 +1,1 @@
+"""Benchmarks: a load generator and a runner against the real gateway over loopback."""
