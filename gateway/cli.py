@@ -1,4 +1,4 @@
-"""The `gateway` command line: run, verify, export, send."""
+"""The `gateway` command line: run, verify, export, send, status, printing commands."""
 
 from __future__ import annotations
 
@@ -65,6 +65,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ack", action="store_true", help="wait for every acknowledgement")
     p.add_argument("--timeout", type=float, default=30.0, help="socket timeout in seconds")
     p.add_argument("file", nargs="?", type=Path, help="NDJSON file (default: stdin)")
+
+    p = sub.add_parser("status", help="the running gateway's state")
+    _add_state_options(p)
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    p = sub.add_parser("reprint", help="reprint a receipt, marked COPY n")
+    _add_state_options(p)
+    p.add_argument("--seq", type=int, help="the event's seq (default: the last receipt)")
+    p.add_argument("--printer", help="printer name (default: where it was printed)")
+
+    p = sub.add_parser("print-status-page", help="print the status page")
+    _add_state_options(p)
+    p.add_argument("--printer", help="printer name (default: the first route's)")
+
+    p = sub.add_parser("report", help="the daily compliance report of one day")
+    _add_state_options(p)
+    p.add_argument("--date", required=True, help="the local day, YYYY-MM-DD")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--printer", help="make a numbered report and print it there")
+    where.add_argument("--out", type=Path, help="write an unnumbered preview to this file")
+    p.add_argument("--language", choices=["text", "escpos", "pcl"], default="text",
+                   help="with --out: the printer language (default text)")  # fmt: skip
+    p.add_argument("--width", type=int, default=80, help="with --out: characters per line")
+
+    p = sub.add_parser("emulate-printer", help="a port 9100 printer that writes jobs to files")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9100)
+    p.add_argument("--out", default="./var/emulator", help="directory for the jobs")
+    faults = "refuse | reset-after=BYTES | stall | slow | close-before-read"
+    p.add_argument("--fault", default="none", help=faults)
     return parser
 
 
@@ -145,7 +175,101 @@ def cmd_send(args: argparse.Namespace) -> int:
     return EXIT_OK if result.error is None else EXIT_FAILURE
 
 
-COMMANDS = {"run": cmd_run, "verify": cmd_verify, "export": cmd_export, "send": cmd_send}
+def _control(args: argparse.Namespace, command: dict) -> dict:
+    from gateway.control import request
+
+    config = _existing_state(args)
+    try:
+        return request(config.control_path, command)
+    except OSError as exc:
+        raise LedgerError(
+            f"no running gateway answers on {config.control_path}: {exc.strerror or exc}"
+        ) from None
+
+
+def _answer(reply: dict, text: str) -> int:
+    if not reply.get("ok"):
+        print(f"gateway: {reply.get('error', 'refused')}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(text)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    reply = _control(args, {"cmd": "status"})
+    if args.json or not reply.get("ok"):
+        print(json.dumps(reply.get("status", reply)))
+        return EXIT_OK if reply.get("ok") else EXIT_FAILURE
+    st = reply["status"]
+    lines = [
+        f"health      {st['health']}",
+        f"version     {st['version']}, up {st['uptime_s']:.0f} s",
+        f"listening   {', '.join(st['listen'])}",
+        f"ledger      {st['ledger']['entries']} entries, head seq {st['ledger']['head_seq']} "
+        f"hash {st['ledger']['head_hash'][:16]}",
+        f"connections {st['connections']}",
+    ]
+    for p in st.get("printers", []):
+        error = f" ({p['error']}, for {p['error_for_s']:.0f} s)" if p["state"] == "error" else ""
+        lines.append(f"printer     {p['name']}: {p['state']}{error}, {p['queued']} queued")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_reprint(args: argparse.Namespace) -> int:
+    reply = _control(args, {"cmd": "reprint", "seq": args.seq, "printer": args.printer})
+    return _answer(reply, f"reprint of seq {reply.get('seq')} queued as COPY {reply.get('copy')}")
+
+
+def cmd_print_status_page(args: argparse.Namespace) -> int:
+    reply = _control(args, {"cmd": "print_status_page", "printer": args.printer})
+    return _answer(reply, f"status page queued ({reply.get('job')})")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    try:
+        date = dt.date.fromisoformat(args.date)
+    except ValueError:
+        print("gateway report: --date must be YYYY-MM-DD", file=sys.stderr)
+        return EXIT_USAGE
+    if args.out is None:
+        reply = _control(args, {"cmd": "report", "date": args.date, "printer": args.printer})
+        return _answer(
+            reply, f"report no. {reply.get('number')} ({reply.get('count')} entries) queued"
+        )
+    from gateway.printing.reports import collect_day
+    from gateway.render.languages import render
+    from gateway.render.templates import daily_report
+
+    config = _existing_state(args)
+    rows, first, last, last_hash = collect_day(config.ledger_dir, date)
+    doc = daily_report(config.name or "gateway", args.date, None, rows, first, last, last_hash)
+    args.out.write_bytes(render(doc, args.language, args.width))
+    print(f"preview of {args.date}: {len(rows)} entries written to {args.out}")
+    return EXIT_OK
+
+
+def cmd_emulate_printer(args: argparse.Namespace) -> int:
+    from gateway.printing import emulator
+
+    return emulator.main(
+        ["--host", args.host, "--port", str(args.port), "--out", args.out, "--fault", args.fault]
+    )
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "verify": cmd_verify,
+    "export": cmd_export,
+    "send": cmd_send,
+    "status": cmd_status,
+    "reprint": cmd_reprint,
+    "print-status-page": cmd_print_status_page,
+    "report": cmd_report,
+    "emulate-printer": cmd_emulate_printer,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

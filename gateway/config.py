@@ -53,7 +53,7 @@ def _limit(lo: float | None = None, hi: float | None = None, doc: str = "") -> d
 @dataclass(frozen=True)
 class IngestConfig:
     # Loopback only by default: `make run` must not expose a port to the LAN.
-    listen: tuple[str, ...] = ("127.0.0.1:50001",)
+    listen: tuple[str, ...] = field(default=("127.0.0.1:50001",), metadata={"nonempty": True})
     # 64 KiB holds any realistic event (audit records with old/new values are a
     # few KiB); 8 MiB is the ceiling because a line is buffered whole in memory.
     max_line_bytes: int = field(default=65536, metadata=_limit(256, 8 * MiB))
@@ -80,17 +80,73 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class PrinterConfig:
+    # socket://HOST:PORT[?contimeout=S&waiteof=true|false], serial:DEVICE[?baud=...],
+    # or file:DIRECTORY (docs/printing.md, "Printers").
+    uri: str
+    language: Literal["text", "escpos", "pcl"] = "text"
+    # 42 characters: an 80 mm receipt roll in the printer's standard font.
+    width: int = field(default=42, metadata=_limit(16, 255))
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    # Equality on top-level event fields; empty: every event.
+    match: dict[str, Any] = field(default_factory=dict)
+    printer: tuple[str, ...] = ()  # required: one name or a list (fan-out)
+    template: Literal["receipt"] = "receipt"
+
+
+@dataclass(frozen=True)
+class DailyReportConfig:
+    printer: str = ""  # required
+    at: str = "02:00"  # local time HH:MM; the report covers the previous day
+
+
+@dataclass(frozen=True)
+class ReportsConfig:
+    daily: DailyReportConfig | None = None
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    # Retry a failed delivery after 1 s, doubling up to 60 s: quick recovery
+    # from a printer's brief hiccup, one attempt a minute during a long outage.
+    retry_start_s: float = field(default=1.0, metadata=_limit(0.01, 3600))
+    retry_cap_s: float = field(default=60.0, metadata=_limit(0.01, 3600))
+    # A printer in error this long raises an alert (ERROR log, status health).
+    alert_after_s: float = field(default=300.0, metadata=_limit(1, 86_400))
+    # Per printer: 10,000 queued jobs (days of receipts at a branch) and 64 MiB
+    # of queued entry data; beyond either, new jobs are refused and recorded.
+    max_jobs: int = field(default=10_000, metadata=_limit(1, 1_000_000))
+    max_bytes: int = field(default=64 * MiB, metadata=_limit(MiB, 1024 * MiB))
+    # A delivery that makes no progress for 60 s (printer stopped reading,
+    # serial flow control never released) is abandoned and retried.
+    stall_timeout_s: float = field(default=60.0, metadata=_limit(0.1, 3600))
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = Path("./var")
+    # The gateway's name on paper; empty: the host name.
+    name: str = ""
     ingest: IngestConfig = IngestConfig()
     ledger: LedgerConfig = LedgerConfig()
     log: LogConfig = LogConfig()
+    printers: dict[str, PrinterConfig] = field(default_factory=dict)
+    routes: tuple[RouteConfig, ...] = ()
+    reports: ReportsConfig = ReportsConfig()
+    spool: SpoolConfig = SpoolConfig()
     # Where the configuration came from (a file path, or "<defaults>"); not a YAML key.
     source: str = field(default="<defaults>", metadata={"internal": True})
 
     @property
     def ledger_dir(self) -> Path:
         return self.state_dir / "ledger"
+
+    @property
+    def control_path(self) -> Path:
+        return self.state_dir / "control.sock"
 
     def effective(self) -> dict[str, Any]:
         """The configuration as plain data (for hashing and `gateway config`)."""
@@ -126,7 +182,14 @@ def default_state_dir() -> Path:
 def load_config(path: Path | None = None, state_dir: Path | None = None) -> Config:
     """Read `path` (or take the embedded defaults); `state_dir` overrides the file's."""
     if path is None:
-        data: Any = {}
+        # Without a file: print every event as a receipt, and the daily report,
+        # into files under the state directory (docs/printing.md).
+        printed = (state_dir or default_state_dir()) / "printed"
+        data: Any = {
+            "printers": {"paper": {"uri": f"file:{printed}"}},
+            "routes": [{"printer": "paper"}],
+            "reports": {"daily": {"printer": "paper"}},
+        }
         source = "<defaults>"
     else:
         source = str(path)
@@ -152,7 +215,36 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Conf
         config = dataclasses.replace(config, state_dir=state_dir)
     for i, address in enumerate(config.ingest.listen):
         parse_address(address, source, f"ingest.listen[{i}]")
+    _check_printing(config, source)
     return config
+
+
+def _check_printing(config: Config, source: str) -> None:
+    from gateway.printing.uri import parse_uri  # the one parser of printer URIs
+
+    for name, printer in config.printers.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", name):
+            raise ConfigError(source, f"printers.{name}", "names are 1-32 of A-Z a-z 0-9 _ . -")
+        try:
+            parse_uri(printer.uri)
+        except ValueError as exc:
+            raise ConfigError(source, f"printers.{name}.uri", str(exc)) from None
+    for i, route in enumerate(config.routes):
+        if not route.printer:
+            raise ConfigError(source, f"routes[{i}].printer", "required")
+        for name in route.printer:
+            if name not in config.printers:
+                raise ConfigError(source, f"routes[{i}].printer", f"no printer named {name!r}")
+    daily = config.reports.daily
+    if daily is not None:
+        if daily.printer not in config.printers:
+            raise ConfigError(
+                source, "reports.daily.printer", f"no printer named {daily.printer!r}"
+            )
+        if not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", daily.at):
+            raise ConfigError(source, "reports.daily.at", "expected HH:MM (24-hour local time)")
+    if config.spool.retry_cap_s < config.spool.retry_start_s:
+        raise ConfigError(source, "spool.retry_cap_s", "must not be below spool.retry_start_s")
 
 
 def parse_address(text: str, file: str = "-", key: str = "listen") -> tuple[str, int]:
@@ -190,6 +282,10 @@ def _build(cls: type, data: Any, file: str, prefix: str) -> Any:
     for name, value in data.items():
         key = prefix + name
         values[name] = _convert(hints[name], value, file, key, fields[name].metadata)
+    for name, f in fields.items():
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if no_default and name not in values:
+            raise ConfigError(file, prefix + name, "required")
     return cls(**values)
 
 
@@ -202,12 +298,28 @@ def _convert(tp: Any, value: Any, file: str, key: str, meta: Any) -> Any:
         if value not in choices:
             raise ConfigError(file, key, f"must be one of {', '.join(map(str, choices))}")
         return value
+    if tp is Any:  # route match values: plain scalars only
+        if value is not None and not isinstance(value, str | int | float | bool):
+            raise ConfigError(file, key, "expected a string, number, true, false or null")
+        return value
+    if origin is dict:
+        _key_tp, item_tp = typing.get_args(tp)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(file, key, "expected a mapping")
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(file, f"{key}.{k!r}", "keys must be strings")
+            out[k] = _convert(item_tp, v, file, f"{key}.{k}", {})
+        return out
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if isinstance(value, str):
             value = [value]
-        if not isinstance(value, list) or not value:
-            raise ConfigError(file, key, "expected a non-empty list")
+        if not isinstance(value, list) or (meta.get("nonempty") and not value):
+            raise ConfigError(file, key, "expected a non-empty list" if meta else "expected a list")
         return tuple(_convert(item_tp, v, file, f"{key}[{i}]", {}) for i, v in enumerate(value))
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(tp) if a is not type(None)]

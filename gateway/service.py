@@ -8,6 +8,7 @@ the last replies, append `stopped`, exit 0.
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import fcntl
 import logging
@@ -20,12 +21,14 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.config import Config
+from gateway.control import ControlServer
 from gateway.errors import LedgerError
 from gateway.ingest.server import IngestServer
 from gateway.ledger import entries
 from gateway.ledger.durability import BatchResult, DurabilityThread
 from gateway.ledger.store import DIR_MODE, LedgerWriter
 from gateway.loop import EventLoop
+from gateway.printing.spool import Spool
 
 log = logging.getLogger("gateway.ops")
 
@@ -86,6 +89,15 @@ class Gateway:
             self.loop.post, self._on_batch, sync=config.ledger.fsync != "off"
         )
         self.ingest = IngestServer(self.loop, self.ledger, config.ingest)
+        # A configuration without printers prints nothing and has no spool.
+        self.spool = Spool(config, self.loop, self.ledger) if config.printers else None
+        if self.spool is not None:
+            self.spool.status_provider = self.status
+            if config.routes:
+                self.ingest.on_event = self.spool.on_event
+        self.control = ControlServer(self.loop, config.control_path, self._control)
+        self.bound: list[tuple[str, int]] = []
+        self._in_flight: list[str] = []
         self.started_at = time.monotonic()
         self.stopping = False
         self.exit_code = 0
@@ -101,13 +113,18 @@ class Gateway:
         raise_fd_limit(self.config.ingest.max_connections)
         # Bind first: a port in use stops the start before recovery touches the
         # ledger, so a `recovered` entry can never be lost to a failed start.
-        bound = self.ingest.listen()
+        bound = self.bound = self.ingest.listen()
         if self.config.ledger.fsync == "off":
             log.warning(
                 "ledger.fsync is off: acknowledged events can be lost on power failure; "
                 "use this for benchmarks only"
             )
         self.ledger.open()
+        clean_stop = None
+        if self.spool is not None:
+            hint = self.spool.clean_stop_hint()
+            if hint is not None and hint.get("head") == self.ledger.next_seq - 1:
+                clean_stop = hint  # the last run stopped cleanly and nothing came after
         now = time.time_ns() // 1000
         if self.ledger.recovery is not None:
             report = asdict(self.ledger.recovery)
@@ -122,6 +139,9 @@ class Gateway:
         )
         self.durability.start()
         self.loop.add_idle_hook(self._commit_if_idle)
+        self.control.listen()
+        if self.spool is not None:
+            self.spool.start(clean_stop)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.request_stop)
         # Configuration reload is not implemented yet: SIGHUP is logged and
@@ -167,6 +187,61 @@ class Gateway:
         self.syncs += result.syncs
         self.ledger.batch_done(result.batch)
         self.ingest.on_durable()
+        if self.spool is not None:
+            self.spool.on_durable()
+
+    # ---- status and control
+
+    def status(self) -> dict:
+        head = self.ledger.durable
+        printing = self.spool.status() if self.spool is not None else {"printers": []}
+        health = "ok"
+        if self.ledger_error is not None:
+            health = "ledger failing"
+        elif self.spool is not None and not self.spool.healthy:
+            health = "printer alert"
+        return {
+            "version": __version__,
+            "health": health,
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "state_dir": str(self.config.state_dir),
+            "listen": [f"{h}:{p}" for h, p in self.bound],
+            "ledger": {
+                "entries": head.seq,
+                "head_seq": head.seq,
+                "head_hash": head.hash.hex(),
+                "error": str(self.ledger_error) if self.ledger_error else None,
+            },
+            "connections": len(self.ingest.connections),
+            "events": self.ingest.stats.events,
+            "rejected": self.ingest.stats.rejected,
+            **printing,
+        }
+
+    def _control(self, request: dict, reply) -> None:
+        cmd = request["cmd"]
+        spool = self.spool
+        if cmd == "status":
+            reply({"ok": True, "status": self.status()})
+        elif spool is None:
+            reply({"ok": False, "error": "no printers are configured"})
+        elif cmd == "reprint":
+            seq = request.get("seq")
+            if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
+                reply({"ok": False, "error": "seq must be a number"})
+                return
+            spool.request_reprint(seq, request.get("printer"), "control", reply)
+        elif cmd == "print_status_page":
+            reply(spool.request_status_page(request.get("printer"), "control"))
+        elif cmd == "report":
+            try:
+                date = dt.date.fromisoformat(str(request.get("date")))
+            except ValueError:
+                reply({"ok": False, "error": "date must be YYYY-MM-DD"})
+                return
+            spool.request_report(date, request.get("printer"), "control", reply)
+        else:
+            reply({"ok": False, "error": f"unknown command {cmd!r}"})
 
     # ---- stop
 
@@ -180,11 +255,16 @@ class Gateway:
         log.info("stopping: no new connections; committing what clients already sent")
         self.ingest.stop_accepting()
         self.ingest.drain_all()
+        self._in_flight = self.spool.stop() if self.spool is not None else []
         self.ledger.append(
             entries.encode_system(
                 time.time_ns() // 1000,
                 "stopped",
-                {"version": __version__, "events": self.ingest.stats.events},
+                {
+                    "version": __version__,
+                    "events": self.ingest.stats.events,
+                    "print_in_flight": self._in_flight,
+                },
             )
         )
         self.loop.stop()
@@ -210,6 +290,9 @@ class Gateway:
         ) and self.loop.clock() < flush_deadline:
             self.loop.run_once(max_wait=0.1)
         self.ingest.close_all()
+        self.control.close()
+        if self.spool is not None:
+            self.spool.close(self._in_flight)
         self.durability.stop()
         self.loop.close()
         log.info(

@@ -349,8 +349,16 @@ def test_digest_is_stable(tmp_path):
         "log:\n  level: info\n",
         "explicit.yaml",
     )
-    assert load_config(explicit).digest() == load_config().digest()
-    assert load_config(write(tmp_path, "", "empty.yaml")).digest() == load_config().digest()
+    empty = load_config(write(tmp_path, "", "empty.yaml"))
+    assert load_config(explicit).digest() == empty.digest()
+    # without a file, the embedded defaults add a file printer, a route and the
+    # daily report; a file states everything itself
+    defaults = load_config()
+    assert defaults.digest() != empty.digest()
+    assert not empty.printers and not empty.routes and empty.reports.daily is None
+    assert defaults.routes[0].printer == ("paper",)
+    assert defaults.printers["paper"].uri == f"file:{defaults.state_dir / 'printed'}"
+    assert defaults.reports.daily is not None and defaults.reports.daily.printer == "paper"
 
 
 def test_digest_changes_with_every_value(tmp_path):

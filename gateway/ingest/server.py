@@ -281,6 +281,9 @@ class IngestServer:
         self.ledger = ledger
         self.config = config
         self.wall_clock_us = wall_clock_us
+        # Called with (seq, chain hash, payload, event) for every staged event
+        # (the print spool's routing); None when nothing prints.
+        self.on_event: Callable[[int, bytes, bytes, dict], None] | None = None
         self.listeners: list[Listener] = []
         self.connections: dict[int, Connection] = {}
         self.lingering: set[_Lingerer] = set()
@@ -384,7 +387,9 @@ class IngestServer:
         """Turn everything complete in the connection's buffer into staged entries."""
         proto = conn.proto
         next_event = proto.next_event
-        append = self.ledger.append
+        ledger = self.ledger
+        append = ledger.append
+        on_event = self.on_event
         encode = entries.encode_event
         validate = validate_event
         pending = conn.pending
@@ -404,8 +409,11 @@ class IngestServer:
             if item is None:
                 break
             if type(item) is dict:
-                seq = append(encode(received, source, item, validate(item)))
+                payload = encode(received, source, item, validate(item))
+                seq = append(payload)
                 events += 1
+                if on_event is not None:
+                    on_event(seq, ledger.last_hash, payload, item)
                 if reply_mode:
                     pending.append(seq)
                 continue

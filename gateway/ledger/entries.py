@@ -18,6 +18,14 @@ import cbor2
 EVENT = "event"
 REJECTED = "rejected"
 SYSTEM = "system"
+# Printing (docs/printing.md): requests that queue a job, job outcomes and
+# printer state changes. Receipts need no request entry: which receipts an
+# event gets follows from the event and the routes.
+REPRINT = "reprint"
+REPORT = "report"
+STATUS_PAGE = "status_page"
+PRINT = "print"
+PRINTER = "printer"
 
 _dumps = cbor2.dumps
 
@@ -83,6 +91,11 @@ def encode_rejected(
 
 def encode_system(received_at_us: int, name: str, detail: dict[str, Any]) -> bytes:
     return _dumps({"kind": SYSTEM, "received_at": received_at_us, "name": name, "detail": detail})
+
+
+def encode_record(kind: str, received_at_us: int, fields: dict[str, Any]) -> bytes:
+    """Any other kind: a flat map of `kind`, `received_at` and the kind's fields."""
+    return _dumps({"kind": kind, "received_at": received_at_us, **fields})
 
 
 def decode(payload: bytes | memoryview) -> dict[str, Any]:

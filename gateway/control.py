@@ -1,0 +1,177 @@
+"""The control socket: a UNIX stream socket in the state directory for the CLI.
+
+One JSON request line, one JSON reply line, then the gateway closes
+(docs/operations.md, "Control socket"). The socket is mode 0600: only the
+service's user (and root) may use it. Requests are handled on the event loop;
+a slow request (a reprint looks the entry up on the worker thread) replies
+when it is done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.loop import READ, WRITE, EventLoop
+
+log = logging.getLogger("gateway.control")
+
+# A request is a short JSON line; anything longer is refused.
+MAX_REQUEST_BYTES = 4096
+# A client that does not finish its request (or read the reply) in 10 s is dropped.
+CLIENT_TIMEOUT_S = 10.0
+# At most this many control clients at once (the CLI opens one per command).
+MAX_CLIENTS = 16
+# How long the CLI waits for a reply (a reprint of an old seq scans the ledger).
+CLI_TIMEOUT_S = 30.0
+
+Handler = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], None]
+
+
+class ControlServer:
+    def __init__(self, loop: EventLoop, path: Path, handle: Handler) -> None:
+        self.loop = loop
+        self.path = path
+        self.handle = handle
+        self.sock: socket.socket | None = None
+        self.clients: set[_Client] = set()
+
+    def fileno(self) -> int:
+        assert self.sock is not None
+        return self.sock.fileno()
+
+    def listen(self) -> None:
+        try:
+            self.path.unlink()  # left by a process that died; the state lock is ours
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # created 0600, no window with wider permissions
+        try:
+            sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        sock.listen(MAX_CLIENTS)
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop.add(self, READ)
+
+    def on_ready(self, mask: int) -> None:
+        assert self.sock is not None
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if len(self.clients) >= MAX_CLIENTS:
+            conn.close()
+            return
+        conn.setblocking(False)
+        client = _Client(self, conn)
+        self.clients.add(client)
+        self.loop.add(client, READ)
+
+    def close(self) -> None:
+        for client in list(self.clients):
+            client.close()
+        if self.sock is not None:
+            self.loop.remove(self)
+            self.sock.close()
+            self.sock = None
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+
+
+class _Client:
+    def __init__(self, server: ControlServer, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.inbuf = b""
+        self.outbuf = b""
+        self.answered = False
+        self.timer = server.loop.call_later(CLIENT_TIMEOUT_S, self.close)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def on_ready(self, mask: int) -> None:
+        if mask & WRITE:
+            self._write()
+            return
+        try:
+            data = self.sock.recv(MAX_REQUEST_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()
+            return
+        self.inbuf += data
+        if b"\n" not in self.inbuf:
+            if len(self.inbuf) > MAX_REQUEST_BYTES:
+                self.reply({"ok": False, "error": "request too long"})
+            return
+        line = self.inbuf.split(b"\n", 1)[0]
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+                raise ValueError('expected {"cmd": ...}')
+        except ValueError as exc:
+            self.reply({"ok": False, "error": f"bad request: {exc}"})
+            return
+        try:
+            self.server.handle(request, self.reply)
+        except Exception as exc:  # a bug must not take the gateway down
+            log.exception("control request failed", extra={"fields": {"cmd": request.get("cmd")}})
+            self.reply({"ok": False, "error": f"internal error: {exc!r}"})
+
+    def reply(self, response: dict[str, Any]) -> None:
+        if self.answered or self.sock.fileno() < 0:
+            return
+        self.answered = True
+        self.outbuf = json.dumps(response, default=str).encode() + b"\n"
+        self.server.loop.modify(self, WRITE)
+
+    def _write(self) -> None:
+        try:
+            n = self.sock.send(self.outbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        self.outbuf = self.outbuf[n:]
+        if not self.outbuf:
+            self.close()
+
+    def close(self) -> None:
+        if self in self.server.clients:
+            self.server.clients.discard(self)
+            self.timer.cancel()
+            self.server.loop.remove(self)
+            self.sock.close()
+
+
+def request(path: Path, command: dict[str, Any], timeout: float = CLI_TIMEOUT_S) -> dict[str, Any]:
+    """The CLI side: send one request, return the reply (OSError if no gateway answers)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(json.dumps(command).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    if not data:
+        raise OSError("the gateway closed the control connection without a reply")
+    return json.loads(data)

@@ -1,0 +1,93 @@
+"""Daily compliance reports: which entries a local day holds, and when reports are due."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+from gateway.ledger import entries
+from gateway.ledger.store import LedgerReader, list_segments
+from gateway.render.templates import report_row
+
+
+def day_bounds_us(date: dt.date) -> tuple[int, int]:
+    """[start, end) of a local calendar day, in microseconds since the epoch."""
+    start = dt.datetime.combine(date, dt.time()).astimezone()
+    end = dt.datetime.combine(date + dt.timedelta(days=1), dt.time()).astimezone()
+    return int(start.timestamp()) * 1_000_000, int(end.timestamp()) * 1_000_000
+
+
+def _first_received(ledger_dir: Path, first_seq: int) -> int | None:
+    for _seq, payload, _hash in LedgerReader(ledger_dir).entries(first_seq, first_seq):
+        value = entries.decode(payload).get("received_at")
+        return value if isinstance(value, int) else None
+    return None
+
+
+def collect_day(
+    ledger_dir: Path, date: dt.date, from_seq: int | None = None, to_seq: int | None = None
+) -> tuple[list[tuple[str, ...]], int | None, int | None, str | None]:
+    """The day's rows (events and rejected lines received that local day).
+
+    Returns (rows, first seq, last seq, chain hash at the last seq). Without
+    `from_seq` the scan starts at the last segment that began before the day,
+    so a report reads about one segment, not the whole ledger. "Received that
+    day" is by the gateway's clock, as recorded in each entry.
+    """
+    start_us, end_us = day_bounds_us(date)
+    if from_seq is None:
+        from_seq = 1
+        for first, _path in list_segments(ledger_dir):
+            received = _first_received(ledger_dir, first)
+            if received is not None and received < start_us:
+                from_seq = first
+    rows: list[tuple[str, ...]] = []
+    first_seq = last_seq = None
+    last_hash = None
+    for seq, payload, chain_hash in LedgerReader(ledger_dir).entries(from_seq, to_seq):
+        entry = entries.decode(payload)
+        if entry.get("kind") not in (entries.EVENT, entries.REJECTED):
+            continue
+        received = entry.get("received_at")
+        if not isinstance(received, int) or not start_us <= received < end_us:
+            continue
+        rows.append(report_row(seq, entry))
+        if first_seq is None:
+            first_seq = seq
+        last_seq = seq
+        last_hash = chain_hash.hex()
+    return rows, first_seq, last_seq, last_hash
+
+
+def due_dates(
+    last: dt.date | None, first: dt.date, at: str, now: float | None = None
+) -> list[dt.date]:
+    """Days whose report is due and not made yet, oldest first.
+
+    The report for day D is due at `at` (local HH:MM) on day D+1. `last` is the
+    day of the last report made (None: none yet); `first` is the earliest day
+    worth a report (the day of the ledger's first entry). Every missed day is
+    caught up once.
+    """
+    now_dt = dt.datetime.fromtimestamp(time.time() if now is None else now).astimezone()
+    hour, minute = map(int, at.split(":"))
+    latest = now_dt.date() - dt.timedelta(days=1)
+    if (now_dt.hour, now_dt.minute) < (hour, minute):
+        latest -= dt.timedelta(days=1)
+    day = first if last is None else max(first, last + dt.timedelta(days=1))
+    out = []
+    while day <= latest:
+        out.append(day)
+        day += dt.timedelta(days=1)
+    return out
+
+
+def next_due(at: str, now: float | None = None) -> float:
+    """Seconds from now to the next local `at`."""
+    now_dt = dt.datetime.fromtimestamp(time.time() if now is None else now).astimezone()
+    hour, minute = map(int, at.split(":"))
+    target = now_dt.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if target <= now_dt:
+        target = (target + dt.timedelta(days=1)).replace(hour=hour, minute=minute)
+    return max(1.0, (target - now_dt).total_seconds())

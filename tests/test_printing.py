@@ -1,0 +1,468 @@
+"""The print spool in an in-process gateway: routing, file and socket printers,
+retries, uncertain deliveries, restarts, reprints, reports and the control socket."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import socket
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.config import (
+    Config,
+    DailyReportConfig,
+    IngestConfig,
+    PrinterConfig,
+    ReportsConfig,
+    RouteConfig,
+    SpoolConfig,
+    load_config,
+)
+from gateway.control import request
+from gateway.errors import ConfigError
+from gateway.ledger import entries
+from gateway.ledger.store import LedgerReader
+from gateway.ledger.verify import verify_ledger
+from gateway.printing.spool import Router
+from gateway.printing.uri import parse_uri
+from gateway.service import Gateway
+
+
+def pump(gw: Gateway, until, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        gw.loop.run_once(max_wait=0.02)
+
+
+def ledger(gw_or_config) -> list[dict]:
+    config = getattr(gw_or_config, "config", gw_or_config)
+    return [
+        {"seq": seq, **entries.decode(payload)}
+        for seq, payload, _hash in LedgerReader(config.ledger_dir).entries()
+    ]
+
+
+def outcomes(gw_or_config) -> list[dict]:
+    return [e for e in ledger(gw_or_config) if e["kind"] == "print"]
+
+
+def event_line(n: int, **fields) -> bytes:
+    event = {
+        "event_type": "subscription_cancelled",
+        "timestamp": "2026-11-30T10:00:00Z",
+        "subscription_id": n,
+        **fields,
+    }
+    return json.dumps(event).encode() + b"\n"
+
+
+def send(address, lines: list[bytes]) -> None:
+    with socket.create_connection(address) as c:
+        c.sendall(b"".join(lines))
+
+
+class Gateways:
+    """Starts in-process gateways on one state directory; stops them all at the end."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.running: list[Gateway] = []
+
+    def config(self, printers: dict, routes=None, **kw) -> Config:
+        return Config(
+            state_dir=self.tmp_path / "state",
+            name="test-gw",
+            ingest=IngestConfig(listen=("127.0.0.1:0",)),
+            printers={n: PrinterConfig(**p) for n, p in printers.items()},
+            routes=tuple(
+                RouteConfig(**r) for r in (routes if routes is not None else [{"printer": ("p",)}])
+            ),
+            spool=SpoolConfig(retry_start_s=0.05, retry_cap_s=0.2, stall_timeout_s=1.0),
+            **kw,
+        )
+
+    def start(self, config: Config) -> tuple[Gateway, tuple[str, int]]:
+        gw = Gateway(config)
+        bound = gw.start()
+        self.running.append(gw)
+        return gw, bound[0]
+
+    def stop(self, gw: Gateway) -> None:
+        gw.request_stop()
+        gw._finish()
+        self.running.remove(gw)
+
+    def crash(self, gw: Gateway) -> None:
+        """As close to kill -9 as in-process gets: no stop entry, no checkpoint."""
+        for printer in gw.spool.printers.values() if gw.spool else ():
+            if printer.delivery is not None:
+                printer.delivery.abort()
+        gw.spool._worker.shutdown(wait=True)
+        gw.ingest.stop_accepting()
+        gw.ingest.close_all()
+        gw.control.close()
+        gw.durability.stop()
+        gw.loop.close()
+        os.close(gw._lock_fd)
+        self.running.remove(gw)
+
+
+@pytest.fixture
+def gateways(tmp_path):
+    g = Gateways(tmp_path)
+    yield g
+    for gw in list(g.running):
+        g.stop(gw)
+
+
+# ---- configuration and routing
+
+
+def test_printer_uris_parse_and_refuse_nonsense():
+    u = parse_uri("socket://10.0.0.5:9101?contimeout=5&waiteof=false")
+    assert (u.scheme, u.host, u.port, u.contimeout_s, u.waiteof) == (
+        "socket",
+        "10.0.0.5",
+        9101,
+        5.0,
+        False,
+    )
+    assert parse_uri("socket://printer.local").port == 9100
+    s = parse_uri("serial:/dev/ttyUSB0?baud=19200&flow=rtscts&parity=even&bits=7&stop=2")
+    assert (s.path, s.baud, s.flow, s.parity, s.bits, s.stop) == (
+        "/dev/ttyUSB0",
+        19200,
+        "rtscts",
+        "even",
+        7,
+        2,
+    )
+    assert parse_uri("file:./var/printed").path == "./var/printed"
+    for bad in [
+        "",
+        "printer",
+        "lpd://x",
+        "socket://",
+        "socket://h:99999",
+        "socket://h?x=1",
+        "socket://h?contimeout=abc",
+        "serial:ttyUSB0",
+        "serial:/dev/x?baud=123",
+        "serial:/dev/x?flow=dtr",
+        "file:",
+    ]:
+        with pytest.raises(ValueError):
+            parse_uri(bad)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_printing_configuration_is_checked(tmp_path):
+    good = load_config(
+        write(
+            tmp_path,
+            """
+printers:
+  counter: {uri: "socket://192.168.1.50:9100", language: escpos, width: 42}
+  office: {uri: "serial:/dev/ttyUSB0?baud=19200&flow=rtscts"}
+routes:
+  - match: {event_type: subscription_cancelled}
+    printer: counter
+  - printer: [counter, office]
+reports:
+  daily: {at: "02:00", printer: office}
+""",
+        )
+    )
+    assert good.routes[0].printer == ("counter",) and good.routes[1].printer == (
+        "counter",
+        "office",
+    )
+    assert good.routes[0].match == {"event_type": "subscription_cancelled"}
+    bad = {
+        "printers: {p: {language: text}}": "printers.p.uri",
+        "printers: {p: {uri: 'lpd://x'}}": "printers.p.uri",
+        "printers: {p: {uri: 'file:x', width: 3}}": "printers.p.width",
+        "printers: {'bad name': {uri: 'file:x'}}": "printers.bad name",
+        "printers: {p: {uri: 'file:x'}}\nroutes: [{printer: q}]": "routes[0].printer",
+        "printers: {p: {uri: 'file:x'}}\nroutes: [{match: {a: [1]}, printer: p}]": (
+            "routes[0].match.a"
+        ),
+        "printers: {p: {uri: 'file:x'}}\nroutes: [{}]": "routes[0].printer",
+        "printers: {p: {uri: 'file:x'}}\nreports: {daily: {printer: q}}": "reports.daily.printer",
+        "printers: {p: {uri: 'file:x'}}\nreports: {daily: {printer: p, at: '25:00'}}": (
+            "reports.daily.at"
+        ),
+        "spool: {retry_start_s: 10, retry_cap_s: 1}": "spool.retry_cap_s",
+    }
+    for text, key in bad.items():
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, text))
+        assert info.value.key == key, (text, info.value)
+
+
+def test_router_first_match_wins_and_fans_out(gateways):
+    config = gateways.config(
+        {"a": {"uri": "file:a"}, "b": {"uri": "file:b"}},
+        routes=[
+            {"match": {"event_type": "x", "n": 1}, "printer": ("a",)},
+            {"match": {"event_type": "x"}, "printer": ("a", "b")},
+        ],
+    )
+    route = Router(config)
+    assert route({"event_type": "x", "n": 1}) == ("a",)
+    assert route({"event_type": "x", "n": 2}) == ("a", "b")
+    assert route({"event_type": "y"}) == ()
+    assert route({"n": 1}) == ()
+
+
+# ---- file printers, outcomes, restarts
+
+
+def printed_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.glob("*") if not p.name.startswith("."))
+
+
+def test_every_routed_event_is_printed_once_with_an_outcome_entry(gateways, tmp_path):
+    out = tmp_path / "printed"
+    config = gateways.config(
+        {"p": {"uri": f"file:{out}"}, "q": {"uri": f"file:{tmp_path / 'q'}"}},
+        routes=[{"match": {"subscription_id": 2}, "printer": ("p", "q")}, {"printer": ("p",)}],
+    )
+    gw, address = gateways.start(config)
+    send(address, [event_line(n) for n in range(1, 4)])
+    pump(gw, lambda: len(outcomes(gw)) == 4 and gw.ledger.durable.seq >= 8)
+    events = [e["seq"] for e in ledger(gw) if e["kind"] == "event"]
+    assert printed_files(out) == [f"{seq:012d}-receipt.txt" for seq in events]
+    assert printed_files(tmp_path / "q") == [f"{events[1]:012d}-receipt.txt"]
+    done = {(o["job"], o["outcome"], o["attempts"]) for o in outcomes(gw)}
+    assert done == {(f"{s}/p", "printed", 1) for s in events} | {(f"{events[1]}/q", "printed", 1)}
+    text = (out / f"{events[0]:012d}-receipt.txt").read_text()
+    assert "subscription_id: 1" in text and f"seq {events[0]}  hash" in text
+    # The hash on paper is the ledger's chain hash of that event.
+    chain = {seq: h.hex() for seq, _p, h in LedgerReader(config.ledger_dir).entries()}
+    assert f"hash {chain[events[0]][:16]}" in text
+
+    # A restart finds nothing left to print.
+    gateways.stop(gw)
+    gw, _ = gateways.start(config)
+    pump(gw, lambda: gw.ledger.durable.seq > events[-1] + 4)
+    assert all(len(p.queue) == 0 for p in gw.spool.printers.values())
+    assert len(outcomes(gw)) == 4
+    assert verify_ledger(config.ledger_dir).ok
+
+
+def test_a_configuration_without_printers_has_no_spool(gateways, tmp_path):
+    config = dataclasses.replace(gateways.config({}, routes=[]))
+    gw, address = gateways.start(config)
+    assert gw.spool is None and gw.ingest.on_event is None
+    send(address, [event_line(1)])
+    pump(gw, lambda: gw.ingest.stats.events == 1 and gw.ledger.durable.seq >= 2)
+    assert outcomes(gw) == []
+
+
+def test_jobs_queued_at_a_crash_are_printed_after_restart_marked_uncertain(gateways, tmp_path):
+    out = tmp_path / "printed"
+    # An unwritable "directory" (a file in its place) makes every attempt fail.
+    blocker = tmp_path / "blocked"
+    blocker.write_text("not a directory")
+    config = gateways.config({"p": {"uri": f"file:{blocker}"}})
+    gw, address = gateways.start(config)
+    send(address, [event_line(n) for n in range(1, 4)])
+    pump(gw, lambda: len(gw.spool.printers["p"].queue) == 3)
+    pump(gw, lambda: gw.spool.printers["p"].state == "error")
+    gateways.crash(gw)
+
+    config = dataclasses.replace(config, printers={"p": PrinterConfig(uri=f"file:{out}")})
+    gw, _ = gateways.start(config)
+    pump(gw, lambda: len(outcomes(gw)) == 3)
+    files = printed_files(out)
+    assert len(files) == 3
+    first = (out / files[0]).read_text()
+    assert "REPRINT - delivery uncertain" in first  # it may have been in progress
+    assert all("REPRINT" not in (out / f).read_text() for f in files[1:])
+    states = [(e["printer"], e["state"]) for e in ledger(gw) if e["kind"] == "printer"]
+    assert states == [("p", "error")]  # one entry per change, not per retry
+    assert verify_ledger(config.ledger_dir).ok
+
+
+def test_a_clean_stop_does_not_mark_untouched_jobs_uncertain(gateways, tmp_path):
+    blocker = tmp_path / "blocked"
+    blocker.write_text("x")
+    config = gateways.config({"p": {"uri": f"file:{blocker}"}})
+    gw, address = gateways.start(config)
+    send(address, [event_line(1), event_line(2)])
+    pump(gw, lambda: len(gw.spool.printers["p"].queue) == 2)
+    pump(gw, lambda: gw.spool.printers["p"].retry_timer is not None)  # between attempts
+    gateways.stop(gw)
+    out = tmp_path / "printed"
+    config = dataclasses.replace(config, printers={"p": PrinterConfig(uri=f"file:{out}")})
+    gw, _ = gateways.start(config)
+    pump(gw, lambda: len(outcomes(gw)) == 2)
+    assert all("REPRINT" not in (out / f).read_text() for f in printed_files(out))
+
+
+def test_a_full_spool_refuses_new_jobs_on_the_record(gateways, tmp_path):
+    blocker = tmp_path / "blocked"
+    blocker.write_text("x")
+    config = dataclasses.replace(
+        gateways.config({"p": {"uri": f"file:{blocker}"}}),
+        spool=SpoolConfig(retry_start_s=10, retry_cap_s=10, max_jobs=2),
+    )
+    gw, address = gateways.start(config)
+    send(address, [event_line(n) for n in range(1, 5)])
+    pump(gw, lambda: len(outcomes(gw)) == 2)
+    refused = outcomes(gw)
+    assert [o["outcome"] for o in refused] == ["refused", "refused"]
+    assert len(gw.spool.printers["p"].queue) == 2
+    assert gw.spool.refused == 2
+
+
+def test_the_checkpoint_is_only_a_hint(gateways, tmp_path):
+    out = tmp_path / "printed"
+    config = gateways.config({"p": {"uri": f"file:{out}"}})
+    gw, address = gateways.start(config)
+    send(address, [event_line(1), event_line(2)])
+    pump(gw, lambda: len(outcomes(gw)) == 2)
+    gateways.stop(gw)
+    checkpoint = config.state_dir / "spool.json"
+    for damage in (None, "{not json", json.dumps({"floor": 1})):
+        if damage is None:
+            checkpoint.unlink()
+        else:
+            checkpoint.write_text(damage)
+        restarted, _ = gateways.start(config)
+        pump(restarted, lambda g=restarted: g.ledger.durable.seq > 0)
+        assert all(len(p.queue) == 0 for p in restarted.spool.printers.values())
+        gateways.stop(restarted)
+    assert len(printed_files(out)) == 2 and len(outcomes(config)) == 2
+
+
+# ---- control socket: status, reprint, status page, reports
+
+
+def test_control_socket_status_reprint_and_status_page(gateways, tmp_path):
+    out = tmp_path / "printed"
+    config = gateways.config({"p": {"uri": f"file:{out}"}})
+    gw, address = gateways.start(config)
+    mode = stat.S_IMODE(os.stat(config.control_path).st_mode)
+    assert mode == 0o600
+
+    def ask(command: dict) -> dict:
+        replies = []
+        import threading
+
+        t = threading.Thread(target=lambda: replies.append(request(config.control_path, command)))
+        t.start()
+        pump(gw, lambda: bool(replies))
+        t.join()
+        return replies[0]
+
+    assert ask({"cmd": "reprint"}) == {"ok": False, "error": "no receipt has been printed yet"}
+    send(address, [event_line(1), event_line(2)])
+    pump(gw, lambda: len(outcomes(gw)) == 2)
+    status = ask({"cmd": "status"})["status"]
+    assert status["health"] == "ok" and status["printers"][0]["state"] == "ready"
+    assert status["ledger"]["head_seq"] == gw.ledger.durable.seq
+    events = [e["seq"] for e in ledger(gw) if e["kind"] == "event"]
+
+    assert ask({"cmd": "reprint"})["copy"] == 1  # the last receipt
+    assert ask({"cmd": "reprint", "seq": events[0]})["copy"] == 1
+    pump(gw, lambda: len(outcomes(gw)) == 4)
+    assert ask({"cmd": "reprint", "seq": events[0]})["copy"] == 2
+    assert ask({"cmd": "print_status_page"})["ok"]
+    pump(gw, lambda: len(outcomes(gw)) == 6)
+    for bad in (
+        {"cmd": "reprint", "seq": 10_000},
+        {"cmd": "reprint", "seq": 1},
+        {"cmd": "reprint", "seq": "x"},
+        {"cmd": "reprint", "printer": "nope"},
+        {"cmd": "report", "date": "yesterday"},
+        {"cmd": "nope"},
+    ):
+        assert ask(bad)["ok"] is False, bad
+
+    files = printed_files(out)
+    copies = [(out / f).read_text() for f in files if "reprint" in f]
+    assert [c.count("*** COPY 1 ***") for c in copies] == [1, 1, 0]
+    assert "*** COPY 2 ***" in copies[2]
+    page = next((out / f).read_text() for f in files if "status" in f)
+    assert "test-gw status" in page and "printer p: ready" in page
+    reprints = [e for e in ledger(gw) if e["kind"] == "reprint"]
+    assert [(r["event_seq"], r["copy"]) for r in reprints] == [
+        (events[1], 1),
+        (events[0], 1),
+        (events[0], 2),
+    ]
+
+
+def test_reports_are_numbered_without_gaps_across_restarts(gateways, tmp_path):
+    out = tmp_path / "printed"
+    config = gateways.config({"p": {"uri": f"file:{out}"}}, routes=[])
+    gw, address = gateways.start(config)
+    send(address, [event_line(1), event_line(2)])
+    pump(gw, lambda: gw.ingest.stats.events == 2 and gw.ledger.durable.seq >= 3)
+    today = dt.date.today().isoformat()
+    answers = []
+    gw.spool.request_report(dt.date.today(), "p", "test", answers.append)
+    pump(gw, lambda: bool(answers))
+    assert answers[0]["number"] == 1 and answers[0]["count"] == 2
+    pump(gw, lambda: len(outcomes(gw)) == 1)
+    gateways.stop(gw)
+    (config.state_dir / "spool.json").unlink()  # the number comes from the ledger
+    gw, _ = gateways.start(config)
+    gw.spool.request_report(dt.date.today(), "p", "test", answers.append)
+    pump(gw, lambda: len(answers) == 2)
+    assert answers[1]["number"] == 2
+    pump(gw, lambda: len(outcomes(gw)) == 2)
+    reports = sorted(out.glob("*-report.txt"))
+    assert len(reports) == 2
+    text = reports[0].read_text()
+    assert f"daily compliance report {today}" in text and "report no. 1" in text
+    assert "entries 2:" in text
+
+
+def test_missed_daily_reports_are_caught_up_once_each(gateways, tmp_path):
+    out = tmp_path / "printed"
+    config = gateways.config(
+        {"p": {"uri": f"file:{out}"}},
+        routes=[],
+        reports=ReportsConfig(daily=DailyReportConfig(printer="p", at="00:00")),
+    )
+    gw, address = gateways.start(config)
+    send(address, [event_line(1)])
+    pump(gw, lambda: gw.ledger.durable.seq >= 2)
+    gateways.stop(gw)
+    # Pretend the gateway has been down since the ledger began three days ago.
+    spool = json.loads((config.state_dir / "spool.json").read_text())
+    spool["floor"] = 1
+    (config.state_dir / "spool.json").write_text(json.dumps(spool))
+    import gateway.printing.spool as spool_module
+
+    first = dt.date.today() - dt.timedelta(days=3)
+    original = spool_module.Spool._first_ledger_day
+    spool_module.Spool._first_ledger_day = lambda self: first
+    try:
+        gw, _ = gateways.start(config)
+        pump(gw, lambda: len(outcomes(gw)) == 3)
+        gateways.stop(gw)
+        gw, _ = gateways.start(config)  # a second start makes none again
+        pump(gw, lambda: gw.ledger.durable.seq > 0)
+        pump(gw, lambda: not gw.spool.awaiting)
+    finally:
+        spool_module.Spool._first_ledger_day = original
+    reports = [e for e in ledger(gw) if e["kind"] == "report"]
+    assert [(r["number"], r["date"]) for r in reports] == [
+        (i + 1, (first + dt.timedelta(days=i)).isoformat()) for i in range(3)
+    ]
