@@ -612,3 +612,67 @@ def test_alert_after_a_printer_stays_in_error(gateways, emulator, caplog):
     emulator.set_fault(Fault())
     pump(gw, lambda: gw.spool.printers["p"].state == "ready")
     assert gw.status()["health"] == "ok"
+
+
+# ---- serial printers through a pseudo-terminal
+
+
+class Pty:
+    """A pseudo-terminal pair: the gateway writes to the slave, the test reads the master."""
+
+    def __init__(self) -> None:
+        self.master, slave = os.openpty()
+        self.path = os.ttyname(slave)
+        os.close(slave)  # the gateway opens it by name
+        os.set_blocking(self.master, False)
+        self.received = bytearray()
+
+    def read(self) -> bytes:
+        try:
+            while chunk := os.read(self.master, 65536):
+                self.received += chunk
+        except (BlockingIOError, OSError):
+            pass
+        return bytes(self.received)
+
+    def close(self) -> None:
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
+
+
+def test_a_serial_job_through_a_pseudo_terminal_with_rtscts(gateways):
+    pty = Pty()
+    try:
+        uri = f"serial:{pty.path}?baud=19200&flow=rtscts&bits=8&parity=none&stop=1"
+        gw, address = gateways.start(gateways.config({"p": {"uri": uri, "language": "escpos"}}))
+        send(address, [event_line(1), event_line(2)])
+        pump(gw, lambda: pty.read().count(b"\x1dVB\x03") == 2 and len(outcomes(gw)) == 2)
+        data = pty.read()
+        events = [e["seq"] for e in ledger(gw) if e["kind"] == "event"]
+        for seq in events:
+            assert f"seq {seq}  hash".encode() in data
+        assert [o["outcome"] for o in outcomes(gw)] == ["printed", "printed"]
+        assert sum(o["bytes"] for o in outcomes(gw)) == len(data)
+    finally:
+        pty.close()
+
+
+def test_a_missing_serial_port_is_retried_and_the_job_waits(gateways, tmp_path):
+    uri = f"serial:{tmp_path / 'ttyUSB9'}"
+    gw, address = gateways.start(gateways.config({"p": {"uri": uri}}))
+    send(address, [event_line(1)])
+    pump(gw, lambda: gw.spool.printers["p"].state == "error")
+    pump(gw, lambda: gw.spool.printers["p"].queue[0].attempts >= 3)
+    assert "ttyUSB9" in gw.spool.printers["p"].error
+    assert outcomes(gw) == []  # waiting, not failed
+
+
+def test_an_unplugged_serial_adapter_fails_the_attempt(gateways):
+    pty = Pty()
+    uri = f"serial:{pty.path}"
+    gw, address = gateways.start(gateways.config({"p": {"uri": uri}}))
+    pty.close()  # the other end goes away: writes get EIO, like an unplugged adapter
+    send(address, [event_line(1)])
+    pump(gw, lambda: gw.spool.printers["p"].state == "error")
+    assert outcomes(gw) == []

@@ -39,7 +39,12 @@ from gateway.ledger import entries
 from gateway.ledger.store import LedgerReader, LedgerWriter
 from gateway.loop import EventLoop, Timer
 from gateway.printing import reports
-from gateway.printing.transports import Result, SocketDelivery, write_job_file
+from gateway.printing.transports import (
+    Result,
+    SerialDelivery,
+    SocketDelivery,
+    write_job_file,
+)
 from gateway.printing.uri import PrinterURI, parse_uri
 from gateway.render import templates
 from gateway.render.languages import render
@@ -112,7 +117,7 @@ class Printer:
         self.error_since: float | None = None
         self.alerted = False
         self.busy = False  # a job is being prepared or delivered
-        self.delivery: SocketDelivery | None = None
+        self.delivery: SocketDelivery | SerialDelivery | None = None
         self.retry_timer: Timer | None = None
         self.alert_timer: Timer | None = None
         self.delay = spool.config.spool.retry_start_s
@@ -185,17 +190,15 @@ class Printer:
                 ),
             )
             return
-        if self.uri.scheme == "socket":
-            self.delivery = SocketDelivery(
-                self.spool.loop,
-                self.uri,
-                data,
-                lambda result: self._delivered(job, result),
-                self.spool.config.spool.stall_timeout_s,
-            )
-            self.delivery.start()
-            return
-        self._delivered(job, Result(False, 0, f"{self.uri.scheme}: printers are not supported"))
+        kind = SocketDelivery if self.uri.scheme == "socket" else SerialDelivery
+        self.delivery = kind(
+            self.spool.loop,
+            self.uri,
+            data,
+            lambda result: self._delivered(job, result),
+            self.spool.config.spool.stall_timeout_s,
+        )
+        self.delivery.start()
 
     def _delivered(self, job: Job, result: Result) -> None:
         self.delivery = None

@@ -39,21 +39,18 @@ class Result:
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 
 
-class SocketDelivery:
-    """socket://: non-blocking connect, send with backpressure, half-close, wait for EOF.
+class _Delivery:
+    """One attempt over a byte stream the loop watches: send, then drain.
 
     Bytes handed to the kernel are not bytes the printer took: the end of a job
-    is judged by the socket's send queue (SIOCOUTQ: bytes not yet acknowledged
-    by the printer), polled every 20 ms once everything is handed over. The job
-    is delivered when the queue is empty and the printer closed its side (or,
-    as CUPS does, when it stays open for WAITEOF_S after the queue emptied).
-    A printer that stops reading (a zero window) makes no progress for
-    `stall_timeout_s` and fails the attempt. Without `waiteof`, an empty send
-    queue is enough.
-
-    What TCP cannot tell: a printer whose kernel acknowledged the data and whose
-    firmware then discarded it unread looks exactly like a printed job.
+    is judged by the kernel's output queue (TIOCOUTQ/SIOCOUTQ: bytes not yet
+    taken by the printer), polled every 20 ms once everything is handed over.
+    A printer that takes nothing for `stall_timeout_s` (a zero window, serial
+    flow control never released) fails the attempt. Subclasses open the
+    stream and say what "end of job" and "printer gone" look like.
     """
+
+    waiteof = False  # wait for the printer to close its side after the drain
 
     def __init__(
         self,
@@ -69,14 +66,156 @@ class SocketDelivery:
         self.on_done = on_done
         self.stall_timeout_s = stall_timeout_s
         self.sent = 0
-        self.phase = "connect"  # connect | send | drain | done
-        self.sock: socket.socket | None = None
-        self.timer: Timer | None = None  # connect timeout, then the stall timer
+        self.phase = "open"  # open | send | drain | done
+        self.timer: Timer | None = None  # open timeout, stall timer, drain poll
         self.registered = 0
         self.eof = False
-        self.outq = -1  # bytes the printer has not acknowledged, at the last poll
+        self.outq = -1  # bytes the printer has not taken, at the last poll
         self.progress_at = 0.0
         self.drained_at: float | None = None
+
+    # -- subclass hooks
+    def fileno(self) -> int:
+        raise NotImplementedError
+
+    def _write(self, view: memoryview) -> int:
+        raise NotImplementedError
+
+    def _unsent(self) -> int:
+        raise NotImplementedError
+
+    def _error(self) -> str:
+        """A pending error on the stream, or ''."""
+        return ""
+
+    def _end_of_data(self) -> None:
+        """All bytes handed over (a socket half-closes here)."""
+
+    def _close(self, ok: bool) -> None:
+        raise NotImplementedError
+
+    # -- the common part
+    def abort(self) -> None:
+        self._finish(False, "aborted", notify=False)
+
+    def close(self) -> None:  # the loop calls this if a handler raised
+        self.abort()
+
+    def _interest(self, events: int) -> None:
+        if self.registered == events:
+            return
+        if not self.registered:
+            self.loop.add(self, events)
+        elif events:
+            self.loop.modify(self, events)
+        else:
+            self.loop.remove(self)
+        self.registered = events
+
+    def _arm(self, seconds: float, reason: str) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(seconds, lambda: self._finish(False, reason))
+
+    def _start_sending(self) -> None:
+        self.phase = "send"
+        self._arm(self.stall_timeout_s, "printer stopped reading")
+        self._interest(WRITE)
+        self._send()
+
+    def on_ready(self, mask: int) -> None:
+        if self.phase == "send":
+            self._send()
+        elif self.phase == "drain" and mask & READ:
+            self._readable()
+
+    def _readable(self) -> None:
+        raise NotImplementedError
+
+    def _send(self) -> None:
+        while self.sent < len(self.data):
+            try:
+                n = self._write(self.data[self.sent : self.sent + SEND_CHUNK])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._finish(False, f"write: {exc.strerror or exc}")
+                return
+            if n == 0:
+                return
+            self.sent += n
+            self._arm(self.stall_timeout_s, "printer stopped reading")
+        try:
+            self._end_of_data()
+        except OSError as exc:
+            self._finish(False, f"end of job: {exc.strerror or exc}")
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.phase = "drain"
+        self.progress_at = self.loop.clock()
+        self._interest(READ if self.waiteof else 0)
+        self._poll()
+
+    def _poll(self) -> None:
+        """The drain phase: delivered, still draining, stalled, or gone?"""
+        if self.phase != "drain":
+            return
+        now = self.loop.clock()
+        try:
+            error = self._error()
+            outq = 0 if error else self._unsent()
+        except OSError as exc:
+            error = exc.strerror or str(exc)
+        if error:
+            self._finish(False, f"after sending: {error}")
+            return
+        if self.outq < 0 or outq < self.outq:
+            self.progress_at = now
+        self.outq = outq
+        if outq == 0:
+            if self.drained_at is None:
+                self.drained_at = now
+            if self.eof or not self.waiteof or now - self.drained_at >= WAITEOF_S:
+                # (As CUPS does, a printer that stays open WAITEOF_S after taking
+                # everything has printed it.)
+                self._finish(True, "")
+                return
+        elif now - self.progress_at >= self.stall_timeout_s:
+            self._finish(False, "printer stopped reading")
+            return
+        self.timer = self.loop.call_later(DRAIN_POLL_S, self._poll)
+
+    def _finish(self, ok: bool, error: str, notify: bool = True) -> None:
+        if self.phase == "done":
+            return
+        started = self.phase != "open" or self.registered
+        self.phase = "done"
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.registered:
+            self._interest(0)
+        if started or not ok:
+            self._close(ok)
+        if notify:
+            self.on_done(Result(ok, self.sent, error))
+
+
+class SocketDelivery(_Delivery):
+    """socket://: non-blocking connect, send with backpressure, half-close, wait for EOF.
+
+    With `waiteof` (the default) the job is delivered when the printer took
+    every byte and closed its side. What TCP cannot tell: a printer whose
+    kernel acknowledged the data and whose firmware then discarded it unread
+    looks exactly like a printed job.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sock: socket.socket | None = None
+        self.waiteof = self.uri.waiteof
 
     def fileno(self) -> int:
         assert self.sock is not None
@@ -101,135 +240,130 @@ class SocketDelivery:
         self._arm(self.uri.contimeout_s, "connect timed out")
         self._interest(WRITE)
 
-    def abort(self) -> None:
-        if self.phase != "done":
-            self._finish(False, "aborted", notify=False)
-
-    def _interest(self, events: int) -> None:
-        if self.registered == events:
-            return
-        if not self.registered:
-            self.loop.add(self, events)
-        elif events:
-            self.loop.modify(self, events)
-        else:
-            self.loop.remove(self)
-        self.registered = events
-
-    def _arm(self, seconds: float, reason: str) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(seconds, lambda: self._finish(False, reason))
-
     def on_ready(self, mask: int) -> None:
-        sock = self.sock
-        assert sock is not None
-        if self.phase == "connect":
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if self.phase == "open":
+            assert self.sock is not None
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code:
                 self._finish(False, f"connect: {os.strerror(code)}")
                 return
-            self.phase = "send"
-            self._arm(self.stall_timeout_s, "printer stopped reading")
-        if self.phase == "send":
-            self._send()
-        elif self.phase == "drain" and mask & READ:
-            try:
-                data = sock.recv(4096)  # status bytes some printers send: discarded
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._finish(False, f"after sending: {exc.strerror or exc}")
-                return
-            if not data:
-                self.eof = True
-                self._interest(0)  # EOF stays readable; the poll takes it from here
-                self._poll()
+            self._start_sending()
+            return
+        super().on_ready(mask)
 
-    def _send(self) -> None:
-        sock = self.sock
-        assert sock is not None
-        while self.sent < len(self.data):
-            try:
-                n = sock.send(self.data[self.sent : self.sent + SEND_CHUNK])
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._finish(False, f"send: {exc.strerror or exc}")
-                return
-            self.sent += n
-            self._arm(self.stall_timeout_s, "printer stopped reading")
+    def _write(self, view: memoryview) -> int:
+        assert self.sock is not None
+        return self.sock.send(view)
+
+    def _unsent(self) -> int:
+        assert self.sock is not None
+        return _out_queue(self.sock.fileno())
+
+    def _error(self) -> str:
+        assert self.sock is not None
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return os.strerror(code) if code else ""
+
+    def _end_of_data(self) -> None:
+        assert self.sock is not None
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def _readable(self) -> None:
+        assert self.sock is not None
         try:
-            sock.shutdown(socket.SHUT_WR)
+            data = self.sock.recv(4096)  # status bytes some printers send: discarded
+        except (BlockingIOError, InterruptedError):
+            return
         except OSError as exc:
-            self._finish(False, f"shutdown: {exc.strerror or exc}")
+            self._finish(False, f"after sending: {exc.strerror or exc}")
             return
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.phase = "drain"
-        self.progress_at = self.loop.clock()
-        self._interest(READ if self.uri.waiteof else 0)
-        self._poll()
+        if not data:
+            self.eof = True
+            self._interest(0)  # EOF stays readable; the poll takes it from here
+            if self.timer is not None:
+                self.timer.cancel()
+            self._poll()
 
-    def _poll(self) -> None:
-        """The drain phase: delivered, still draining, stalled, or reset?"""
-        if self.phase != "drain":
+    def _close(self, ok: bool) -> None:
+        if self.sock is None:
             return
-        sock = self.sock
-        assert sock is not None
-        now = self.loop.clock()
-        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            self._finish(False, f"after sending: {os.strerror(code)}")
+        if not ok:
+            # Reset, do not just close: after close() the kernel would keep
+            # delivering the queued rest of a failed attempt in the background,
+            # and a late, complete, unmarked copy could come out after the retry.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        self.sock.close()
+
+
+class SerialDelivery(_Delivery):
+    """serial:: the port opened per job with its speed, framing and flow control.
+
+    The port is opened non-blocking and written from the loop. A USB adapter
+    that is unplugged fails the write or the drain with EIO (or a hangup); a
+    missing device fails the open. Either way the spool retries with backoff,
+    which reopens the port.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.port = None
+
+    def fileno(self) -> int:
+        assert self.port is not None
+        return self.port.fileno()
+
+    def start(self) -> None:
+        import serial  # pyserial: termios set-up for speed, framing, flow control
+
+        uri = self.uri
+        try:
+            self.port = serial.Serial(
+                port=uri.path,
+                baudrate=uri.baud,
+                bytesize=uri.bits,  # pyserial takes 5..8, "N"/"E"/"O" and 1/2 as they are
+                parity={"none": "N", "even": "E", "odd": "O"}[uri.parity],
+                stopbits=uri.stop,
+                rtscts=uri.flow == "rtscts",
+                xonxoff=uri.flow == "xonxoff",
+                timeout=0,
+                write_timeout=0,
+                exclusive=True,
+            )
+        except (serial.SerialException, OSError, ValueError) as exc:
+            self.port = None
+            self._finish(False, f"open {uri.path}: {exc}")
             return
-        outq = _unacknowledged(sock)
-        if self.outq < 0 or outq < self.outq:
-            self.progress_at = now
-        self.outq = outq
-        if outq == 0:
-            if self.drained_at is None:
-                self.drained_at = now
-            if self.eof or not self.uri.waiteof or now - self.drained_at >= WAITEOF_S:
-                self._finish(True, "")
-                return
-        elif now - self.progress_at >= self.stall_timeout_s:
-            self._finish(False, "printer stopped reading")
+        self._start_sending()
+
+    def _write(self, view: memoryview) -> int:
+        assert self.port is not None
+        return os.write(self.port.fileno(), view)
+
+    def _unsent(self) -> int:
+        assert self.port is not None
+        return _out_queue(self.port.fileno())
+
+    def _readable(self) -> None:
+        pass
+
+    def _close(self, ok: bool) -> None:
+        if self.port is None:
             return
-        elif self.eof:
-            # The printer closed but has not acknowledged everything: a reset
-            # (data thrown away) usually follows; wait for it or for the bytes.
+        if not ok:
+            try:  # drop what a failed attempt left queued in the driver
+                termios.tcflush(self.port.fileno(), termios.TCOFLUSH)
+            except (OSError, termios.error):
+                pass
+        try:
+            self.port.close()
+        except OSError:
             pass
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(DRAIN_POLL_S, self._poll)
-
-    def _finish(self, ok: bool, error: str, notify: bool = True) -> None:
-        if self.phase == "done":
-            return
-        self.phase = "done"
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.registered:
-            self._interest(0)
-        if self.sock is not None:
-            if not ok:
-                # Reset, do not just close: after close() the kernel would keep
-                # delivering the queued rest of a failed attempt in the background,
-                # and a late, complete, unmarked copy could come out after the retry.
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            self.sock.close()
-        if notify:
-            self.on_done(Result(ok, self.sent, error))
-
-    def close(self) -> None:  # the loop calls this if a handler raised
-        self.abort()
 
 
-def _unacknowledged(sock: socket.socket) -> int:
-    """Bytes in the socket's send queue: handed to the kernel, not acknowledged."""
-    buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+def _out_queue(fd: int) -> int:
+    """Bytes handed to the kernel and not yet taken by the printer (TIOCOUTQ, which
+    is SIOCOUTQ on a TCP socket: sent and unsent bytes not yet acknowledged)."""
+    buf = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")
     return struct.unpack("i", buf)[0]
 
 
