@@ -12,3 +12,22 @@ def test_appliance_config_loads_with_appliance_values():
     assert config.state_dir == Path("/var/lib/gateway")
     assert config.ingest.listen == ("0.0.0.0:50001",)
     assert config.ledger.fsync == "batch"
+
+
+def test_appliance_config_prints_nothing_until_a_printer_is_configured():
+    config = load_config(ROOT / "etc" / "gateway.yaml")
+    assert config.printers == {} and config.routes == () and config.reports.daily is None
+
+
+def test_the_commented_printer_example_is_valid(tmp_path):
+    text = (ROOT / "etc" / "gateway.yaml").read_text()
+    start = text.index("# printers:")
+    example = "\n".join(
+        line.removeprefix("# ") for line in text[start:].splitlines() if line.startswith("# ")
+    )
+    path = tmp_path / "example.yaml"
+    path.write_text(example + "\n")
+    config = load_config(path)
+    assert config.printers["counter"].language == "escpos"
+    assert config.routes[0].printer == ("counter",)
+    assert config.reports.daily is not None and config.reports.daily.at == "02:00"

@@ -447,10 +447,10 @@ class Spool:
                 },
             )
             self.record_outcome(job, "refused", 0, "spool full")
-        elif job.type in ("receipt", "reprint"):
-            self.last_receipt = (job.seqs[0], job.printer)
 
     def record_outcome(self, job: Job, outcome: str, sent: int, detail: str) -> None:
+        if outcome == "printed" and job.type in ("receipt", "reprint"):
+            self.last_receipt = (job.seqs[0], job.printer)
         seq = self.append(
             entries.PRINT,
             {
@@ -648,12 +648,16 @@ class Spool:
                         pending[job.id] = job
             elif kind == entries.PRINT:
                 pending.pop(str(entry.get("job")), None)
+                seqs = entry.get("seqs")
+                if entry.get("outcome") == "printed" and entry.get("type") in (
+                    "receipt",
+                    "reprint",
+                ):
+                    self.last_receipt = (int(seqs[0]), str(entry.get("printer")))
             elif kind in REQUEST_KINDS:
                 job = request_job(seq, entry)
                 pending[job.id] = job
-                if job.type == "reprint":
-                    self.last_receipt = (job.seqs[0], job.printer)
-                elif job.type == "report":
+                if job.type == "report":
                     self.report_number = max(self.report_number, int(entry["number"]))
                     date = dt.date.fromisoformat(str(entry["date"]))
                     if self.report_date is None or date > self.report_date:
