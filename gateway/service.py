@@ -225,6 +225,8 @@ class Gateway:
             reply({"ok": True, "status": self.status()})
         elif spool is None:
             reply({"ok": False, "error": "no printers are configured"})
+        elif not isinstance(request.get("printer"), str | None):
+            reply({"ok": False, "error": "printer must be a printer's name"})
         elif cmd == "reprint":
             seq = request.get("seq")
             if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):

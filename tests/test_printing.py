@@ -392,6 +392,8 @@ def test_control_socket_status_reprint_and_status_page(gateways, tmp_path):
         {"cmd": "reprint", "seq": 1},
         {"cmd": "reprint", "seq": "x"},
         {"cmd": "reprint", "printer": "nope"},
+        {"cmd": "reprint", "printer": ["p"]},
+        {"cmd": "print_status_page", "printer": 7},
         {"cmd": "report", "date": "yesterday"},
         {"cmd": "nope"},
     ):

@@ -608,6 +608,8 @@ class Spool:
                 if job.id in in_flight or (clean_stop is None and i == 0):
                     job.uncertain = True  # it may have been on its way when we stopped
         self._first_day = self._first_ledger_day()
+        # The clean-stop record is spent: a crash from here on must not look clean.
+        self._write_checkpoint({})
         log.info(
             "spool ready",
             extra={
