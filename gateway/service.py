@@ -28,6 +28,7 @@ from gateway.ledger import entries
 from gateway.ledger.durability import BatchResult, DurabilityThread
 from gateway.ledger.store import DIR_MODE, LedgerWriter
 from gateway.loop import EventLoop
+from gateway.notify import Notifier
 from gateway.printing.spool import Spool
 
 log = logging.getLogger("gateway.ops")
@@ -35,6 +36,11 @@ log = logging.getLogger("gateway.ops")
 # After the last entry is durable, wait at most this long for clients to read
 # their final replies before closing their connections anyway.
 SHUTDOWN_FLUSH_S = 5.0
+# A commit pending this long makes the gateway unhealthy (watchdog pings stop):
+# an SD card syncs in well under a second; 10 s means the storage is stuck.
+SYNC_PENDING_LIMIT_S = 10.0
+# Without a watchdog, STATUS= is refreshed this often under systemd.
+STATUS_INTERVAL_S = 10.0
 
 LOCK_FILE = "gateway.lock"
 
@@ -76,9 +82,13 @@ def lock_state_dir(state_dir: Path) -> int:
 
 
 class Gateway:
-    def __init__(self, config: Config, loop: EventLoop | None = None) -> None:
+    def __init__(
+        self, config: Config, loop: EventLoop | None = None, notifier: Notifier | None = None
+    ) -> None:
         self.config = config
         self.loop = loop or EventLoop()
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.unhealthy_reason = ""
         self.ledger = LedgerWriter(
             config.ledger_dir,
             segment_bytes=config.ledger.segment_bytes,
@@ -142,6 +152,10 @@ class Gateway:
         self.control.listen()
         if self.spool is not None:
             self.spool.start(clean_stop)
+        # Recovery is done and every listener is bound: now systemd may count us up.
+        self.notifier.ready(self.status_line())
+        if self.notifier.enabled:
+            self._supervise()
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.request_stop)
         # Configuration reload is not implemented yet: SIGHUP is logged and
@@ -196,8 +210,9 @@ class Gateway:
         head = self.ledger.durable
         printing = self.spool.status() if self.spool is not None else {"printers": []}
         health = "ok"
-        if self.ledger_error is not None:
-            health = "ledger failing"
+        reason = self.health()
+        if reason:
+            health = f"unhealthy: {reason}"
         elif self.spool is not None and not self.spool.healthy:
             health = "printer alert"
         return {
@@ -217,6 +232,54 @@ class Gateway:
             "rejected": self.ingest.stats.rejected,
             **printing,
         }
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: entries, head, connections, printers."""
+        head = self.ledger.durable.seq
+        printers = ""
+        if self.spool is not None:
+            printers = ", printers: " + " ".join(
+                f"{p.name}={p.state}" for p in self.spool.printers.values()
+            )
+        health = "" if not self.unhealthy_reason else f"UNHEALTHY ({self.unhealthy_reason}), "
+        return (
+            f"{health}entries {head}, head seq {head}, "
+            f"connections {len(self.ingest.connections)}{printers}"
+        )
+
+    def health(self) -> str:
+        """'' when healthy, else why (docs/operations.md, "Watchdog").
+
+        Healthy: the loop turns (this runs on it), the durability thread is
+        alive, no commit has been pending longer than SYNC_PENDING_LIMIT_S, and
+        the last commit succeeded. Printers do not count: restarting the
+        gateway does not bring a printer back.
+        """
+        if not self.durability.is_alive():
+            return "the durability thread has stopped"
+        if self.ledger_error is not None:
+            return f"the ledger cannot be written: {self.ledger_error}"
+        pending = time.monotonic() - self.durability.submitted_at
+        if self.durability.busy and pending > SYNC_PENDING_LIMIT_S:
+            return f"a ledger commit has been pending for {pending:.0f} s"
+        return ""
+
+    def _supervise(self) -> None:
+        """WATCHDOG=1 while healthy, and STATUS= updates, from the event loop."""
+        if self.stopping:
+            return
+        reason = self.health()
+        if reason != self.unhealthy_reason:
+            if reason:
+                log.error("unhealthy: watchdog pings stop", extra={"fields": {"reason": reason}})
+            else:
+                log.warning("healthy again: watchdog pings resume")
+            self.unhealthy_reason = reason
+        if not reason and self.notifier.watchdog_interval_s is not None:
+            self.notifier.watchdog()
+        self.notifier.status(self.status_line())
+        interval = self.notifier.watchdog_interval_s or STATUS_INTERVAL_S
+        self.loop.call_later(min(interval, STATUS_INTERVAL_S), self._supervise)
 
     def _control(self, request: dict, reply) -> None:
         cmd = request["cmd"]
@@ -254,6 +317,7 @@ class Gateway:
         if self.stopping:
             return
         self.stopping = True
+        self.notifier.stopping()
         log.info("stopping: no new connections; committing what clients already sent")
         self.ingest.stop_accepting()
         self.ingest.drain_all()
@@ -296,6 +360,7 @@ class Gateway:
         if self.spool is not None:
             self.spool.close(self._in_flight)
         self.durability.stop()
+        self.notifier.close()
         self.loop.close()
         log.info(
             "gateway stopped",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -89,8 +90,11 @@ def rss_kib(pid: int) -> int:
 class GatewayProcess:
     """`gateway run` in a subprocess with its own state directory and port."""
 
-    def __init__(self, tmp_path: Path, **config_overrides: Any) -> None:
+    def __init__(
+        self, tmp_path: Path, env: dict[str, str] | None = None, **config_overrides: Any
+    ) -> None:
         self.tmp_path = Path(tmp_path)
+        self.env = env  # extra environment variables for the process
         self.state_dir = self.tmp_path / "state"
         self.port = free_port()
         base = {
@@ -126,6 +130,7 @@ class GatewayProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
+                env={**os.environ, **self.env} if self.env else None,
             )
         self._wait_ready()
 

@@ -59,6 +59,7 @@ class DurabilityThread:
         self._fds: dict[Path, int] = {}
         self._thread = threading.Thread(target=self._run, name="durability", daemon=True)
         self.busy = False
+        self.submitted_at = 0.0  # when the batch in flight was handed over (monotonic)
         self.last_ok_at = time.monotonic()
 
     def start(self) -> None:
@@ -70,6 +71,7 @@ class DurabilityThread:
     def submit(self, batch: CommitBatch) -> None:
         assert not self.busy, "one batch in flight at a time"
         self.busy = True
+        self.submitted_at = time.monotonic()
         self._queue.put(batch)
 
     def stop(self) -> None:
