@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --out: the printer language (default text)")  # fmt: skip
     p.add_argument("--width", type=int, default=80, help="with --out: characters per line")
 
+    p = sub.add_parser("press-button", help="press the fake board's button (development)")
+    _add_state_options(p)
+    hold = "seconds held (3 or more: the status page; default 0.2: a reprint)"
+    p.add_argument("--hold", type=float, default=0.2, help=hold)
+
     p = sub.add_parser("emulate-printer", help="a port 9100 printer that writes jobs to files")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9100)
@@ -251,6 +256,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_press_button(args: argparse.Namespace) -> int:
+    from board.fake import press
+
+    config = _existing_state(args)
+    fifo = Path(config.board.button.device or config.fake_board_dir / "button")
+    try:
+        press(fifo, args.hold, config.board.button.keycode)
+    except OSError as exc:
+        print(f"gateway press-button: {fifo}: {exc.strerror or exc} (is the gateway running "
+              "with the fake board?)", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+    print(f"pressed for {args.hold:g} s")
+    return EXIT_OK
+
+
 def cmd_emulate_printer(args: argparse.Namespace) -> int:
     from gateway.printing import emulator
 
@@ -268,6 +288,7 @@ COMMANDS = {
     "reprint": cmd_reprint,
     "print-status-page": cmd_print_status_page,
     "report": cmd_report,
+    "press-button": cmd_press_button,
     "emulate-printer": cmd_emulate_printer,
 }
 

@@ -126,6 +126,32 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True)
+class ButtonConfig:
+    # An input device path (/dev/input/event0, or a FIFO of evdev records), or a
+    # device name looked up under /dev/input; empty: no button.
+    device: str = ""
+    # 210 is KEY_PRINT, what the gpio-key overlay line in the README sets.
+    keycode: int = field(default=210, metadata=_limit(1, 767))
+    # Released before 3 s: reprint the last receipt; held 3 s or more: status page.
+    long_press_s: float = field(default=3.0, metadata=_limit(0.5, 60))
+
+
+@dataclass(frozen=True)
+class LedsConfig:
+    # An LED class directory such as /sys/class/leds/gw-status; empty: no LED.
+    status: str = ""
+
+
+@dataclass(frozen=True)
+class BoardConfig:
+    button: ButtonConfig = ButtonConfig()
+    leds: LedsConfig = LedsConfig()
+    # Development: create <state_dir>/board/button (a FIFO) and
+    # <state_dir>/board/leds/gw-status (an LED-shaped directory) and use them.
+    fake: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = Path("./var")
     # The gateway's name on paper; empty: the host name.
@@ -137,6 +163,7 @@ class Config:
     routes: tuple[RouteConfig, ...] = ()
     reports: ReportsConfig = ReportsConfig()
     spool: SpoolConfig = SpoolConfig()
+    board: BoardConfig = BoardConfig()
     # Where the configuration came from (a file path, or "<defaults>"); not a YAML key.
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -147,6 +174,10 @@ class Config:
     @property
     def control_path(self) -> Path:
         return self.state_dir / "control.sock"
+
+    @property
+    def fake_board_dir(self) -> Path:
+        return self.state_dir / "board"
 
     def effective(self) -> dict[str, Any]:
         """The configuration as plain data (for hashing and `gateway config`)."""
@@ -184,11 +215,13 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Conf
     if path is None:
         # Without a file: print every event as a receipt, and the daily report,
         # into files under the state directory (docs/printing.md).
-        printed = (state_dir or default_state_dir()) / "printed"
+        # And a fake front panel under the state directory (`gateway press-button`).
+        state = state_dir or default_state_dir()
         data: Any = {
-            "printers": {"paper": {"uri": f"file:{printed}"}},
+            "printers": {"paper": {"uri": f"file:{state / 'printed'}"}},
             "routes": [{"printer": "paper"}],
             "reports": {"daily": {"printer": "paper"}},
+            "board": {"fake": True},
         }
         source = "<defaults>"
     else:

@@ -19,6 +19,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from board.button import Button
+from board.evdev import Press
+from board.fake import make_fake_board
+from board.leds import StatusLed
 from gateway import __version__
 from gateway.config import Config
 from gateway.control import ControlServer
@@ -39,8 +43,11 @@ SHUTDOWN_FLUSH_S = 5.0
 # A commit pending this long makes the gateway unhealthy (watchdog pings stop):
 # an SD card syncs in well under a second; 10 s means the storage is stuck.
 SYNC_PENDING_LIMIT_S = 10.0
-# Without a watchdog, STATUS= is refreshed this often under systemd.
+# STATUS= is sent when it changes, and at least this often under systemd.
 STATUS_INTERVAL_S = 10.0
+# Health is checked (and the LED updated) every second; the watchdog is pinged
+# at that pace or at half WATCHDOG_USEC, whichever is more often.
+HEALTH_TICK_S = 1.0
 
 LOCK_FILE = "gateway.lock"
 
@@ -89,6 +96,10 @@ class Gateway:
         self.loop = loop or EventLoop()
         self.notifier = notifier if notifier is not None else Notifier()
         self.unhealthy_reason = ""
+        self._last_status = ""
+        self._status_sent_at = 0.0
+        self.button: Button | None = None
+        self.led: StatusLed | None = None
         self.ledger = LedgerWriter(
             config.ledger_dir,
             segment_bytes=config.ledger.segment_bytes,
@@ -153,9 +164,9 @@ class Gateway:
         if self.spool is not None:
             self.spool.start(clean_stop)
         # Recovery is done and every listener is bound: now systemd may count us up.
+        self._start_board()
         self.notifier.ready(self.status_line())
-        if self.notifier.enabled:
-            self._supervise()
+        self._supervise()
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.request_stop)
         # Configuration reload is not implemented yet: SIGHUP is logged and
@@ -265,7 +276,7 @@ class Gateway:
         return ""
 
     def _supervise(self) -> None:
-        """WATCHDOG=1 while healthy, and STATUS= updates, from the event loop."""
+        """Every HEALTH_TICK_S on the loop: health, WATCHDOG=1 while healthy, STATUS=, LED."""
         if self.stopping:
             return
         reason = self.health()
@@ -275,11 +286,61 @@ class Gateway:
             else:
                 log.warning("healthy again: watchdog pings resume")
             self.unhealthy_reason = reason
-        if not reason and self.notifier.watchdog_interval_s is not None:
+        now = self.loop.clock()
+        interval = self.notifier.watchdog_interval_s
+        if not reason and interval is not None:
             self.notifier.watchdog()
-        self.notifier.status(self.status_line())
-        interval = self.notifier.watchdog_interval_s or STATUS_INTERVAL_S
-        self.loop.call_later(min(interval, STATUS_INTERVAL_S), self._supervise)
+        if self.notifier.enabled:
+            line = self.status_line()
+            if line != self._last_status or now - self._status_sent_at >= STATUS_INTERVAL_S:
+                self.notifier.status(line)
+                self._last_status, self._status_sent_at = line, now
+        if self.led is not None:
+            printer_error = self.spool is not None and any(
+                p.state == "error" for p in self.spool.printers.values()
+            )
+            self.led.show("ledger" if reason else "printer" if printer_error else "ok")
+        self.loop.call_later(min(interval or HEALTH_TICK_S, HEALTH_TICK_S), self._supervise)
+
+    # ---- front panel
+
+    def _start_board(self) -> None:
+        board = self.config.board
+        device, led = board.button.device, board.leds.status
+        if board.fake:
+            fifo, fake_led = make_fake_board(self.config.fake_board_dir)
+            device, led = device or str(fifo), led or str(fake_led)
+        if led:
+            self.led = StatusLed(led)
+        if device:
+            self.button = Button(self.loop, device, board.button.keycode, self._on_press)
+            self.button.start()
+
+    def _on_press(self, press: Press) -> None:
+        """Short press: reprint the last receipt; long press: the status page."""
+        long = press.held_s >= self.config.board.button.long_press_s
+        action = "status_page" if long else "reprint"
+        if self.spool is None:
+            action = "none (no printers)"
+        self.ledger.append(
+            entries.encode_record(
+                entries.BUTTON,
+                time.time_ns() // 1000,
+                {"button": "reprint", "held_s": round(press.held_s, 3), "action": action},
+            )
+        )
+        log.info("button pressed", extra={"fields": {"held_s": press.held_s, "action": action}})
+        if self.spool is None:
+            return
+        if long:
+            self.spool.request_status_page(None, "button")
+        else:
+            self.spool.request_reprint(None, None, "button", self._log_button_reply)
+
+    @staticmethod
+    def _log_button_reply(reply: dict) -> None:
+        if not reply.get("ok"):
+            log.warning("button: nothing to reprint", extra={"fields": reply})
 
     def _control(self, request: dict, reply) -> None:
         cmd = request["cmd"]
@@ -357,6 +418,8 @@ class Gateway:
             self.loop.run_once(max_wait=0.1)
         self.ingest.close_all()
         self.control.close()
+        if self.button is not None:
+            self.button.close()
         if self.spool is not None:
             self.spool.close(self._in_flight)
         self.durability.stop()

@@ -108,3 +108,26 @@ def test_status_without_a_running_gateway_says_so(tmp_path):
     (tmp_path / "state").mkdir()
     done = run_gateway_command("status", "--state", str(tmp_path / "state"))
     assert done.returncode == 1 and b"no running gateway" in done.stderr
+
+
+def test_press_button_on_the_fake_board(tmp_path):
+    out = tmp_path / "printed"
+    gw = GatewayProcess(
+        tmp_path,
+        printers={"paper": {"uri": f"file:{out}"}},
+        routes=[{"printer": "paper"}],
+        board={"fake": True},
+    )
+    try:
+        send_events(gw, 1)
+        wait_for(lambda: len(list(out.glob("*.txt"))) == 1, 10.0, "the receipt")
+        for hold in ("0.2", "3"):
+            done = run_gateway_command(
+                "press-button", "--hold", hold, "--config", str(gw.config_path)
+            )
+            assert done.returncode == 0, done.stderr
+        wait_for(lambda: len(list(out.glob("*.txt"))) == 3, 10.0, "a reprint and a status page")
+        buttons = [e for e in gw.export() if e["kind"] == "button"]
+    finally:
+        gw.close()
+    assert [b["action"] for b in buttons] == ["reprint", "status_page"]

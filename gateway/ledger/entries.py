@@ -26,6 +26,8 @@ REPORT = "report"
 STATUS_PAGE = "status_page"
 PRINT = "print"
 PRINTER = "printer"
+# The front panel: one entry per button press (how long it was held, what it did).
+BUTTON = "button"
 
 _dumps = cbor2.dumps
 
