@@ -26,6 +26,9 @@ PATTERNS: dict[str, list[tuple[str, str]]] = {
     "printer": [("trigger", "timer"), ("delay_on", str(BLINK_MS)), ("delay_off", str(BLINK_MS))],
     "ledger": [("trigger", "none"), ("brightness", "max")],
 }
+# The timer trigger creates delay_on/delay_off itself (owned by root): if the
+# service may not write them, the LED blinks at the kernel's default 500 ms.
+OPTIONAL = {"delay_on", "delay_off"}
 
 
 class StatusLed:
@@ -41,7 +44,11 @@ class StatusLed:
             for name, value in PATTERNS[state]:
                 if value == "max":
                     value = (self.directory / "max_brightness").read_text().strip() or "1"
-                (self.directory / name).write_text(value + "\n")
+                try:
+                    (self.directory / name).write_text(value + "\n")
+                except PermissionError:
+                    if name not in OPTIONAL:
+                        raise
         except OSError as exc:
             log.warning(
                 "status LED not available; running without it",
