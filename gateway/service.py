@@ -155,7 +155,14 @@ class Gateway:
             entries.encode_system(
                 now,
                 "started",
-                {"version": __version__, "config_hash": self.config.digest(), "pid": os.getpid()},
+                {
+                    "version": __version__,
+                    "config_hash": self.config.digest(),
+                    "pid": os.getpid(),
+                    # Whether events from here on are routed to printers: the
+                    # spool's restart scan owes receipts only for those.
+                    "printing": self.ingest.on_event is not None,
+                },
             )
         )
         self.durability.start()

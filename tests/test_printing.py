@@ -678,3 +678,27 @@ def test_an_unplugged_serial_adapter_fails_the_attempt(gateways):
     send(address, [event_line(1)])
     pump(gw, lambda: gw.spool.printers["p"].state == "error")
     assert outcomes(gw) == []
+
+
+def test_a_ledger_that_gains_its_first_printer_does_not_print_its_history(gateways, tmp_path):
+    out = tmp_path / "printed"
+    config = gateways.config({}, routes=[])
+    gw, address = gateways.start(config)
+    send(address, [event_line(1), event_line(2)])
+    pump(gw, lambda: gw.ingest.stats.events == 2 and gw.ledger.durable.seq >= 3)
+    gateways.stop(gw)
+    assert not (config.state_dir / "spool.json").exists()
+
+    config = gateways.config({"p": {"uri": f"file:{out}"}})
+    gw, address = gateways.start(config)
+    send(address, [event_line(3)])
+    pump(gw, lambda: len(outcomes(gw)) == 1)
+    pump(gw, lambda: not any(p.queue for p in gw.spool.printers.values()))
+    files = printed_files(out)
+    assert len(files) == 1 and "subscription_id: 3" in (out / files[0]).read_text()
+    # and a lost checkpoint later still does not bring the history back
+    gateways.stop(gw)
+    (config.state_dir / "spool.json").unlink()
+    gw, _ = gateways.start(config)
+    pump(gw, lambda: gw.ledger.durable.seq > 0)
+    assert not any(p.queue for p in gw.spool.printers.values())

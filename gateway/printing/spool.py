@@ -599,7 +599,7 @@ class Spool:
         checkpoint = self._read_checkpoint()
         floor = int(checkpoint.get("floor", 1))
         head = self.ledger.durable.seq
-        scanned = self._scan(floor, head)
+        scanned = self._scan(floor, head, from_checkpoint=bool(checkpoint))
         in_flight = set()
         if clean_stop is not None and clean_stop.get("head") == head:
             in_flight = set(clean_stop.get("in_flight", []))
@@ -634,15 +634,25 @@ class Spool:
                 return dt.datetime.fromtimestamp(received / 1e6).date()
         return None
 
-    def _scan(self, floor: int, head: int) -> int:
-        """Queue every job from `floor` to `head` that has no outcome entry."""
+    def _scan(self, floor: int, head: int, from_checkpoint: bool) -> int:
+        """Queue every job from `floor` to `head` that has no outcome entry.
+
+        Receipts are owed only for events received while routing was on, as
+        each `started` (and `reloaded`) system entry records: a ledger that
+        gains its first printer does not print its history. A floor from the
+        checkpoint was set by a running spool, so routing was on there.
+        """
         pending: dict[str, Job] = {}
+        routing = from_checkpoint
         n = 0
         for seq, payload, chain_hash in LedgerReader(self.config.ledger_dir).entries(floor, head):
             n += 1
             entry = entries.decode(payload)
             kind = entry.get("kind")
-            if kind == entries.EVENT:
+            if kind == entries.SYSTEM and entry.get("name") in ("started", "reloaded"):
+                detail = entry.get("detail")
+                routing = isinstance(detail, dict) and detail.get("printing") is True
+            elif kind == entries.EVENT and routing:
                 event = entry.get("event")
                 if isinstance(event, dict):
                     for name in self.router(event):
