@@ -8,6 +8,7 @@ the last replies, append `stopped`, exit 0.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import errno
 import fcntl
@@ -24,9 +25,9 @@ from board.evdev import Press
 from board.fake import make_fake_board
 from board.leds import StatusLed
 from gateway import __version__
-from gateway.config import Config
+from gateway.config import Config, load_config
 from gateway.control import ControlServer
-from gateway.errors import LedgerError
+from gateway.errors import ConfigError, LedgerError
 from gateway.ingest.server import IngestServer
 from gateway.ledger import entries
 from gateway.ledger.durability import BatchResult, DurabilityThread
@@ -176,9 +177,7 @@ class Gateway:
         self._supervise()
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.request_stop)
-        # Configuration reload is not implemented yet: SIGHUP is logged and
-        # ignored rather than killing the process (its default action).
-        self.loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         log.info(
             "gateway ready",
             extra={
@@ -378,8 +377,87 @@ class Gateway:
 
     # ---- stop
 
-    def _on_sighup(self) -> None:
-        log.warning("SIGHUP received: configuration reload is not supported yet; restart to apply")
+    def reload(self) -> None:
+        """SIGHUP: apply the configuration file again, without dropping anything.
+
+        Printers, routes, reports, spool and ingest limits, the name and the log
+        level change in place; connections stay open and queued jobs stay queued
+        (a removed printer's jobs are cancelled on the record). `state_dir`,
+        `ingest.listen`, `ledger` and `board` need a restart: a change there is
+        logged and kept for the next start. A file that does not load is refused
+        and the running configuration stays. Either way the ledger records it.
+        """
+        if self.stopping:
+            return
+        self.notifier.send("RELOADING=1")
+        now = time.time_ns() // 1000
+        old = self.config
+        try:
+            if old.source == "<defaults>":
+                new = load_config(None, old.state_dir)
+            else:
+                new = load_config(Path(old.source))
+        except ConfigError as exc:
+            log.error("configuration reload refused", extra={"fields": {"reason": str(exc)}})
+            self.ledger.append(entries.encode_system(now, "reload_refused", {"reason": str(exc)}))
+            self.notifier.ready(self.status_line())
+            return
+        restart_needed = [
+            key
+            for key, before, after in (
+                ("state_dir", old.state_dir, new.state_dir),
+                ("ingest.listen", old.ingest.listen, new.ingest.listen),
+                ("ledger", old.ledger, new.ledger),
+                ("board", old.board, new.board),
+            )
+            if before != after
+        ]
+        if restart_needed:
+            log.warning(
+                "configuration changes that need a restart were not applied",
+                extra={"fields": {"keys": restart_needed}},
+            )
+        effective = dataclasses.replace(
+            new,
+            state_dir=old.state_dir,
+            ingest=dataclasses.replace(new.ingest, listen=old.ingest.listen),
+            ledger=old.ledger,
+            board=old.board,
+        )
+        self.config = effective
+        self.ingest.reconfigure(effective.ingest)
+        logging.getLogger("gateway").setLevel(effective.log.level.upper())
+        self._reconfigure_printing(effective)
+        self.ledger.append(
+            entries.encode_system(
+                now,
+                "reloaded",
+                {
+                    "config_hash": new.digest(),
+                    "printing": self.ingest.on_event is not None,
+                    "restart_needed": restart_needed,
+                },
+            )
+        )
+        log.info(
+            "configuration reloaded",
+            extra={"fields": {"config_hash": new.digest(), "restart_needed": restart_needed}},
+        )
+        self.notifier.ready(self.status_line())
+
+    def _reconfigure_printing(self, config: Config) -> None:
+        if self.spool is not None and not config.printers:
+            self.spool.stop()  # unprinted jobs stay owed in the ledger
+            self.spool.close([])
+            self.spool = None
+        elif self.spool is not None:
+            self.spool.reconfigure(config)
+        elif config.printers:
+            self.spool = Spool(config, self.loop, self.ledger)
+            self.spool.status_provider = self.status
+            self.spool.start(None)
+        routing = self.spool is not None and bool(config.routes)
+        self.ingest.on_event = self.spool.on_event if routing and self.spool else None
 
     def request_stop(self) -> None:
         if self.stopping:

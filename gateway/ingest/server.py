@@ -295,6 +295,14 @@ class IngestServer:
         self._security = RateLimitedLog(security_log)
         self._sweep_interval = max(0.5, min(5.0, config.idle_timeout_s / 10))
 
+    def reconfigure(self, config: IngestConfig) -> None:
+        """New limits (a reload): they apply to new connections and the next sweep.
+
+        The listen addresses stay as bound (changing them needs a restart).
+        """
+        self.config = config
+        self._sweep_interval = max(0.5, min(5.0, config.idle_timeout_s / 10))
+
     # ---- listening
 
     def listen(self) -> list[tuple[str, int]]:

@@ -117,6 +117,7 @@ class Printer:
         self.error_since: float | None = None
         self.alerted = False
         self.busy = False  # a job is being prepared or delivered
+        self.stopped = False  # the gateway is stopping, or a reload removed this printer
         self.delivery: SocketDelivery | SerialDelivery | None = None
         self.retry_timer: Timer | None = None
         self.alert_timer: Timer | None = None
@@ -149,8 +150,9 @@ class Printer:
         return True
 
     def kick(self) -> None:
-        spool = self.spool
-        if self.busy or not self.queue or self.retry_timer is not None or not spool.running:
+        if self.stopped or self.busy or not self.queue or self.retry_timer is not None:
+            return
+        if not self.spool.running:
             return
         job = self.queue[0]
         job.attempts += 1
@@ -163,7 +165,7 @@ class Printer:
         )
 
     def _prepared(self, job: Job, data: bytes | None, exc: BaseException | None) -> None:
-        if self.spool.stopping:
+        if self.stopped:
             self.busy = False
             return
         if exc is not None or data is None:
@@ -202,7 +204,7 @@ class Printer:
 
     def _delivered(self, job: Job, result: Result) -> None:
         self.delivery = None
-        if self.spool.stopping:
+        if self.stopped:
             self.busy = False
             return
         fields = {**self._fields(job), "bytes": result.sent}
@@ -277,6 +279,7 @@ class Printer:
 
     def stop(self) -> list[str]:
         """Abort what is in flight; returns the ids of jobs that were being delivered."""
+        self.stopped = True
         in_flight = [self.queue[0].id] if self.busy and self.queue else []
         if self.delivery is not None:
             in_flight = [self.queue[0].id] if self.delivery.sent and self.queue else []
@@ -590,6 +593,37 @@ class Spool:
     def _log_reply(reply: dict) -> None:
         level = logging.INFO if reply.get("ok") else logging.ERROR
         log.log(level, "daily report", extra={"fields": reply})
+
+    # ---- a reload
+
+    def reconfigure(self, config: Config) -> None:
+        """New printers, routes, reports and limits, keeping every queued job.
+
+        A changed printer keeps its queue (the next attempt uses the new
+        settings); a removed printer's queued jobs are cancelled, each with a
+        `print` entry; new printers start empty.
+        """
+        self.config = config
+        self.router = Router(config)
+        self.context = Context(config.name or socket.gethostname(), config.ledger_dir)
+        for name in [n for n in self.printers if n not in config.printers]:
+            printer = self.printers.pop(name)
+            printer.stop()
+            for job in printer.queue:
+                self.record_outcome(job, "cancelled", 0, "printer removed by a reload")
+        for name, printer_config in config.printers.items():
+            printer = self.printers.get(name)
+            if printer is None:
+                self.printers[name] = Printer(self, name, printer_config)
+            elif printer.config != printer_config:
+                printer.config = printer_config
+                printer.uri = parse_uri(printer_config.uri)
+        if self._report_timer is not None:
+            self._report_timer.cancel()
+            self._report_timer = None
+        self._schedule_reports()
+        for printer in self.printers.values():
+            printer.kick()
 
     # ---- start, stop, status
 
