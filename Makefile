@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-slow lint bench clean distclean wheel
+.PHONY: run test test-slow lint bench bench-print clean distclean wheel
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -34,6 +34,10 @@ lint: $(STAMP)
 ## make bench: load generator against the real gateway over loopback; appends to bench/RESULTS.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+## make bench-print: printing benchmarks (first byte, queued drain, ingest while printing); appends to bench/RESULTS.md.
+bench-print: $(STAMP)
+	$(BIN)/python -m bench.printing
 
 wheel: $(STAMP)
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .

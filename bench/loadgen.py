@@ -137,17 +137,50 @@ def _dumps(obj: Any) -> bytes:
 _BUILDERS = {"small": (_small, 512), "audit": (_audit, 256), "large": (_large, 64)}
 
 
-def build_events(size: str) -> list[bytes]:
-    """Distinct events of one preset, all padded (JSON whitespace) to one length, with newline."""
-    builder, count = _BUILDERS[size]
-    raw = [_dumps(builder(i)) for i in range(count)]
+def marked_for_print(i: int, print_every: int) -> bool:
+    """Whether pre-built event i carries `"print": true` (every Nth, starting with the first).
+
+    One rule shared by building and counting, so the count of acknowledged events
+    that ask for a receipt is exact even though the pre-built events are reused."""
+    return print_every > 0 and i % print_every == 0
+
+
+def _build(size: str, i: int, print_every: int) -> dict[str, Any]:
+    builder, _count = _BUILDERS[size]
+    event = builder(i)
+    if marked_for_print(i, print_every):
+        event["print"] = True
+        # A large event is already at its fixed length: make room for the marker.
+        while size == "large" and len(_dumps(event)) > LARGE_BYTES - 1 and event["lines"]:
+            event["lines"].pop()
+    return event
+
+
+def build_events(size: str, print_every: int = 0) -> list[bytes]:
+    """Distinct events of one preset, all padded (JSON whitespace) to one length, with newline.
+
+    With print_every N, every Nth event also carries `"print": true` (for a route
+    that prints it); the padding keeps marked and unmarked events the same length."""
+    _builder, count = _BUILDERS[size]
+    raw = [_dumps(_build(size, i, print_every)) for i in range(count)]
     length = LARGE_BYTES - 1 if size == "large" else max(len(r) for r in raw)
     return [r + b" " * (length - len(r)) + b"\n" for r in raw]
 
 
-def build_ring(size: str, extra_bytes: int) -> tuple[bytes, int, int]:
+def marked_among(first_n: int, ring_events: int, print_every: int) -> int:
+    """How many of a connection's first `first_n` events carry `"print": true`.
+
+    A connection sends the ring's events in order from index 0, wrapping around."""
+    if print_every <= 0:
+        return 0
+    per_ring = sum(1 for i in range(ring_events) if marked_for_print(i, print_every))
+    whole, rest = divmod(first_n, ring_events)
+    return whole * per_ring + sum(1 for i in range(rest) if marked_for_print(i, print_every))
+
+
+def build_ring(size: str, extra_bytes: int, print_every: int = 0) -> tuple[bytes, int, int]:
     """(buffer, event length, ring length): buffer[k*L:...] for k < ring/L, plus a tail."""
-    events = build_events(size)
+    events = build_events(size, print_every)
     length = len(events[0])
     ring = b"".join(events)
     reps = 1 + -(-extra_bytes // len(ring))
@@ -278,10 +311,11 @@ def run_load(
     min_batch: int = 1,
     watch_pid: int | None = None,
     drain_timeout: float = 15.0,
+    print_every: int = 0,
 ) -> dict[str, Any]:
     """One process's share of the load. Returns counts, rates, raw latency samples."""
     ack = mode == "ack"
-    buf, L, ring_bytes = build_ring(size, SEND_CHUNK)
+    buf, L, ring_bytes = build_ring(size, SEND_CHUNK, print_every)
     mv = memoryview(buf)
     chunk = max(L, SEND_CHUNK // L * L)
     cpu0 = _cpu_s()
@@ -490,6 +524,14 @@ def run_load(
         if watched0 is None or watched_stop is None
         else round(watched_stop - watched0, 3),
         "samples": samples.tolist(),
+        "print_every": print_every or None,
+        # Events carrying "print": true, exactly (each connection starts at ring index 0).
+        "sent_print": sum(
+            marked_among(c.sent_bytes // L, ring_bytes // L, print_every) for c in live
+        ),
+        "acked_print": sum(marked_among(c.acked, ring_bytes // L, print_every) for c in live)
+        if ack
+        else None,
     }
 
 
@@ -528,7 +570,8 @@ def run_parallel(procs: int, **kwargs: Any) -> dict[str, Any]:
     merged["rate_target"] = kwargs.get("rate") or None
     for key in ("sent", "counted", "errors", "disconnects", "loadgen_cpu_s"):
         merged[key] = sum(p[key] for p in parts)
-    for key in ("acked", "unacked_at_end"):
+    merged["sent_print"] = sum(p["sent_print"] for p in parts)
+    for key in ("acked", "unacked_at_end", "acked_print"):
         merged[key] = None if parts[0][key] is None else sum(p[key] for p in parts)
     merged["events_per_s"] = sum(p["events_per_s"] for p in parts)
     merged["mb_per_s"] = sum(p["mb_per_s"] for p in parts)
@@ -618,6 +661,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--watch-pid", type=int, help="report this process's CPU over the load window")
     p.add_argument(
+        "--print-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help='put "print": true into every Nth pre-built event (0: none; sizes stay equal)',
+    )
+    p.add_argument(
         "--idle",
         type=float,
         metavar="SECONDS",
@@ -642,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
             rate=args.rate,
             min_batch=args.min_batch,
             watch_pid=args.watch_pid,
+            print_every=args.print_every,
         )
     print(json.dumps(result))
     return 0

@@ -109,10 +109,18 @@ def free_port() -> int:
 
 
 class GatewayProcess:
-    def __init__(self, state_dir: Path, port: int, profile_out: Path | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        port: int,
+        profile_out: Path | None = None,
+        extra_config: str = "",
+    ) -> None:
         self.state_dir = state_dir
         self.port = port
         self.profile_out = profile_out
+        # YAML appended to the configuration (top-level keys: printers, routes, spool).
+        self.extra_config = extra_config
         self.config = state_dir.parent / f"{state_dir.name}.yaml"
         self.log_path = state_dir.parent / f"{state_dir.name}.log"
         self.proc: subprocess.Popen | None = None
@@ -136,7 +144,7 @@ class GatewayProcess:
             "ledger:\n"
             "  fsync: batch\n"
             "log:\n"
-            "  level: info\n"
+            "  level: info\n" + self.extra_config
         )
         cmd = [sys.executable]
         if self.profile_out is not None:
