@@ -55,9 +55,16 @@ class RateLimitedLog:
         self._suppressed = 0
 
     def warning(self, message: str, fields: dict, now: float) -> None:
+        self.log(logging.WARNING, message, fields, now)
+
+    def error(self, message: str, fields: dict, now: float) -> None:
+        self.log(logging.ERROR, message, fields, now)
+
+    def log(self, level: int, message: str, fields: dict, now: float) -> None:
         if now - self._window_start >= self.window_s:
             if self._suppressed:
-                self.logger.warning(
+                self.logger.log(
+                    level,
                     "suppressed similar messages",
                     extra={"fields": {"count": self._suppressed, "like": message}},
                 )
@@ -66,6 +73,6 @@ class RateLimitedLog:
             self._suppressed = 0
         if self._count < self.burst:
             self._count += 1
-            self.logger.warning(message, extra={"fields": fields})
+            self.logger.log(level, message, extra={"fields": fields})
         else:
             self._suppressed += 1

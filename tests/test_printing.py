@@ -317,7 +317,7 @@ def test_a_clean_stop_does_not_mark_untouched_jobs_uncertain(gateways, tmp_path)
     assert all("REPRINT" not in (out / f).read_text() for f in printed_files(out))
 
 
-def test_a_full_spool_refuses_new_jobs_on_the_record(gateways, tmp_path):
+def test_a_full_spool_refuses_new_jobs_on_the_record(gateways, tmp_path, caplog):
     blocker = tmp_path / "blocked"
     blocker.write_text("x")
     config = dataclasses.replace(
@@ -331,6 +331,11 @@ def test_a_full_spool_refuses_new_jobs_on_the_record(gateways, tmp_path):
     assert [o["outcome"] for o in refused] == ["refused", "refused"]
     assert len(gw.spool.printers["p"].queue) == 2
     assert gw.spool.refused == 2
+    # A flood of refusals is rate-limited in the log (every one is in the ledger).
+    send(address, [event_line(n) for n in range(5, 45)])
+    pump(gw, lambda: gw.spool.refused == 42)
+    logged = [r for r in caplog.records if "the spool is full" in r.getMessage()]
+    assert len(logged) == 10
 
 
 def test_the_checkpoint_is_only_a_hint(gateways, tmp_path):

@@ -37,6 +37,7 @@ from gateway.config import Config, PrinterConfig
 from gateway.errors import LedgerError
 from gateway.ledger import entries
 from gateway.ledger.store import LedgerReader, LedgerWriter
+from gateway.logs import RateLimitedLog
 from gateway.loop import EventLoop, Timer
 from gateway.printing import reports
 from gateway.printing.transports import (
@@ -394,6 +395,9 @@ class Spool:
         self.running = False  # printing: between start() and stop()
         self.stopping = False
         self.refused = 0
+        # A burst of refusals (a flood of events for a slow printer) logs 10
+        # lines per 10 s and a count of the rest; every refusal is in the ledger.
+        self._refusals = RateLimitedLog(log)
         # The whole gateway's status, for status pages (set by the service).
         self.status_provider: Callable[[], dict[str, Any]] = self.status
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="print")
@@ -443,11 +447,10 @@ class Spool:
             return
         if not printer.add(job):
             self.refused += 1
-            log.error(
+            self._refusals.error(
                 "print job refused: the spool is full",
-                extra={
-                    "fields": {"printer": job.printer, "job": job.id, "queued": len(printer.queue)}
-                },
+                {"printer": job.printer, "job": job.id, "queued": len(printer.queue)},
+                self.loop.clock(),
             )
             self.record_outcome(job, "refused", 0, "spool full")
 
