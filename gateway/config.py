@@ -152,6 +152,13 @@ class BoardConfig:
 
 
 @dataclass(frozen=True)
+class ClockConfig:
+    # Ask the kernel (adjtimex) whether the clock is synchronised; while it is
+    # not, entries are flagged clock_unsynced and the daily report waits.
+    check_sync: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = Path("./var")
     # The gateway's name on paper; empty: the host name.
@@ -164,6 +171,7 @@ class Config:
     reports: ReportsConfig = ReportsConfig()
     spool: SpoolConfig = SpoolConfig()
     board: BoardConfig = BoardConfig()
+    clock: ClockConfig = ClockConfig()
     # Where the configuration came from (a file path, or "<defaults>"); not a YAML key.
     source: str = field(default="<defaults>", metadata={"internal": True})
 

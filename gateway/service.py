@@ -17,6 +17,7 @@ import os
 import resource
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from board.button import Button
 from board.evdev import Press
 from board.fake import make_fake_board
 from board.leds import StatusLed
-from gateway import __version__
+from gateway import __version__, clock
 from gateway.config import Config, load_config
 from gateway.control import ControlServer
 from gateway.errors import ConfigError, LedgerError
@@ -89,11 +90,24 @@ def lock_state_dir(state_dir: Path) -> int:
     return fd
 
 
+def _always_synced() -> bool:
+    return True
+
+
 class Gateway:
     def __init__(
-        self, config: Config, loop: EventLoop | None = None, notifier: Notifier | None = None
+        self,
+        config: Config,
+        loop: EventLoop | None = None,
+        notifier: Notifier | None = None,
+        clock_synced: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
+        # The kernel's NTP state (a seam for tests); not asked with check_sync off.
+        if not config.clock.check_sync:
+            clock_synced = _always_synced
+        self.clock_synced = clock_synced or clock.clock_synced
+        self.clock_ok = True
         self.loop = loop or EventLoop()
         self.notifier = notifier if notifier is not None else Notifier()
         self.unhealthy_reason = ""
@@ -112,11 +126,9 @@ class Gateway:
         )
         self.ingest = IngestServer(self.loop, self.ledger, config.ingest)
         # A configuration without printers prints nothing and has no spool.
-        self.spool = Spool(config, self.loop, self.ledger) if config.printers else None
-        if self.spool is not None:
-            self.spool.status_provider = self.status
-            if config.routes:
-                self.ingest.on_event = self.spool.on_event
+        self.spool = self._new_spool(config) if config.printers else None
+        if self.spool is not None and config.routes:
+            self.ingest.on_event = self.spool.on_event
         self.control = ControlServer(self.loop, config.control_path, self._control)
         self.bound: list[tuple[str, int]] = []
         self._in_flight: list[str] = []
@@ -142,6 +154,7 @@ class Gateway:
                 "use this for benchmarks only"
             )
         self.ledger.open()
+        self._check_clock(first=True)
         clean_stop = None
         if self.spool is not None:
             hint = self.spool.clean_stop_hint()
@@ -285,6 +298,7 @@ class Gateway:
         """Every HEALTH_TICK_S on the loop: health, WATCHDOG=1 while healthy, STATUS=, LED."""
         if self.stopping:
             return
+        self._check_clock()
         reason = self.health()
         if reason != self.unhealthy_reason:
             if reason:
@@ -307,6 +321,26 @@ class Gateway:
             )
             self.led.show("ledger" if reason else "printer" if printer_error else "ok")
         self.loop.call_later(min(interval or HEALTH_TICK_S, HEALTH_TICK_S), self._supervise)
+
+    def _check_clock(self, first: bool = False) -> None:
+        """Follow the clock's sync state: flag entries and hold the report while unsynced."""
+        synced = self.clock_synced()
+        if synced == self.clock_ok and not first:
+            return
+        self.clock_ok = synced
+        entries.set_clock_unsynced(not synced)
+        if first and synced:
+            return  # the normal case: nothing to record
+        self.ledger.append(
+            entries.encode_system(time.time_ns() // 1000, "clock", {"synced": synced})
+        )
+        if synced:
+            log.info("system clock synchronised: entries are no longer flagged")
+        else:
+            log.warning(
+                "system clock not synchronised: entries are flagged clock_unsynced and the "
+                "daily report waits"
+            )
 
     # ---- front panel
 
@@ -445,6 +479,12 @@ class Gateway:
         )
         self.notifier.ready(self.status_line())
 
+    def _new_spool(self, config: Config) -> Spool:
+        spool = Spool(config, self.loop, self.ledger)
+        spool.status_provider = self.status
+        spool.clock_ok = lambda: self.clock_ok
+        return spool
+
     def _reconfigure_printing(self, config: Config) -> None:
         if self.spool is not None and not config.printers:
             self.spool.stop()  # unprinted jobs stay owed in the ledger
@@ -453,8 +493,7 @@ class Gateway:
         elif self.spool is not None:
             self.spool.reconfigure(config)
         elif config.printers:
-            self.spool = Spool(config, self.loop, self.ledger)
-            self.spool.status_provider = self.status
+            self.spool = self._new_spool(config)
             self.spool.start(None)
         routing = self.spool is not None and bool(config.routes)
         self.ingest.on_event = self.spool.on_event if routing and self.spool else None

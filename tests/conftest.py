@@ -5,6 +5,18 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def synchronised_clock(monkeypatch):
+    """In-process gateways see a synchronised clock, whatever this machine's NTP state
+    (tests/test_clock.py injects the unsynchronised case explicitly)."""
+    from gateway import clock
+    from gateway.ledger import entries
+
+    monkeypatch.setattr(clock, "clock_synced", lambda: True)
+    yield
+    entries.set_clock_unsynced(False)
+
+
 @pytest.fixture
 def gateway(request, tmp_path):
     """A started `gateway run` process (tests/gatewayproc.py), stopped at teardown.

@@ -101,6 +101,8 @@ class GatewayProcess:
             "state_dir": str(self.state_dir),
             "ingest": {"listen": [f"127.0.0.1:{self.port}"]},
             "log": {"level": "info"},
+            # Test machines often have no NTP state; tests/test_clock.py covers it.
+            "clock": {"check_sync": False},
         }
         self.config = _merge(base, config_overrides)
         self.config_path = self.tmp_path / "gateway.yaml"

@@ -31,3 +31,17 @@ def test_the_commented_printer_example_is_valid(tmp_path):
     assert config.printers["counter"].language == "escpos"
     assert config.routes[0].printer == ("counter",)
     assert config.reports.daily is not None and config.reports.daily.at == "02:00"
+
+
+def test_avahi_advertises_the_ingest_port_under_its_own_type():
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(ROOT / "etc" / "avahi" / "gateway.service").getroot()
+    service = root.find("service")
+    assert service is not None
+    kind = service.findtext("type")
+    assert kind == "_print-gateway._tcp"
+    assert kind not in ("_ipp._tcp", "_printer._tcp", "_pdl-datastream._tcp")
+    port = int(service.findtext("port") or 0)
+    configured = load_config(ROOT / "etc" / "gateway.yaml").ingest.listen[0]
+    assert configured.endswith(f":{port}")

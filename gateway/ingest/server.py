@@ -400,6 +400,7 @@ class IngestServer:
         on_event = self.on_event
         encode = entries.encode_event
         validate = validate_event
+        unsynced = entries.clock_unsynced()
         pending = conn.pending
         received = self.wall_clock_us()
         source = conn.source
@@ -417,7 +418,10 @@ class IngestServer:
             if item is None:
                 break
             if type(item) is dict:
-                payload = encode(received, source, item, validate(item))
+                flags = validate(item)
+                if unsynced:
+                    flags = [*flags, entries.CLOCK_UNSYNCED]
+                payload = encode(received, source, item, flags)
                 seq = append(payload)
                 events += 1
                 if on_event is not None:

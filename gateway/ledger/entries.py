@@ -31,10 +31,27 @@ BUTTON = "button"
 
 _dumps = cbor2.dumps
 
+# While the system clock is not synchronised (a Raspberry Pi has no real-time
+# clock), every entry says so: events in their flags, other kinds with a
+# "clock_unsynced": true field. Process-wide, like the clock itself.
+_clock_unsynced = False
+CLOCK_UNSYNCED = "clock_unsynced"
+
+
+def set_clock_unsynced(unsynced: bool) -> None:
+    global _clock_unsynced
+    _clock_unsynced = unsynced
+
+
+def clock_unsynced() -> bool:
+    return _clock_unsynced
+
+
 _K_SOURCE = _dumps("source")
 _K_EVENT = _dumps("event")
 _K_FLAGS = _dumps("flags")
 _EMPTY_LIST = _dumps([])
+_K_UNSYNCED = _dumps(CLOCK_UNSYNCED) + _dumps(True)
 
 # map(5) {"kind": "event", "received_at": <uint>, "source": ..., "event": ..., "flags": [...]}
 _EVENT_HEAD = b"\xa5" + _dumps("kind") + _dumps(EVENT) + _dumps("received_at")
@@ -71,7 +88,8 @@ def encode_rejected(
 ) -> bytes:
     return b"".join(
         (
-            b"\xa8",
+            b"\xa9" if _clock_unsynced else b"\xa8",
+            _K_UNSYNCED if _clock_unsynced else b"",
             _dumps("kind"),
             _dumps(REJECTED),
             _dumps("received_at"),
@@ -92,12 +110,15 @@ def encode_rejected(
 
 
 def encode_system(received_at_us: int, name: str, detail: dict[str, Any]) -> bytes:
-    return _dumps({"kind": SYSTEM, "received_at": received_at_us, "name": name, "detail": detail})
+    return encode_record(SYSTEM, received_at_us, {"name": name, "detail": detail})
 
 
 def encode_record(kind: str, received_at_us: int, fields: dict[str, Any]) -> bytes:
     """Any other kind: a flat map of `kind`, `received_at` and the kind's fields."""
-    return _dumps({"kind": kind, "received_at": received_at_us, **fields})
+    record = {"kind": kind, "received_at": received_at_us, **fields}
+    if _clock_unsynced:
+        record[CLOCK_UNSYNCED] = True
+    return _dumps(record)
 
 
 def decode(payload: bytes | memoryview) -> dict[str, Any]:

@@ -55,6 +55,8 @@ log = logging.getLogger("gateway.print")
 CHECKPOINT_FILE = "spool.json"
 # The checkpoint (a hint for the restart scan) is rewritten at most every 5 s.
 CHECKPOINT_INTERVAL_S = 5.0
+# While the clock is unsynchronised, look again for due reports every minute.
+CLOCK_WAIT_S = 60.0
 # Memory a job is charged beyond its entry data (its bookkeeping).
 JOB_OVERHEAD_BYTES = 256
 UNCERTAIN = "REPRINT - delivery uncertain"
@@ -400,6 +402,8 @@ class Spool:
         self._refusals = RateLimitedLog(log)
         # The whole gateway's status, for status pages (set by the service).
         self.status_provider: Callable[[], dict[str, Any]] = self.status
+        # Whether the system clock is synchronised (set by the service).
+        self.clock_ok: Callable[[], bool] = lambda: True
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="print")
         self._checkpoint_dirty = True
         self._checkpoint_timer: Timer | None = None
@@ -584,6 +588,10 @@ class Spool:
         if daily is None or self.stopping:
             return
         first = self._first_day
+        if not self.clock_ok():
+            # Without a synchronised clock "yesterday" is unknown: wait for it.
+            self._report_timer = self.loop.call_later(CLOCK_WAIT_S, self._schedule_reports)
+            return
         if first is not None:
             for date in reports.due_dates(self.report_date, first, daily.at):
                 self.request_report(date, daily.printer, "schedule", self._log_reply)
