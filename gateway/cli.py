@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50001)
     p.add_argument("--app", help="app name sent in the hello line")
+    secret = p.add_mutually_exclusive_group()
+    secret.add_argument("--token", help="the app's token (visible to `ps`: prefer the next two)")
+    secret.add_argument(
+        "--token-file", type=Path, help="file holding the app's token (ingest.tokens)"
+    )
     p.add_argument("--ack", action="store_true", help="wait for every acknowledgement")
     p.add_argument("--timeout", type=float, default=30.0, help="socket timeout in seconds")
     p.add_argument("file", nargs="?", type=Path, help="NDJSON file (default: stdin)")
@@ -163,8 +169,17 @@ def cmd_send(args: argparse.Namespace) -> int:
         with open(args.file, "rb") as f:
             lines = event_lines(f)
     try:
+        token = args.token or os.environ.get("GATEWAY_TOKEN") or None
+        if args.token_file is not None:
+            token = args.token_file.read_text(encoding="utf-8").strip()
         result = send_events(
-            args.host, args.port, lines, app=args.app, ack=args.ack, timeout=args.timeout
+            args.host,
+            args.port,
+            lines,
+            app=args.app,
+            ack=args.ack,
+            timeout=args.timeout,
+            token=token,
         )
     except OSError as exc:
         print(f"gateway send: {exc}", file=sys.stderr)

@@ -48,16 +48,22 @@ def send_events(
     app: str | None = None,
     ack: bool = False,
     timeout: float = 30.0,
+    token: str | None = None,
 ) -> SendResult:
     result = SendResult()
     with socket.create_connection((host, port), timeout=timeout) as sock:
-        if not ack and app is None:
+        if not ack and app is None and token is None:
             sock.sendall(b"".join(lines))
             result.sent = len(lines)
             sock.shutdown(socket.SHUT_WR)
             return result
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        hello = {"hello": {"ack": ack, **({"app": app} if app else {})}}
+        hello: dict = {"ack": ack}
+        if app:
+            hello["app"] = app
+        if token is not None:
+            hello["token"] = token
+        hello = {"hello": hello}
         sock.sendall(json.dumps(hello).encode() + b"\n")
         reader = sock.makefile("rb")
         first = reader.readline()

@@ -62,6 +62,28 @@ class IngestConfig:
     # Five minutes: long enough for a persistent client's quiet spells, short
     # enough that abandoned connections do not pile up.
     idle_timeout_s: float = field(default=300.0, metadata=_limit(1, 86_400))
+    # Who may connect: loopback and the private ranges (a branch office LAN);
+    # anything else is closed at accept.
+    allow: tuple[str, ...] = (
+        "127.0.0.0/8",
+        "::1/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+    )
+    # Per-app secrets: a hello naming an app listed here must carry its token.
+    tokens: dict[str, str] = field(default_factory=dict)
+    # true: every connection must start with a hello whose token checks.
+    require_token: bool = False
+    # Per source address (0: unlimited, the default, so that benchmarks from one
+    # address measure the gateway): open connections, and events per second
+    # (a token bucket holding `rate_burst` events; 0: one second's worth).
+    max_connections_per_source: int = field(default=0, metadata=_limit(0, 100_000))
+    rate_limit_eps: float = field(default=0.0, metadata=_limit(0, 1_000_000))
+    rate_burst: int = field(default=0, metadata=_limit(0, 10_000_000))
 
 
 @dataclass(frozen=True)
@@ -188,9 +210,12 @@ class Config:
         return self.state_dir / "board"
 
     def effective(self) -> dict[str, Any]:
-        """The configuration as plain data (for hashing and `gateway config`)."""
+        """The configuration as plain data, for its hash: secrets appear as their BLAKE3."""
         data = _plain(self)
         data.pop("source", None)
+        tokens = data["ingest"]["tokens"]
+        for app in tokens:
+            tokens[app] = "blake3:" + blake3(tokens[app].encode()).hexdigest()
         return data
 
     def digest(self) -> str:
@@ -256,6 +281,20 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Conf
         config = dataclasses.replace(config, state_dir=state_dir)
     for i, address in enumerate(config.ingest.listen):
         parse_address(address, source, f"ingest.listen[{i}]")
+    for i, network in enumerate(config.ingest.allow):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(
+                source, f"ingest.allow[{i}]", f"{network!r} is not a CIDR range"
+            ) from None
+    for app, secret in config.ingest.tokens.items():
+        if not 0 < len(app) <= 64:
+            raise ConfigError(source, f"ingest.tokens.{app}", "app names are 1 to 64 characters")
+        if not 16 <= len(secret) <= 256:
+            raise ConfigError(
+                source, f"ingest.tokens.{app}", "a token is 16 to 256 characters (use a random one)"
+            )
     _check_printing(config, source)
     return config
 

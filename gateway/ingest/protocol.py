@@ -29,6 +29,8 @@ EXCERPT_BYTES = 256
 
 # Longest app name accepted in a hello: it is printed and logged, so bounded.
 MAX_APP_NAME = 64
+# A hello's token: secrets are 16 to 256 characters (docs/protocol.md, "Tokens").
+MAX_TOKEN = 256
 
 _BLANK = b" \t\r"
 
@@ -37,6 +39,7 @@ _BLANK = b" \t\r"
 class Hello:
     app: str | None
     ack: bool
+    token: str | None = None
 
 
 class _Eof:
@@ -339,13 +342,23 @@ def _parse_hello(obj: dict[str, Any], line: bytes) -> Hello:
         raise _fatal(bad_line("bad_hello", 'expected {"hello": {"app": ..., "ack": ...}}', line))
     app = hello.get("app")
     ack = hello.get("ack", False)
+    token = hello.get("token")
+
+    def refuse(detail: str) -> RemoteInputError:
+        exc = _fatal(bad_line("bad_hello", detail, line))
+        if "token" in hello:
+            exc.excerpt = b""  # never keep a secret in the ledger, even a malformed one
+        return exc
+
     if app is not None and (not isinstance(app, str) or not 0 < len(app) <= MAX_APP_NAME):
-        raise _fatal(
-            bad_line("bad_hello", f"app must be a string of 1 to {MAX_APP_NAME} characters", line)
-        )
+        raise refuse(f"app must be a string of 1 to {MAX_APP_NAME} characters")
     if not isinstance(ack, bool):
-        raise _fatal(bad_line("bad_hello", "ack must be true or false", line))
-    return Hello(app, ack)
+        raise refuse("ack must be true or false")
+    if token is not None and (not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN):
+        raise refuse(f"token must be a string of 1 to {MAX_TOKEN} characters")
+    if token is not None and app is None:
+        raise refuse("a token needs the app it belongs to")
+    return Hello(app, ack, token)
 
 
 def _fatal(exc: RemoteInputError) -> RemoteInputError:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from gateway import __version__
 from gateway.config import IngestConfig, parse_address
 from gateway.errors import RemoteInputError
-from gateway.ingest.protocol import EOF, Hello, IngestProtocol
+from gateway.ingest.limits import Policy
+from gateway.ingest.protocol import EOF, Hello, IngestProtocol, bad_line
 from gateway.ingest.validate import validate_event
 from gateway.ledger import entries
 from gateway.ledger.store import MAX_BATCH_BYTES, LedgerWriter
@@ -106,6 +107,7 @@ class Connection:
     __slots__ = (
         "addr",
         "app",
+        "authorized",
         "closed",
         "conn_id",
         "events",
@@ -132,6 +134,8 @@ class Connection:
         self.port = int(addr[1])
         self.conn_id = conn_id
         self.app: str | None = None
+        # May send events: with require_token, only after a hello whose token checks.
+        self.authorized = not server.policy.require_token
         self.proto = IngestProtocol(server.config.max_line_bytes)
         self.source = entries.encode_source(self.addr, self.port, None, conn_id)
         # Replies owed, in line order: an int is "ok" for that seq; a tuple is
@@ -284,6 +288,7 @@ class IngestServer:
         # Called with (seq, chain hash, payload, event) for every staged event
         # (the print spool's routing); None when nothing prints.
         self.on_event: Callable[[int, bytes, bytes, dict], None] | None = None
+        self.policy = Policy(config)
         self.listeners: list[Listener] = []
         self.connections: dict[int, Connection] = {}
         self.lingering: set[_Lingerer] = set()
@@ -302,6 +307,9 @@ class IngestServer:
         """
         self.config = config
         self._sweep_interval = max(0.5, min(5.0, config.idle_timeout_s / 10))
+        counts = self.policy.per_source
+        self.policy = Policy(config)
+        self.policy.per_source = counts
 
     # ---- listening
 
@@ -342,6 +350,30 @@ class IngestServer:
 
     def accepted(self, sock: socket.socket, addr: tuple) -> None:
         sock.setblocking(False)
+        peer = str(addr[0])
+        if not self.policy.allowed(peer):
+            # Not one of ours: no reply at all, just the close.
+            self.stats.refused_connections += 1
+            self._security.warning(
+                "connection refused: source not allowed",
+                {"peer": f"{peer}:{addr[1]}"},
+                self.loop.clock(),
+            )
+            sock.close()
+            return
+        if self.policy.over_connection_cap(peer):
+            self.stats.refused_connections += 1
+            self._security.warning(
+                "connection refused: too many connections from this source",
+                {"peer": f"{peer}:{addr[1]}", "limit": self.policy.max_per_source},
+                self.loop.clock(),
+            )
+            self.refuse(
+                sock,
+                "too_many_connections_from_source",
+                f"{self.policy.max_per_source} connections from {peer} are open already",
+            )
+            return
         if len(self.connections) >= self.config.max_connections:
             self.stats.refused_connections += 1
             self._security.warning(
@@ -359,6 +391,7 @@ class IngestServer:
         self._next_conn_id += 1
         conn = Connection(self, sock, addr, conn_id)
         self.connections[conn_id] = conn
+        self.policy.per_source[conn.addr] += 1
         self.stats.accepted_connections += 1
         conn.update_interest()
 
@@ -401,6 +434,7 @@ class IngestServer:
         encode = entries.encode_event
         validate = validate_event
         unsynced = entries.clock_unsynced()
+        buckets = self.policy.buckets
         pending = conn.pending
         received = self.wall_clock_us()
         source = conn.source
@@ -418,6 +452,11 @@ class IngestServer:
             if item is None:
                 break
             if type(item) is dict:
+                if not conn.authorized or (
+                    buckets is not None and not buckets.take(conn.addr, self.loop.clock())
+                ):
+                    self._refuse_sender(conn, received)
+                    break
                 flags = validate(item)
                 if unsynced:
                     flags = [*flags, entries.CLOCK_UNSYNCED]
@@ -433,7 +472,8 @@ class IngestServer:
                 conn.finished = True
                 break
             assert isinstance(item, Hello)
-            self._hello(conn, item)
+            if not self._hello(conn, item):
+                break
             source = conn.source
             reply_mode = conn.reply_mode
         self.stats.events += events
@@ -445,10 +485,26 @@ class IngestServer:
         if not self.paused and self.ledger.staged_bytes >= MAX_BATCH_BYTES:
             self._pause()
 
-    def _hello(self, conn: Connection, hello: Hello) -> None:
+    def _hello(self, conn: Connection, hello: Hello) -> bool:
+        """Apply a hello; False (after one error line) if its token does not check."""
+        refusal = self.policy.authenticate(hello.app, hello.token)
+        if refusal:
+            self.stats.rejected += 1
+            self._security.warning(
+                "hello refused: bad or missing token",
+                {"peer": f"{conn.addr}:{conn.port}", "conn": conn.conn_id, "app": hello.app},
+                self.loop.clock(),
+            )
+            detail = "the token is wrong, or missing for this app"
+            conn.pending.append((0, json_line({"ok": False, "error": refusal, "detail": detail})))
+            conn.finished = True
+            return False
+        conn.authorized = True
         conn.app = hello.app
         conn.reply_mode = hello.ack
-        conn.source = entries.encode_source(conn.addr, conn.port, hello.app, conn.conn_id)
+        conn.source = entries.encode_source(
+            conn.addr, conn.port, hello.app, conn.conn_id, authenticated=hello.token is not None
+        )
         if hello.ack:
             # Acks are small and latency-bound: without NODELAY, Nagle plus the
             # peer's delayed ACK holds each reply back ~40 ms.
@@ -462,6 +518,29 @@ class IngestServer:
             "max_line_bytes": self.config.max_line_bytes,
         }
         conn.pending.append((0, json_line({"hello": reply})))
+        return True
+
+    def _refuse_sender(self, conn: Connection, received: int) -> None:
+        """A line from a sender that may not send it: one error line, then close.
+
+        Without a required token, nothing is recorded (an unauthenticated
+        stranger must not fill the ledger); over the rate limit, the line is
+        recorded as `rejected` (one per connection: it is closed right after)
+        and the rest of its input is discarded.
+        """
+        line = conn.proto.last_line
+        if not conn.authorized:
+            code, detail = "token_required", "this gateway requires a hello with a token"
+            exc = RemoteInputError(code, detail, fatal=True)
+        else:
+            limit = self.policy.buckets
+            assert limit is not None
+            code = "rate_limited"
+            detail = f"more than {limit.rate:g} events/s from {conn.addr}; closing"
+            exc = bad_line(code, detail, line)
+            exc.fatal = True
+        self._reject(conn, exc, received)
+        conn.finished = True
 
     def _reject(
         self, conn: Connection, exc: RemoteInputError, received: int, *, reply: bool = True
@@ -584,7 +663,11 @@ class IngestServer:
             self.loop.set_interest(conn, conn.fd, conn.events, 0)
             conn.events = 0
         self.waiting.discard(conn)
-        self.connections.pop(conn.conn_id, None)
+        if self.connections.pop(conn.conn_id, None) is not None:
+            counts = self.policy.per_source
+            counts[conn.addr] -= 1
+            if counts[conn.addr] <= 0:
+                del counts[conn.addr]
         if linger and not conn.outbuf:
             self._linger(conn.sock)
         else:

@@ -57,9 +57,18 @@ _K_UNSYNCED = _dumps(CLOCK_UNSYNCED) + _dumps(True)
 _EVENT_HEAD = b"\xa5" + _dumps("kind") + _dumps(EVENT) + _dumps("received_at")
 
 
-def encode_source(addr: str, port: int, app: str | None, conn: int) -> bytes:
-    """Pre-encode a connection's source map once; every event on it reuses the bytes."""
-    return _dumps({"addr": addr, "port": port, "app": app, "conn": conn})
+def encode_source(
+    addr: str, port: int, app: str | None, conn: int, authenticated: bool = False
+) -> bytes:
+    """Pre-encode a connection's source map once; every event on it reuses the bytes.
+
+    `auth: true` is added when the hello's token was checked, so the app name
+    can be trusted; without it the name is what the client claimed.
+    """
+    source: dict[str, Any] = {"addr": addr, "port": port, "app": app, "conn": conn}
+    if authenticated:
+        source["auth"] = True
+    return _dumps(source)
 
 
 def encode_event(received_at_us: int, source: bytes, event: dict, flags: list[str]) -> bytes:
