@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ack", action="store_true", help="wait for every acknowledgement")
     p.add_argument("--timeout", type=float, default=30.0, help="socket timeout in seconds")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (ingest.tls.listen)")
+    p.add_argument("--ca", help="with --tls: CA bundle to verify the gateway (default: system)")
+    p.add_argument("--cert", help="with --tls: client certificate (mutual TLS)")
+    p.add_argument("--key", help="with --tls: the client certificate's key")
     p.add_argument("file", nargs="?", type=Path, help="NDJSON file (default: stdin)")
 
     p = sub.add_parser("status", help="the running gateway's state")
@@ -172,6 +176,11 @@ def cmd_send(args: argparse.Namespace) -> int:
         token = args.token or os.environ.get("GATEWAY_TOKEN") or None
         if args.token_file is not None:
             token = args.token_file.read_text(encoding="utf-8").strip()
+        tls = None
+        if args.tls:
+            from gateway.client import client_tls_context
+
+            tls = client_tls_context(args.ca, args.cert, args.key)
         result = send_events(
             args.host,
             args.port,
@@ -180,6 +189,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             ack=args.ack,
             timeout=args.timeout,
             token=token,
+            tls=tls,
         )
     except OSError as exc:
         print(f"gateway send: {exc}", file=sys.stderr)

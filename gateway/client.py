@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway.ingest.protocol import is_blank
+
+# Over TLS, lines are sent this many at a time between reading their replies.
+TLS_WINDOW = 1024
 
 
 @dataclass
@@ -40,6 +44,36 @@ def event_lines(stream: Iterable[bytes]) -> list[bytes]:
     return lines
 
 
+def _read_replies(reader, n: int, result: SendResult) -> bool:
+    """Read `n` reply lines into `result`; False if the connection ended first."""
+    for _ in range(n):
+        try:
+            line = reader.readline()
+        except OSError as exc:
+            result.error = f"connection failed: {exc}"
+            return False
+        if not line:
+            result.error = "the gateway closed the connection before every event was acknowledged"
+            return False
+        reply = json.loads(line)
+        if reply.get("ok"):
+            result.acked += 1
+        else:
+            result.refused.append(reply)
+    return True
+
+
+def client_tls_context(
+    ca: str | None = None, cert: str | None = None, key: str | None = None
+) -> ssl.SSLContext:
+    """Verify the gateway against `ca` (default: the system's CAs); present `cert` if given."""
+    context = ssl.create_default_context(cafile=ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context
+
+
 def send_events(
     host: str,
     port: int,
@@ -49,9 +83,12 @@ def send_events(
     ack: bool = False,
     timeout: float = 30.0,
     token: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> SendResult:
     result = SendResult()
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    raw = socket.create_connection((host, port), timeout=timeout)
+    sock = tls.wrap_socket(raw, server_hostname=host) if tls is not None else raw
+    with sock:
         if not ack and app is None and token is None:
             sock.sendall(b"".join(lines))
             result.sent = len(lines)
@@ -65,48 +102,57 @@ def send_events(
             hello["token"] = token
         hello = {"hello": hello}
         sock.sendall(json.dumps(hello).encode() + b"\n")
-        reader = sock.makefile("rb")
-        first = reader.readline()
-        try:
-            reply = json.loads(first)
-        except ValueError:
-            result.error = f"no hello reply from the gateway: {first[:200]!r}"
-            return result
-        if "hello" not in reply:
-            result.error = f"hello refused: {reply}"
-            return result
-        result.hello = reply["hello"]
-        if not ack:
-            sock.sendall(b"".join(lines))
-            result.sent = len(lines)
-            sock.shutdown(socket.SHUT_WR)
-            return result
+        with sock.makefile("rb") as reader:
+            return _converse(sock, reader, lines, ack, tls is not None, timeout, result)
+    return result
 
-        def writer() -> None:
-            try:
-                sock.sendall(b"".join(lines))
-                sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass  # the reader sees the connection end and reports it
 
-        thread = threading.Thread(target=writer, daemon=True)
-        thread.start()
+def _converse(
+    sock: socket.socket,
+    reader,
+    lines: list[bytes],
+    ack: bool,
+    tls: bool,
+    timeout: float,
+    result: SendResult,
+) -> SendResult:
+    """After the hello: read its reply, send the lines, read their replies."""
+    first = reader.readline()
+    try:
+        reply = json.loads(first)
+    except ValueError:
+        result.error = f"no hello reply from the gateway: {first[:200]!r}"
+        return result
+    if "hello" not in reply:
+        result.error = f"hello refused: {reply}"
+        return result
+    result.hello = reply["hello"]
+    if not ack:
+        sock.sendall(b"".join(lines))
         result.sent = len(lines)
-        for _ in range(len(lines)):
-            try:
-                line = reader.readline()
-            except OSError as exc:
-                result.error = f"connection failed: {exc}"
+        sock.shutdown(socket.SHUT_WR)
+        return result
+    if tls:
+        # One SSL connection must not be written and read by two threads at
+        # once: send a window of lines, read its replies, repeat.
+        for start in range(0, len(lines), TLS_WINDOW):
+            window = lines[start : start + TLS_WINDOW]
+            sock.sendall(b"".join(window))
+            result.sent += len(window)
+            if not _read_replies(reader, len(window), result):
                 break
-            if not line:
-                result.error = (
-                    "the gateway closed the connection before every event was acknowledged"
-                )
-                break
-            reply = json.loads(line)
-            if reply.get("ok"):
-                result.acked += 1
-            else:
-                result.refused.append(reply)
-        thread.join(timeout)
+        return result
+
+    def writer() -> None:
+        try:
+            sock.sendall(b"".join(lines))
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the reader sees the connection end and reports it
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    result.sent = len(lines)
+    _read_replies(reader, len(lines), result)
+    thread.join(timeout)
     return result

@@ -51,6 +51,20 @@ def _limit(lo: float | None = None, hi: float | None = None, doc: str = "") -> d
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    # Its own listeners (empty: no TLS). Plain `listen` stays as it is.
+    listen: tuple[str, ...] = ()
+    cert: str = ""  # PEM certificate (chain)
+    key: str = ""  # PEM private key
+    # PEM CA bundle: when set, clients must present a certificate it signed,
+    # and the certificate's common name is the app name (authenticated).
+    client_ca: str = ""
+    # A TLS handshake not finished in 10 s is dropped (a slow client on a LAN
+    # finishes in milliseconds; this bounds what a stalled one holds).
+    handshake_timeout_s: float = field(default=10.0, metadata=_limit(0.1, 300))
+
+
+@dataclass(frozen=True)
 class IngestConfig:
     # Loopback only by default: `make run` must not expose a port to the LAN.
     listen: tuple[str, ...] = field(default=("127.0.0.1:50001",), metadata={"nonempty": True})
@@ -84,6 +98,7 @@ class IngestConfig:
     max_connections_per_source: int = field(default=0, metadata=_limit(0, 100_000))
     rate_limit_eps: float = field(default=0.0, metadata=_limit(0, 1_000_000))
     rate_burst: int = field(default=0, metadata=_limit(0, 10_000_000))
+    tls: TlsConfig = TlsConfig()
 
 
 @dataclass(frozen=True)
@@ -281,6 +296,11 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Conf
         config = dataclasses.replace(config, state_dir=state_dir)
     for i, address in enumerate(config.ingest.listen):
         parse_address(address, source, f"ingest.listen[{i}]")
+    tls = config.ingest.tls
+    for i, address in enumerate(tls.listen):
+        parse_address(address, source, f"ingest.tls.listen[{i}]")
+    if tls.listen and not (tls.cert and tls.key):
+        raise ConfigError(source, "ingest.tls", "a TLS listener needs cert and key")
     for i, network in enumerate(config.ingest.allow):
         try:
             ipaddress.ip_network(network, strict=False)

@@ -143,11 +143,27 @@ class Gateway:
     # ---- start
 
     def start(self) -> list[tuple[str, int]]:
+        """Lock, bind, recover, rebuild the spool; on failure release what was taken."""
+        try:
+            return self._start()
+        except BaseException:
+            self.ingest.stop_accepting()
+            self.ingest.close_all()
+            self.control.close()
+            if self.durability.is_alive():
+                self.durability.stop()
+            self.loop.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            raise
+
+    def _start(self) -> list[tuple[str, int]]:
         self._lock_fd = lock_state_dir(self.config.state_dir)
         raise_fd_limit(self.config.ingest.max_connections)
         # Bind first: a port in use stops the start before recovery touches the
         # ledger, so a `recovered` entry can never be lost to a failed start.
-        bound = self.bound = self.ingest.listen()
+        bound = self.bound = self.ingest.listen(self.config.source)
         if self.config.ledger.fsync == "off":
             log.warning(
                 "ledger.fsync is off: acknowledged events can be lost on power failure; "

@@ -12,6 +12,7 @@ import collections
 import json
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from gateway.config import IngestConfig, parse_address
 from gateway.errors import RemoteInputError
 from gateway.ingest.limits import Policy
 from gateway.ingest.protocol import EOF, Hello, IngestProtocol, bad_line
+from gateway.ingest.tls import WOULD_BLOCK, Handshake
+from gateway.ingest.tls import server_context as server_tls_context
+from gateway.ingest.tls import wrap as wrap_tls
 from gateway.ingest.validate import validate_event
 from gateway.ledger import entries
 from gateway.ledger.store import MAX_BATCH_BYTES, LedgerWriter
@@ -73,10 +77,17 @@ class IngestStats:
 
 
 class Listener:
-    def __init__(self, server: IngestServer, sock: socket.socket, address: str) -> None:
+    def __init__(
+        self,
+        server: IngestServer,
+        sock: socket.socket,
+        address: str,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.server = server
         self.sock = sock
         self.address = address
+        self.tls = tls  # None: plain TCP
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -93,7 +104,7 @@ class Listener:
             except OSError as exc:  # EMFILE and friends: log, try again next turn
                 log.error("accept failed", extra={"fields": {"error": str(exc)}})
                 return
-            self.server.accepted(sock, addr)
+            self.server.accepted(sock, addr, self.tls)
 
     def close(self) -> None:
         self.server.loop.remove(self)
@@ -108,6 +119,7 @@ class Connection:
         "addr",
         "app",
         "authorized",
+        "cert_app",
         "closed",
         "conn_id",
         "events",
@@ -125,7 +137,12 @@ class Connection:
     )
 
     def __init__(
-        self, server: IngestServer, sock: socket.socket, addr: tuple, conn_id: int
+        self,
+        server: IngestServer,
+        sock: socket.socket,
+        addr: tuple,
+        conn_id: int,
+        cert_app: str | None = None,
     ) -> None:
         self.server = server
         self.sock = sock
@@ -133,11 +150,16 @@ class Connection:
         self.addr = str(addr[0])
         self.port = int(addr[1])
         self.conn_id = conn_id
-        self.app: str | None = None
-        # May send events: with require_token, only after a hello whose token checks.
-        self.authorized = not server.policy.require_token
+        # The app named by a verified client certificate (mutual TLS), if any.
+        self.cert_app = cert_app
+        self.app: str | None = cert_app
+        # May send events: with require_token, only after a hello whose token
+        # checks (or with a verified client certificate).
+        self.authorized = cert_app is not None or not server.policy.require_token
         self.proto = IngestProtocol(server.config.max_line_bytes)
-        self.source = entries.encode_source(self.addr, self.port, None, conn_id)
+        self.source = entries.encode_source(
+            self.addr, self.port, cert_app, conn_id, authenticated=cert_app is not None
+        )
         # Replies owed, in line order: an int is "ok" for that seq; a tuple is
         # (seq, reply bytes) for errors and the hello (seq 0: due at once).
         self.pending: collections.deque = collections.deque()
@@ -168,7 +190,12 @@ class Connection:
     def _read(self) -> None:
         try:
             data = self.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+            if data and isinstance(self.sock, ssl.SSLSocket):
+                # A TLS record decrypted but not read yet does not make the
+                # socket readable again: take it now.
+                while pending := self.sock.pending():
+                    data += self.sock.recv(pending)
+        except WOULD_BLOCK:
             return
         except OSError as exc:
             self.server.lost(self, exc)
@@ -184,7 +211,7 @@ class Connection:
                 break
             try:
                 data = self.sock.recv(RECV_BYTES)
-            except (BlockingIOError, InterruptedError):
+            except WOULD_BLOCK:
                 break
             except OSError as exc:
                 self.server.lost(self, exc)
@@ -207,7 +234,7 @@ class Connection:
         if not self.outbuf:
             try:
                 sent = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
+            except WOULD_BLOCK:
                 sent = 0
             except OSError as exc:
                 self.server.lost(self, exc)
@@ -220,7 +247,7 @@ class Connection:
     def _write(self) -> None:
         try:
             sent = self.sock.send(self.outbuf)
-        except (BlockingIOError, InterruptedError):
+        except WOULD_BLOCK:
             return
         except OSError as exc:
             self.server.lost(self, exc)
@@ -292,6 +319,7 @@ class IngestServer:
         self.listeners: list[Listener] = []
         self.connections: dict[int, Connection] = {}
         self.lingering: set[_Lingerer] = set()
+        self.handshakes: set[Handshake] = set()  # TLS handshakes in progress
         self.waiting: set[Connection] = set()  # connections with replies not yet due
         self.paused = False
         self.accepting = False
@@ -313,10 +341,16 @@ class IngestServer:
 
     # ---- listening
 
-    def listen(self) -> list[tuple[str, int]]:
-        """Bind every configured address; returns the bound (host, port) pairs."""
+    def listen(self, source: str = "-") -> list[tuple[str, int]]:
+        """Bind every configured address; returns the bound (host, port) pairs.
+
+        Plain listeners first, then the TLS ones (`ingest.tls.listen`).
+        """
         bound = []
-        for address in self.config.listen:
+        tls = self.config.tls
+        context = server_tls_context(tls, source) if tls.listen else None
+        plain = [(a, None) for a in self.config.listen]
+        for address, context in [*plain, *[(a, context) for a in tls.listen]]:
             host, port = parse_address(address)
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -328,7 +362,7 @@ class IngestServer:
                 raise
             sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
-            listener = Listener(self, sock, address)
+            listener = Listener(self, sock, address, context)
             self.loop.add(listener, READ)
             self.listeners.append(listener)
             bound.append(sock.getsockname()[:2])
@@ -348,7 +382,7 @@ class IngestServer:
             listener.close()
         self.listeners.clear()
 
-    def accepted(self, sock: socket.socket, addr: tuple) -> None:
+    def accepted(self, sock: socket.socket, addr: tuple, tls: ssl.SSLContext | None = None) -> None:
         sock.setblocking(False)
         peer = str(addr[0])
         if not self.policy.allowed(peer):
@@ -374,7 +408,7 @@ class IngestServer:
                 f"{self.policy.max_per_source} connections from {peer} are open already",
             )
             return
-        if len(self.connections) >= self.config.max_connections:
+        if len(self.connections) + len(self.handshakes) >= self.config.max_connections:
             self.stats.refused_connections += 1
             self._security.warning(
                 "connection refused: too many connections",
@@ -387,9 +421,44 @@ class IngestServer:
                 f"the gateway already has {self.config.max_connections} connections",
             )
             return
+        if tls is not None:
+            self._handshake(tls, sock, addr)
+            return
+        self._admit(sock, addr)
+
+    def _handshake(self, context: ssl.SSLContext, sock: socket.socket, addr: tuple) -> None:
+        try:
+            tls_sock = wrap_tls(context, sock)
+        except (OSError, ssl.SSLError) as exc:
+            self._tls_failed(addr, str(exc))
+            sock.close()
+            return
+        handshake = Handshake(
+            self.loop, tls_sock, addr, self.config.tls.handshake_timeout_s, self._tls_done
+        )
+        self.handshakes.add(handshake)
+
+    def _tls_done(self, handshake: Handshake, app: str | None, error: str) -> None:
+        """A handshake ended: admit the connection, or log why it failed."""
+        self.handshakes.discard(handshake)
+        if error:
+            self._tls_failed(handshake.addr, error)
+        elif not self.accepting:
+            handshake.sock.close()
+        else:
+            self._admit(handshake.sock, handshake.addr, app)
+
+    def _tls_failed(self, addr: tuple, reason: str) -> None:
+        self._security.warning(
+            "TLS handshake failed",
+            {"peer": f"{addr[0]}:{addr[1]}", "reason": reason},
+            self.loop.clock(),
+        )
+
+    def _admit(self, sock: socket.socket, addr: tuple, cert_app: str | None = None) -> None:
         conn_id = self._next_conn_id
         self._next_conn_id += 1
-        conn = Connection(self, sock, addr, conn_id)
+        conn = Connection(self, sock, addr, conn_id, cert_app)
         self.connections[conn_id] = conn
         self.policy.per_source[conn.addr] += 1
         self.stats.accepted_connections += 1
@@ -487,7 +556,11 @@ class IngestServer:
 
     def _hello(self, conn: Connection, hello: Hello) -> bool:
         """Apply a hello; False (after one error line) if its token does not check."""
-        refusal = self.policy.authenticate(hello.app, hello.token)
+        if conn.cert_app is not None:
+            # The certificate names the app: a hello may not claim another.
+            refusal = "" if hello.app in (None, conn.cert_app) else "bad_token"
+        else:
+            refusal = self.policy.authenticate(hello.app, hello.token)
         if refusal:
             self.stats.rejected += 1
             self._security.warning(
@@ -500,10 +573,16 @@ class IngestServer:
             conn.finished = True
             return False
         conn.authorized = True
+        if conn.cert_app is not None:
+            hello = Hello(conn.cert_app, hello.ack, hello.token)
         conn.app = hello.app
         conn.reply_mode = hello.ack
         conn.source = entries.encode_source(
-            conn.addr, conn.port, hello.app, conn.conn_id, authenticated=hello.token is not None
+            conn.addr,
+            conn.port,
+            hello.app,
+            conn.conn_id,
+            authenticated=hello.token is not None or conn.cert_app is not None,
         )
         if hello.ack:
             # Acks are small and latency-bound: without NODELAY, Nagle plus the
@@ -682,6 +761,8 @@ class IngestServer:
             self.close(conn, linger=False)
         for lingerer in list(self.lingering):
             lingerer.close()
+        for handshake in list(self.handshakes):
+            handshake.close()
 
     @property
     def replies_owed(self) -> int:
