@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-slow lint bench bench-print clean distclean wheel
+.PHONY: run test test-slow test-faults lint bench bench-print clean distclean wheel
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -21,11 +21,15 @@ run: $(STAMP)
 
 ## make test: the default suite (well under 15 minutes on 2 cores).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not faults"
 
 ## make test-slow: long soak and crash-loop tests kept out of the default suite.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+## make test-faults: the long fault, crash and abuse suite (100 kill -9 rounds, floods); ~15 min.
+test-faults: $(STAMP)
+	GATEWAY_FAULTS=full $(BIN)/python -m pytest -q -s tests/test_faults.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway board tests bench

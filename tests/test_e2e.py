@@ -18,7 +18,10 @@ import pytest
 from blake3 import blake3
 from gatewayproc import (
     AckClient,
-    GatewayProcess,
+    Streamer,
+    assert_verify_ok,
+    by_seq,
+    check_streamed,
     event,
     event_line,
     free_port,
@@ -30,10 +33,6 @@ from gatewayproc import (
 import gateway as gateway_pkg
 
 # ---------------------------------------------------------------- helpers
-
-
-def by_seq(entries: list[dict]) -> dict[int, dict]:
-    return {e["seq"]: e for e in entries}
 
 
 def events_with(entries: list[dict], key: str, value: object) -> list[dict]:
@@ -66,122 +65,6 @@ def recv_until_eof(sock: socket.socket, timeout: float) -> bytes:
         if not chunk:
             return bytes(data)
         data += chunk
-
-
-def assert_verify_ok(gw: GatewayProcess) -> dict:
-    code, result = gw.verify()
-    assert code == 0 and result["ok"], f"verify failed: {result}"
-    return result
-
-
-class Streamer:
-    """An acknowledged client streaming events from a writer thread while a
-    reader thread collects replies, until told to stop or the connection ends.
-
-    With a `window`, like a real pipelining client, it keeps at most that many
-    events unacknowledged, so the ledger grows with the gateway's pace rather
-    than with the socket buffers; without one it writes as fast as it can.
-    When the gateway closes the connection the client stops writing.
-    """
-
-    CHUNK = 50
-
-    def __init__(
-        self, port: int, index: int, window: int | None = 500, rcvbuf: int | None = None
-    ) -> None:
-        self.index = index
-        self.window = window
-        self.client = AckClient(port, app=f"stream{index}", timeout=30.0, rcvbuf=rcvbuf)
-        assert "hello" in self.client.hello, self.client.hello
-        self.sent = 0
-        self.replies: list[dict] = []
-        self.reader_error: BaseException | None = None
-        self.stopping = threading.Event()
-        self.progress = threading.Condition()
-        self.writer = threading.Thread(target=self._write, daemon=True)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.writer.start()
-        self.reader.start()
-
-    def line(self, n: int) -> bytes:
-        return event_line(client=self.index, n=n)
-
-    def expected(self, n: int) -> dict:
-        return event(client=self.index, n=n)
-
-    def _write(self) -> None:
-        try:
-            while not self.stopping.is_set():
-                if self.window is not None:
-                    with self.progress:
-                        if self.sent - len(self.replies) + self.CHUNK > self.window:
-                            self.progress.wait(0.1)
-                            continue
-                chunk = b"".join(self.line(self.sent + k) for k in range(self.CHUNK))
-                self.client.sock.sendall(chunk)
-                self.sent += self.CHUNK
-            self.client.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # the gateway went away: expected when it is stopped or killed
-
-    def _read(self) -> None:
-        try:
-            while True:
-                try:
-                    line = self.client.read_line(30.0)
-                except (ConnectionResetError, BrokenPipeError):
-                    return
-                if line is None:
-                    return
-                with self.progress:
-                    self.replies.append(json.loads(line))
-                    self.progress.notify()
-        except BaseException as exc:  # reported by finish()
-            self.reader_error = exc
-        finally:
-            self.stopping.set()  # the gateway closed: stop writing, like a real client
-
-    def finish(self, timeout: float = 15.0) -> None:
-        """Stop writing, wait for both threads (bounded), close the socket."""
-        self.stopping.set()
-        self.reader.join(timeout)
-        assert not self.reader.is_alive(), f"client {self.index}: no EOF within {timeout:g} s"
-        try:
-            self.client.sock.shutdown(socket.SHUT_RDWR)  # unblocks a writer stuck in sendall
-        except OSError:
-            pass
-        self.writer.join(timeout)
-        assert not self.writer.is_alive(), f"client {self.index}: writer did not stop"
-        self.client.close()
-        assert self.reader_error is None, f"client {self.index}: {self.reader_error!r}"
-
-    def acked(self) -> list[int]:
-        return [r["seq"] for r in self.replies]
-
-
-def check_streamed(streamers: list[Streamer], entries: list[dict]) -> set[int]:
-    """Every acknowledged seq is in `entries` with the event that reply stands for."""
-    index = by_seq(entries)
-    all_seqs: set[int] = set()
-    for s in streamers:
-        assert all(r.get("ok") is True for r in s.replies), (
-            f"client {s.index}: non-ok replies {[r for r in s.replies if not r.get('ok')][:3]}"
-        )
-        seqs = s.acked()
-        assert seqs == sorted(set(seqs)), f"client {s.index}: seqs not strictly increasing"
-        assert not all_seqs & set(seqs), "the same seq was acknowledged to two clients"
-        all_seqs |= set(seqs)
-        for n, seq in enumerate(seqs):
-            entry = index.get(seq)
-            assert entry is not None, (
-                f"client {s.index}: acknowledged seq {seq} missing from export"
-            )
-            assert entry["kind"] == "event", entry
-            assert entry["event"] == s.expected(n), (
-                f"seq {seq}: {entry['event']} != {s.expected(n)}"
-            )
-            assert entry["source"]["app"] == f"stream{s.index}"
-    return all_seqs
 
 
 # ---------------------------------------------------------------- 1, 2: fire and forget
