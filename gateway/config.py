@@ -196,6 +196,27 @@ class ClockConfig:
 
 
 @dataclass(frozen=True)
+class RedactConfig:
+    # Keys whose values are replaced before anything is stored: case-insensitive
+    # names or globs (docs/protocol.md, "Redaction").
+    keys: tuple[str, ...] = (
+        "*password*",
+        "*passwd*",
+        "*secret*",
+        "*api_key*",
+        "*token",
+        "authorization",
+        "card_number",
+        "cvv",
+        "cvc",
+    )
+    # Payment card numbers (13-19 digits, Luhn-valid) in any string keep their last 4 digits.
+    cards: bool = True
+    # Markers carry a keyed BLAKE3 of the removed value (key: <state_dir>/redact.key).
+    digest: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = Path("./var")
     # The gateway's name on paper; empty: the host name.
@@ -209,6 +230,7 @@ class Config:
     spool: SpoolConfig = SpoolConfig()
     board: BoardConfig = BoardConfig()
     clock: ClockConfig = ClockConfig()
+    redact: RedactConfig = RedactConfig()
     # Where the configuration came from (a file path, or "<defaults>"); not a YAML key.
     source: str = field(default="<defaults>", metadata={"internal": True})
 

@@ -29,6 +29,7 @@ from gateway import __version__, clock
 from gateway.config import Config, load_config
 from gateway.control import ControlServer
 from gateway.errors import ConfigError, LedgerError
+from gateway.ingest.redact import Redactor
 from gateway.ingest.server import IngestServer
 from gateway.ledger import entries
 from gateway.ledger.durability import BatchResult, DurabilityThread
@@ -52,6 +53,8 @@ STATUS_INTERVAL_S = 10.0
 HEALTH_TICK_S = 1.0
 
 LOCK_FILE = "gateway.lock"
+# The key of redaction digests and of refused lines' keyed digests.
+REDACT_KEY_FILE = "redact.key"
 
 # File descriptors beyond the client connections: listeners, ledger segments,
 # the wake-up pair, printers, the control socket, lingering refused sockets.
@@ -88,6 +91,24 @@ def lock_state_dir(state_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """A 32-byte secret kept in the state directory (mode 0600), made on first use."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        key = path.read_bytes()
+        if len(key) != 32:
+            raise LedgerError(f"{path} is not a 32-byte key; restore it or remove it") from None
+        return key
+    key = os.urandom(32)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return key
 
 
 def _always_synced() -> bool:
@@ -160,6 +181,7 @@ class Gateway:
 
     def _start(self) -> list[tuple[str, int]]:
         self._lock_fd = lock_state_dir(self.config.state_dir)
+        self.ingest.redactor = self._redactor(self.config)
         raise_fd_limit(self.config.ingest.max_connections)
         # Bind first: a port in use stops the start before recovery touches the
         # ledger, so a `recovered` entry can never be lost to a failed start.
@@ -476,6 +498,7 @@ class Gateway:
         )
         self.config = effective
         self.ingest.reconfigure(effective.ingest)
+        self.ingest.redactor = self._redactor(effective)
         logging.getLogger("gateway").setLevel(effective.log.level.upper())
         self._reconfigure_printing(effective)
         self.ledger.append(
@@ -494,6 +517,14 @@ class Gateway:
             extra={"fields": {"config_hash": new.digest(), "restart_needed": restart_needed}},
         )
         self.notifier.ready(self.status_line())
+
+    def _redactor(self, config: Config) -> Redactor | None:
+        """Redaction as configured (None when it has nothing to do)."""
+        redact = config.redact
+        if not redact.keys and not redact.cards:
+            return None
+        key = load_or_create_key(config.state_dir / REDACT_KEY_FILE)
+        return Redactor(redact.keys, redact.cards, key, redact.digest)
 
     def _new_spool(self, config: Config) -> Spool:
         spool = Spool(config, self.loop, self.ledger)

@@ -22,6 +22,7 @@ from gateway.config import IngestConfig, parse_address
 from gateway.errors import RemoteInputError
 from gateway.ingest.limits import Policy
 from gateway.ingest.protocol import EOF, Hello, IngestProtocol, bad_line
+from gateway.ingest.redact import Redactor
 from gateway.ingest.tls import WOULD_BLOCK, Handshake
 from gateway.ingest.tls import server_context as server_tls_context
 from gateway.ingest.tls import wrap as wrap_tls
@@ -316,6 +317,8 @@ class IngestServer:
         # (the print spool's routing); None when nothing prints.
         self.on_event: Callable[[int, bytes, bytes, dict], None] | None = None
         self.policy = Policy(config)
+        # Set by the service from `redact:` (None: redaction off).
+        self.redactor: Redactor | None = None
         self.listeners: list[Listener] = []
         self.connections: dict[int, Connection] = {}
         self.lingering: set[_Lingerer] = set()
@@ -504,6 +507,7 @@ class IngestServer:
         validate = validate_event
         unsynced = entries.clock_unsynced()
         buckets = self.policy.buckets
+        redactor = self.redactor
         pending = conn.pending
         received = self.wall_clock_us()
         source = conn.source
@@ -527,6 +531,8 @@ class IngestServer:
                     self._refuse_sender(conn, received)
                     break
                 flags = validate(item)
+                if redactor is not None and redactor.might_need(item, proto.last_line):
+                    flags += redactor.event(item)
                 if unsynced:
                     flags = [*flags, entries.CLOCK_UNSYNCED]
                 payload = encode(received, source, item, flags)
@@ -627,6 +633,11 @@ class IngestServer:
         self.stats.rejected += 1
         seq = 0
         if exc.length is not None:
+            excerpt, digest, redacted = exc.excerpt or b"", exc.digest or b"", False
+            if self.redactor is not None:
+                excerpt, redacted = self.redactor.excerpt(excerpt)
+                if redacted:
+                    digest = self.redactor.keyed(digest)
             seq = self.ledger.append(
                 entries.encode_rejected(
                     received,
@@ -634,8 +645,9 @@ class IngestServer:
                     exc.code,
                     exc.detail,
                     exc.length,
-                    exc.digest or b"",
-                    exc.excerpt or b"",
+                    digest,
+                    excerpt,
+                    redacted,
                 )
             )
         self._security.warning(

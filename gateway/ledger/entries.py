@@ -52,6 +52,7 @@ _K_EVENT = _dumps("event")
 _K_FLAGS = _dumps("flags")
 _EMPTY_LIST = _dumps([])
 _K_UNSYNCED = _dumps(CLOCK_UNSYNCED) + _dumps(True)
+_K_REDACTED = _dumps("redacted") + _dumps(True)
 
 # map(5) {"kind": "event", "received_at": <uint>, "source": ..., "event": ..., "flags": [...]}
 _EVENT_HEAD = b"\xa5" + _dumps("kind") + _dumps(EVENT) + _dumps("received_at")
@@ -94,11 +95,18 @@ def encode_rejected(
     length: int,
     digest: bytes,
     excerpt: bytes,
+    redacted: bool = False,
 ) -> bytes:
+    """A refused line. `redacted`: its excerpt was redacted and its digest is keyed."""
+    optional = []
+    if _clock_unsynced:
+        optional.append(_K_UNSYNCED)
+    if redacted:
+        optional.append(_K_REDACTED)
     return b"".join(
         (
-            b"\xa9" if _clock_unsynced else b"\xa8",
-            _K_UNSYNCED if _clock_unsynced else b"",
+            bytes([0xA8 + len(optional)]),  # map of 8 pairs, plus the optional ones
+            *optional,
             _dumps("kind"),
             _dumps(REJECTED),
             _dumps("received_at"),
@@ -113,7 +121,7 @@ def encode_rejected(
                     "digest": digest,
                     "excerpt": excerpt,
                 }
-            )[1:],  # splice the five pairs into the outer map(8)
+            )[1:],  # splice the five pairs into the outer map
         )
     )
 
