@@ -76,6 +76,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="with --tls: the client certificate's key")
     p.add_argument("file", nargs="?", type=Path, help="NDJSON file (default: stdin)")
 
+    p = sub.add_parser("query", help="search the audit trail (docs/audit.md)")
+    _add_state_options(p)
+    for name in ("event-type", "action", "user-id", "username", "object-type", "object-id"):
+        p.add_argument(f"--{name}")
+    p.add_argument("--kind", help="event, rejected, system, print, ...")
+    p.add_argument("--since", help="RFC 3339 time or YYYY-MM-DD (local midnight)")
+    p.add_argument("--until", help="RFC 3339 time, or YYYY-MM-DD (that whole day included)")
+    p.add_argument("--flagged", action="store_true", help="only events with flags")
+    p.add_argument("--text", help="full text over the event's content")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--order", choices=["asc", "desc"], default="desc")
+    p.add_argument("--format", choices=["table", "jsonl", "csv"], default="table")
+    p.add_argument("--verify", action="store_true", help="re-hash every row against the ledger")
+
+    p = sub.add_parser("show", help="one entry in full, with a diff of old/new values")
+    _add_state_options(p)
+    p.add_argument("seq", type=int)
+
+    p = sub.add_parser("reindex", help="rebuild the query index from the ledger")
+    _add_state_options(p)
+
     p = sub.add_parser("status", help="the running gateway's state")
     _add_state_options(p)
     p.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -225,6 +247,86 @@ def _answer(reply: dict, text: str) -> int:
     return EXIT_OK
 
 
+def cmd_query(args: argparse.Namespace) -> int:
+    from gateway.audit import present
+    from gateway.audit.query import Filters, parse_time, run, verify_rows
+
+    config = _existing_state(args)
+    try:
+        filters = Filters(
+            event_type=args.event_type,
+            action=args.action,
+            user_id=args.user_id,
+            username=args.username,
+            object_type=args.object_type,
+            object_id=args.object_id,
+            kind=args.kind,
+            since_us=parse_time(args.since) if args.since else None,
+            until_us=parse_time(args.until, end=True) if args.until else None,
+            flagged=args.flagged,
+            text=args.text,
+            limit=args.limit,
+            offset=args.offset,
+            order=args.order,
+        )
+    except ValueError as exc:
+        print(f"gateway query: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    result = run(config.state_dir, filters)
+    present.write(result.rows, args.format, sys.stdout)
+    note = present.provenance(result)
+    if args.verify:
+        problems = verify_rows(config.ledger_dir, result.rows)
+        for problem in problems:
+            print(f"NOT VERIFIED: {problem}", file=sys.stderr)
+        if problems:
+            return EXIT_FAILURE
+        note = f"verified: each of the {len(result.rows)} rows re-hashed against the ledger"
+    print(note, file=sys.stderr if args.format != "table" else sys.stdout)
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from gateway.audit import present
+    from gateway.audit.query import read_entry
+
+    config = _existing_state(args)
+    record = read_entry(config.ledger_dir, args.seq)
+    if record is None:
+        print(f"gateway show: no entry {args.seq}", file=sys.stderr)
+        return EXIT_FAILURE
+    sys.stdout.write(present.detail(record))
+    return EXIT_OK
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    import fcntl
+    import os
+
+    from gateway.audit import index
+
+    config = _existing_state(args)
+    lock = os.open(config.state_dir / "gateway.lock", os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print("gateway reindex: the gateway is running; stop it first", file=sys.stderr)
+            return EXIT_FAILURE
+        path = config.state_dir / index.INDEX_FILE
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        db = index.open_index(path)
+        try:
+            n = index.catch_up(db, config.ledger_dir)
+        finally:
+            db.close()
+    finally:
+        os.close(lock)
+    print(f"indexed {n} entries into {path}")
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     reply = _control(args, {"cmd": "status"})
     if args.json or not reply.get("ok"):
@@ -238,6 +340,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"ledger      {st['ledger']['entries']} entries, head seq {st['ledger']['head_seq']} "
         f"hash {st['ledger']['head_hash'][:16]}",
         f"connections {st['connections']}",
+        f"index       to seq {st['index']['indexed_seq']}, {st['index']['lag']} behind"
+        + (f" ({st['index']['error']})" if st["index"]["error"] else "")
+        if st["index"]["enabled"]
+        else "index       off",
     ]
     for p in st.get("printers", []):
         error = f" ({p['error']}, for {p['error_for_s']:.0f} s)" if p["state"] == "error" else ""
@@ -309,6 +415,9 @@ COMMANDS = {
     "verify": cmd_verify,
     "export": cmd_export,
     "send": cmd_send,
+    "query": cmd_query,
+    "show": cmd_show,
+    "reindex": cmd_reindex,
     "status": cmd_status,
     "reprint": cmd_reprint,
     "print-status-page": cmd_print_status_page,

@@ -217,6 +217,13 @@ class RedactConfig:
 
 
 @dataclass(frozen=True)
+class IndexConfig:
+    # The query index (<state_dir>/index.sqlite3), kept up to date by a thread
+    # of the gateway; queries work without it, reading the ledger instead.
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = Path("./var")
     # The gateway's name on paper; empty: the host name.
@@ -231,6 +238,7 @@ class Config:
     board: BoardConfig = BoardConfig()
     clock: ClockConfig = ClockConfig()
     redact: RedactConfig = RedactConfig()
+    index: IndexConfig = IndexConfig()
     # Where the configuration came from (a file path, or "<defaults>"); not a YAML key.
     source: str = field(default="<defaults>", metadata={"internal": True})
 

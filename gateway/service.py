@@ -26,6 +26,7 @@ from board.evdev import Press
 from board.fake import make_fake_board
 from board.leds import StatusLed
 from gateway import __version__, clock
+from gateway.audit.index import Indexer
 from gateway.config import Config, load_config
 from gateway.control import ControlServer
 from gateway.errors import ConfigError, LedgerError
@@ -151,6 +152,9 @@ class Gateway:
         if self.spool is not None and config.routes:
             self.ingest.on_event = self.spool.on_event
         self.control = ControlServer(self.loop, config.control_path, self._control)
+        self.indexer = (
+            Indexer(config.state_dir, config.ledger_dir) if config.index.enabled else None
+        )
         self.bound: list[tuple[str, int]] = []
         self._in_flight: list[str] = []
         self.started_at = time.monotonic()
@@ -218,6 +222,9 @@ class Gateway:
             )
         )
         self.durability.start()
+        if self.indexer is not None:
+            self.indexer.start()
+            self.indexer.notify(self.ledger.durable.seq)
         self.loop.add_idle_hook(self._commit_if_idle)
         self.control.listen()
         if self.spool is not None:
@@ -271,6 +278,8 @@ class Gateway:
         self.ingest.on_durable()
         if self.spool is not None:
             self.spool.on_durable()
+        if self.indexer is not None:
+            self.indexer.notify(result.batch.last_seq)
 
     # ---- status and control
 
@@ -296,6 +305,12 @@ class Gateway:
                 "error": str(self.ledger_error) if self.ledger_error else None,
             },
             "connections": len(self.ingest.connections),
+            "index": {
+                "enabled": self.indexer is not None,
+                "indexed_seq": self.indexer.indexed if self.indexer else 0,
+                "lag": self.indexer.lag if self.indexer else 0,
+                "error": self.indexer.error if self.indexer else "",
+            },
             "events": self.ingest.stats.events,
             "rejected": self.ingest.stats.rejected,
             **printing,
@@ -594,6 +609,8 @@ class Gateway:
         if self.spool is not None:
             self.spool.close(self._in_flight)
         self.durability.stop()
+        if self.indexer is not None:
+            self.indexer.stop()
         self.notifier.close()
         self.loop.close()
         log.info(

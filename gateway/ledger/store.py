@@ -112,20 +112,25 @@ class SegmentReader:
         self.end_offset = fmt.SEGMENT_HEADER_BYTES
         return self.header
 
-    def frames(self) -> Iterator[tuple[int, int, memoryview, memoryview]]:
+    def frames(
+        self, offset: int | None = None, seq: int | None = None
+    ) -> Iterator[tuple[int, int, memoryview, memoryview]]:
         """Yield (offset, seq, stored bytes, stored chain hash) for each good frame.
 
-        The views point into a read buffer: use them before asking for the next frame.
+        The views point into a read buffer: use them before asking for the next
+        frame. `offset` and `seq` resume at a frame boundary found earlier.
         """
         if self.header is None:
             self.read_header()
         assert self.header is not None
-        expect = self.header.first_seq
+        expect = self.header.first_seq if seq is None else seq
+        if offset is not None:
+            self.file.seek(offset)
         hdr_size = fmt.FRAME_HEADER_BYTES
         overhead = fmt.FRAME_OVERHEAD
         parse = fmt.parse_frame_header
         read = self.file.read
-        base = fmt.SEGMENT_HEADER_BYTES  # file offset of buf[0]
+        base = fmt.SEGMENT_HEADER_BYTES if offset is None else offset  # file offset of buf[0]
         buf = b""
         mv = memoryview(buf)
         pos = 0
@@ -611,3 +616,52 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
+
+
+class LedgerFollower:
+    """Reads the entries appended since last time, resuming at a frame boundary.
+
+    For the query indexer: each call continues where the previous one stopped
+    instead of rescanning the segment, and moves on to the next segment once
+    the current one has ended cleanly.
+    """
+
+    def __init__(self, directory: Path, next_seq: int) -> None:
+        self.directory = directory
+        self.next_seq = next_seq
+        self.path: Path | None = None
+        self.offset: int | None = None  # of the frame holding next_seq, once known
+
+    def read(self, limit: int, to_seq: int) -> list[tuple[int, bytes, bytes]]:
+        """Up to `limit` (seq, payload, chain hash) up to `to_seq`, in seq order."""
+        out: list[tuple[int, bytes, bytes]] = []
+        while len(out) < limit and self.next_seq <= to_seq:
+            if self.path is None:
+                candidates = [
+                    p for first, p in list_segments(self.directory) if first <= self.next_seq
+                ]
+                if not candidates:
+                    return out
+                self.path, self.offset = candidates[-1], None
+            with SegmentReader(self.path) as reader:
+                try:
+                    reader.read_header()
+                except (EOFError, fmt.HeaderDamaged):
+                    return out  # a segment being created: next time
+                seq_at = self.next_seq if self.offset is not None else None
+                for offset, seq, stored, digest in reader.frames(self.offset, seq_at):
+                    if seq < self.next_seq:
+                        continue
+                    if seq > to_seq:
+                        return out
+                    out.append((seq, bytes(stored[fmt.FRAME_HEADER_BYTES :]), bytes(digest)))
+                    self.next_seq = seq + 1
+                    self.offset = offset + len(stored) + len(digest)
+                    if len(out) >= limit:
+                        return out
+                ended = reader.tail == TailState.CLEAN
+            following = [p for first, p in list_segments(self.directory) if first == self.next_seq]
+            if not (ended and following):
+                return out
+            self.path, self.offset = following[0], None
+        return out

@@ -1,0 +1,1 @@
+"""The audit trail: the derived query index, queries, entry details with diffs."""
