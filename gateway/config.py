@@ -109,6 +109,10 @@ class LedgerConfig:
     # 64 MiB segments: start-up recovery reads only the last one, so this bounds
     # start-up time; large enough that a year of events is a few hundred files.
     segment_bytes: int = field(default=64 * MiB, metadata=_limit(64 * 1024, 1024 * MiB))
+    # Below this much free space on the state filesystem, new events are refused
+    # (disk_full) so that system entries, outcomes and recovery still have room:
+    # 256 MiB is four segments' worth at the default size.
+    min_free_bytes: int = field(default=256 * MiB, metadata=_limit(0, 1 << 40))
 
 
 @dataclass(frozen=True)

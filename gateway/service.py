@@ -197,6 +197,7 @@ class Gateway:
             )
         self.ledger.open()
         self._check_clock(first=True)
+        self._check_disk()
         clean_stop = None
         if self.spool is not None:
             hint = self.spool.clean_stop_hint()
@@ -290,6 +291,8 @@ class Gateway:
         reason = self.health()
         if reason:
             health = f"unhealthy: {reason}"
+        elif self.ingest.disk_full:
+            health = "disk full: new events refused"
         elif self.spool is not None and not self.spool.healthy:
             health = "printer alert"
         return {
@@ -352,6 +355,7 @@ class Gateway:
         if self.stopping:
             return
         self._check_clock()
+        self._check_disk()
         reason = self.health()
         if reason != self.unhealthy_reason:
             if reason:
@@ -374,6 +378,30 @@ class Gateway:
             )
             self.led.show("ledger" if reason else "printer" if printer_error else "ok")
         self.loop.call_later(min(interval or HEALTH_TICK_S, HEALTH_TICK_S), self._supervise)
+
+    def _check_disk(self) -> None:
+        """Refuse new events while free space is below ledger.min_free_bytes."""
+        try:
+            free = self.free_bytes(self.config.ledger_dir)
+        except OSError:
+            return
+        full = free < self.config.ledger.min_free_bytes
+        if full == self.ingest.disk_full:
+            return
+        self.ingest.disk_full = full
+        fields = {"free_bytes": free, "min_free_bytes": self.config.ledger.min_free_bytes}
+        if full:
+            log.error(
+                "storage nearly full: new events are refused (disk_full)", extra={"fields": fields}
+            )
+        else:
+            log.warning("storage has room again: events are accepted", extra={"fields": fields})
+
+    @staticmethod
+    def free_bytes(path: Path) -> int:
+        """Free space for the service on the filesystem holding `path` (a test seam)."""
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize
 
     def _check_clock(self, first: bool = False) -> None:
         """Follow the clock's sync state: flag entries and hold the report while unsynced."""

@@ -178,3 +178,28 @@ def test_a_port_in_use_stops_the_start_before_recovery_touches_the_ledger(tmp_pa
             gw.start()
         gw.loop.close()
     assert segment.read_bytes() == before  # not truncated: recovery never ran
+
+
+def test_disk_guard_refuses_new_events_and_resumes_by_itself(gateway_factory, monkeypatch):
+    free = {"bytes": 10**12}
+    monkeypatch.setattr(Gateway, "free_bytes", staticmethod(lambda path: free["bytes"]))
+    gw, address = gateway_factory()
+    pump(gw, lambda: gw.ledger.durable.seq == gw.ledger.next_seq - 1)
+    head = gw.ledger.durable.seq
+    free["bytes"] = 1024  # below ledger.min_free_bytes
+    pump(gw, lambda: gw.ingest.disk_full)  # noticed within a health tick
+    assert gw.status()["health"] == "disk full: new events refused"
+    client = socket.create_connection(address)
+    client.sendall(b'{"hello":{"ack":true}}\n{"event_type":"a"}\n')
+    client.setblocking(False)
+    replies = Replies(client)
+    pump(gw, lambda: len(replies.poll()) >= 2)
+    assert replies.lines[1]["error"] == "disk_full"
+    pump(gw, lambda: gw.ledger.durable.seq == gw.ledger.next_seq - 1)
+    assert gw.ingest.stats.events == 0 and gw.ledger.durable.seq == head  # nothing stored
+    client.close()
+    free["bytes"] = 10**12
+    pump(gw, lambda: not gw.ingest.disk_full)
+    with socket.create_connection(address) as again:
+        again.sendall(b'{"event_type":"b"}\n')
+    pump(gw, lambda: gw.ingest.stats.events == 1)

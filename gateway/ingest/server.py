@@ -317,6 +317,8 @@ class IngestServer:
         # (the print spool's routing); None when nothing prints.
         self.on_event: Callable[[int, bytes, bytes, dict], None] | None = None
         self.policy = Policy(config)
+        # Set by the service while free space is below ledger.min_free_bytes.
+        self.disk_full = False
         # Set by the service from `redact:` (None: redaction off).
         self.redactor: Redactor | None = None
         self.listeners: list[Listener] = []
@@ -525,8 +527,10 @@ class IngestServer:
             if item is None:
                 break
             if type(item) is dict:
-                if not conn.authorized or (
-                    buckets is not None and not buckets.take(conn.addr, self.loop.clock())
+                if (
+                    not conn.authorized
+                    or self.disk_full
+                    or (buckets is not None and not buckets.take(conn.addr, self.loop.clock()))
                 ):
                     self._refuse_sender(conn, received)
                     break
@@ -617,6 +621,11 @@ class IngestServer:
         if not conn.authorized:
             code, detail = "token_required", "this gateway requires a hello with a token"
             exc = RemoteInputError(code, detail, fatal=True)
+        elif self.disk_full:
+            # Nothing can be stored, this line included: say so and close; the
+            # client sends it again once the gateway takes events again.
+            detail = "the gateway's storage is nearly full; nothing was stored from here on"
+            exc = RemoteInputError("disk_full", detail, fatal=True)
         else:
             limit = self.policy.buckets
             assert limit is not None
