@@ -8,6 +8,7 @@ the last replies, append `stopped`, exit 0.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import errno
@@ -49,6 +50,10 @@ SHUTDOWN_FLUSH_S = 5.0
 SYNC_PENDING_LIMIT_S = 10.0
 # STATUS= is sent when it changes, and at least this often under systemd.
 STATUS_INTERVAL_S = 10.0
+# Status figures: the last 1,000 commit durations, and 15 minutes of
+# once-a-second event counts (the 1, 5 and 15 minute ingest rates).
+SYNC_SAMPLES = 1000
+RATE_SAMPLES = 15 * 60 + 1
 # Health is checked (and the LED updated) every second; the watchdog is pinged
 # at that pace or at half WATCHDOG_USEC, whichever is more often.
 HEALTH_TICK_S = 1.0
@@ -134,6 +139,12 @@ class Gateway:
         self.notifier = notifier if notifier is not None else Notifier()
         self.unhealthy_reason = ""
         self._last_status = ""
+        # The last commits' durations (for p50/p99) and one (time, events)
+        # sample per health tick over 15 minutes (for the ingest rates).
+        self.sync_latencies: collections.deque[float] = collections.deque(maxlen=SYNC_SAMPLES)
+        self.event_samples: collections.deque[tuple[float, int]] = collections.deque(
+            maxlen=RATE_SAMPLES
+        )
         self._status_sent_at = 0.0
         self.button: Button | None = None
         self.led: StatusLed | None = None
@@ -275,6 +286,7 @@ class Gateway:
             self.ledger_error = None
         self.batches += 1
         self.syncs += result.syncs
+        self.sync_latencies.append(result.elapsed_s)
         self.ledger.batch_done(result.batch)
         self.ingest.on_durable()
         if self.spool is not None:
@@ -308,6 +320,10 @@ class Gateway:
                 "error": str(self.ledger_error) if self.ledger_error else None,
             },
             "connections": len(self.ingest.connections),
+            "acks_pending": self.ingest.replies_owed,
+            "ingest_rates": self.ingest_rates(),
+            "sync_ms": self.sync_percentiles(),
+            "free_bytes": self._free_or_none(),
             "index": {
                 "enabled": self.indexer is not None,
                 "indexed_seq": self.indexer.indexed if self.indexer else 0,
@@ -318,6 +334,36 @@ class Gateway:
             "rejected": self.ingest.stats.rejected,
             **printing,
         }
+
+    def ingest_rates(self) -> dict[str, float]:
+        """Events per second over the last 1, 5 and 15 minutes (or as long as we ran)."""
+        rates: dict[str, float] = {}
+        if not self.event_samples:
+            return {"1m": 0.0, "5m": 0.0, "15m": 0.0}
+        now, count = self.event_samples[-1]
+        for label, window in (("1m", 60), ("5m", 300), ("15m", 900)):
+            old_t, old_n = next(
+                ((t, n) for t, n in self.event_samples if now - t <= window), (now, count)
+            )
+            rates[label] = round((count - old_n) / (now - old_t), 1) if now > old_t else 0.0
+        return rates
+
+    def sync_percentiles(self) -> dict[str, float]:
+        latencies = sorted(self.sync_latencies)
+        if not latencies:
+            return {"p50": 0.0, "p99": 0.0, "samples": 0}
+        pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+        return {
+            "p50": round(pick(0.50) * 1000, 2),
+            "p99": round(pick(0.99) * 1000, 2),
+            "samples": len(latencies),
+        }
+
+    def _free_or_none(self) -> int | None:
+        try:
+            return self.free_bytes(self.config.ledger_dir)
+        except OSError:
+            return None
 
     def status_line(self) -> str:
         """One line for systemd's STATUS=: entries, head, connections, printers."""
@@ -356,6 +402,7 @@ class Gateway:
             return
         self._check_clock()
         self._check_disk()
+        self.event_samples.append((self.loop.clock(), self.ingest.stats.events))
         reason = self.health()
         if reason != self.unhealthy_reason:
             if reason:

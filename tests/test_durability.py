@@ -203,3 +203,18 @@ def test_disk_guard_refuses_new_events_and_resumes_by_itself(gateway_factory, mo
     with socket.create_connection(address) as again:
         again.sendall(b'{"event_type":"b"}\n')
     pump(gw, lambda: gw.ingest.stats.events == 1)
+
+
+def test_status_reports_rates_sync_latency_and_free_space(gateway_factory):
+    gw, address = gateway_factory()
+    with socket.create_connection(address) as client:
+        client.sendall(b'{"event_type":"a"}\n' * 50)
+    pump(gw, lambda: gw.ingest.stats.events == 50)
+    ticks = len(gw.event_samples)
+    pump(gw, lambda: len(gw.event_samples) >= ticks + 2)  # two health ticks later
+    status = gw.status()
+    assert status["ingest_rates"]["1m"] > 0 and set(status["ingest_rates"]) == {"1m", "5m", "15m"}
+    assert (
+        status["sync_ms"]["samples"] >= 1 and status["sync_ms"]["p99"] >= status["sync_ms"]["p50"]
+    )
+    assert status["free_bytes"] > 0 and status["acks_pending"] == 0
