@@ -228,6 +228,12 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # HOST:PORT of the read-only Prometheus listener; empty: off.
+    listen: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = Path("./var")
     # The gateway's name on paper; empty: the host name.
@@ -243,6 +249,7 @@ class Config:
     clock: ClockConfig = ClockConfig()
     redact: RedactConfig = RedactConfig()
     index: IndexConfig = IndexConfig()
+    metrics: MetricsConfig = MetricsConfig()
     # Where the configuration came from (a file path, or "<defaults>"); not a YAML key.
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -330,6 +337,8 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Conf
         config = dataclasses.replace(config, state_dir=state_dir)
     for i, address in enumerate(config.ingest.listen):
         parse_address(address, source, f"ingest.listen[{i}]")
+    if config.metrics.listen:
+        parse_address(config.metrics.listen, source, "metrics.listen")
     tls = config.ingest.tls
     for i, address in enumerate(tls.listen):
         parse_address(address, source, f"ingest.tls.listen[{i}]")

@@ -37,6 +37,7 @@ from gateway.ledger import entries
 from gateway.ledger.durability import BatchResult, DurabilityThread
 from gateway.ledger.store import DIR_MODE, LedgerWriter
 from gateway.loop import EventLoop
+from gateway.metrics import MetricsServer
 from gateway.notify import Notifier
 from gateway.printing.spool import Spool
 
@@ -163,6 +164,12 @@ class Gateway:
         if self.spool is not None and config.routes:
             self.ingest.on_event = self.spool.on_event
         self.control = ControlServer(self.loop, config.control_path, self._control)
+        self.metrics = (
+            MetricsServer(self.loop, config.metrics.listen, self.status)
+            if config.metrics.listen
+            else None
+        )
+        self.metrics_address: tuple[str, int] | None = None
         self.indexer = (
             Indexer(config.state_dir, config.ledger_dir) if config.index.enabled else None
         )
@@ -186,6 +193,8 @@ class Gateway:
             self.ingest.stop_accepting()
             self.ingest.close_all()
             self.control.close()
+            if self.metrics is not None:
+                self.metrics.close()
             if self.durability.is_alive():
                 self.durability.stop()
             self.loop.close()
@@ -201,6 +210,8 @@ class Gateway:
         # Bind first: a port in use stops the start before recovery touches the
         # ledger, so a `recovered` entry can never be lost to a failed start.
         bound = self.bound = self.ingest.listen(self.config.source)
+        if self.metrics is not None:
+            self.metrics_address = self.metrics.listen()
         if self.config.ledger.fsync == "off":
             log.warning(
                 "ledger.fsync is off: acknowledged events can be lost on power failure; "
@@ -679,6 +690,8 @@ class Gateway:
             self.loop.run_once(max_wait=0.1)
         self.ingest.close_all()
         self.control.close()
+        if self.metrics is not None:
+            self.metrics.close()
         if self.button is not None:
             self.button.close()
         if self.spool is not None:

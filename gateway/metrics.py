@@ -1,0 +1,175 @@
+"""Prometheus text exposition on an optional, read-only HTTP listener.
+
+`metrics.listen` (off by default). One request per connection: `GET /metrics`
+answers the figures of `gateway status`; anything else gets 404 or 405. The
+listener never changes anything. It runs on the event loop like every socket.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from gateway.config import parse_address
+from gateway.loop import READ, WRITE, EventLoop
+
+# A request head larger than 8 KiB, or not complete within 5 s, is dropped.
+MAX_REQUEST_BYTES = 8192
+REQUEST_TIMEOUT_S = 5.0
+# At most 32 scrapers at once (a Prometheus server needs one).
+MAX_CLIENTS = 32
+
+
+def exposition(status: dict[str, Any]) -> str:
+    """The status as Prometheus text format 0.0.4."""
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP gateway_{name} {help_}")
+        lines.append(f"# TYPE gateway_{name} {kind}")
+        for labels, value in samples:
+            lines.append(f"gateway_{name}{labels} {value}")
+
+    ledger = status["ledger"]
+    metric("up", "gauge", "1 when healthy (the watchdog's rules)",
+           [("", 1 if status["health"] == "ok" else 0)])  # fmt: skip
+    metric("ledger_head_seq", "gauge", "seq of the last durable entry", [("", ledger["head_seq"])])
+    metric("events_total", "counter", "events stored since start", [("", status["events"])])
+    metric("rejected_total", "counter", "lines refused since start", [("", status["rejected"])])
+    metric("connections", "gauge", "open ingest connections", [("", status["connections"])])
+    metric("acks_pending", "gauge", "replies not yet sent", [("", status["acks_pending"])])
+    metric("commit_seconds", "summary", "ledger commit duration",
+           [(f'{{quantile="{q}"}}', status["sync_ms"][k] / 1000)
+            for q, k in (("0.5", "p50"), ("0.99", "p99"))])  # fmt: skip
+    if status.get("free_bytes") is not None:
+        metric("free_bytes", "gauge", "free space on the state filesystem",
+               [("", status["free_bytes"])])  # fmt: skip
+    metric(
+        "index_lag", "gauge", "entries not yet in the query index", [("", status["index"]["lag"])]
+    )
+    printers = status.get("printers", [])
+    if printers:
+        metric("printer_ready", "gauge", "1 when the printer's last attempt worked",
+               [(f'{{printer="{p["name"]}"}}', 1 if p["state"] == "ready" else 0)
+                for p in printers])  # fmt: skip
+        metric("printer_queued", "gauge", "jobs waiting for the printer",
+               [(f'{{printer="{p["name"]}"}}', p["queued"]) for p in printers])  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+class MetricsServer:
+    def __init__(self, loop: EventLoop, address: str, status: Callable[[], dict]) -> None:
+        self.loop = loop
+        self.address = address
+        self.status = status
+        self.sock: socket.socket | None = None
+        self.clients: set[_Scrape] = set()
+
+    def fileno(self) -> int:
+        assert self.sock is not None
+        return self.sock.fileno()
+
+    def listen(self) -> tuple[str, int]:
+        host, port = parse_address(self.address)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(MAX_CLIENTS)
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop.add(self, READ)
+        return sock.getsockname()[:2]
+
+    def on_ready(self, mask: int) -> None:
+        assert self.sock is not None
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if len(self.clients) >= MAX_CLIENTS:
+            conn.close()
+            return
+        conn.setblocking(False)
+        client = _Scrape(self, conn)
+        self.clients.add(client)
+
+    def close(self) -> None:
+        for client in list(self.clients):
+            client.close()
+        if self.sock is not None:
+            self.loop.remove(self)
+            self.sock.close()
+            self.sock = None
+
+
+class _Scrape:
+    def __init__(self, server: MetricsServer, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.inbuf = b""
+        self.outbuf = b""
+        self.timer = server.loop.call_later(REQUEST_TIMEOUT_S, self.close)
+        server.loop.add(self, READ)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def on_ready(self, mask: int) -> None:
+        if mask & WRITE:
+            self._write()
+            return
+        try:
+            data = self.sock.recv(MAX_REQUEST_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        self.inbuf += data
+        if not data or len(self.inbuf) > MAX_REQUEST_BYTES:
+            self.close()
+            return
+        if b"\r\n\r\n" not in self.inbuf and b"\n\n" not in self.inbuf:
+            return
+        method, _, rest = self.inbuf.partition(b" ")
+        path = rest.split(b" ", 1)[0]
+        if method != b"GET":
+            self._answer(405, "text/plain", "read-only: GET /metrics\n")
+        elif path.split(b"?")[0] != b"/metrics":
+            self._answer(404, "text/plain", "GET /metrics\n")
+        else:
+            body = exposition(self.server.status())
+            self._answer(200, "text/plain; version=0.0.4; charset=utf-8", body)
+
+    def _answer(self, code: int, kind: str, body: str) -> None:
+        reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}[code]
+        data = body.encode()
+        self.outbuf = (
+            f"HTTP/1.0 {code} {reason}\r\nContent-Type: {kind}\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+        ).encode() + data
+        self.server.loop.modify(self, WRITE)
+
+    def _write(self) -> None:
+        try:
+            n = self.sock.send(self.outbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        self.outbuf = self.outbuf[n:]
+        if not self.outbuf:
+            self.close()
+
+    def close(self) -> None:
+        if self in self.server.clients:
+            self.server.clients.discard(self)
+            self.timer.cancel()
+            self.server.loop.remove(self)
+            self.sock.close()

@@ -1,0 +1,61 @@
+"""The read-only Prometheus listener."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from gateway.config import Config, IngestConfig, MetricsConfig, PrinterConfig, RouteConfig
+from gateway.service import Gateway
+
+
+def pump(gw: Gateway, until, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        gw.loop.run_once(max_wait=0.02)
+
+
+def fetch(gw: Gateway, url: str, method: str = "GET") -> tuple[int, str]:
+    out: list = []
+
+    def get() -> None:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=5) as r:
+                out.append((r.status, r.read().decode()))
+        except urllib.error.HTTPError as exc:
+            out.append((exc.code, ""))
+            exc.close()
+
+    t = threading.Thread(target=get, daemon=True)
+    t.start()
+    pump(gw, lambda: not t.is_alive())
+    return out[0]
+
+
+def test_metrics_expose_the_status_read_only(tmp_path):
+    config = Config(
+        state_dir=tmp_path / "state",
+        ingest=IngestConfig(listen=("127.0.0.1:0",)),
+        metrics=MetricsConfig(listen="127.0.0.1:0"),
+        printers={"p": PrinterConfig(uri=f"file:{tmp_path / 'out'}")},
+        routes=(RouteConfig(printer=("p",)),),
+    )
+    gw = Gateway(config)
+    address = gw.start()[0]
+    with socket.create_connection(address) as c:
+        c.sendall(b'{"event_type":"a"}\n' * 3)
+    pump(gw, lambda: gw.ingest.stats.events == 3)
+    host, port = gw.metrics_address
+    code, body = fetch(gw, f"http://{host}:{port}/metrics")
+    assert code == 200
+    assert "gateway_events_total 3" in body and "gateway_up 1" in body
+    assert 'gateway_printer_queued{printer="p"}' in body
+    assert 'gateway_commit_seconds{quantile="0.99"}' in body
+    assert fetch(gw, f"http://{host}:{port}/other")[0] == 404
+    assert fetch(gw, f"http://{host}:{port}/metrics", method="POST")[0] == 405
+    gw.request_stop()
+    gw._finish()
