@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-slow test-faults lint bench bench-print clean distclean wheel
+.PHONY: run test test-slow test-faults lint bench bench-print clean distclean wheel image image-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -45,6 +45,14 @@ bench-print: $(STAMP)
 
 wheel: $(STAMP)
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+
+## make image: the Raspberry Pi SD card image with pi-gen (Docker, or PIGEN_MODE=native as root); image/README.md.
+image: $(STAMP)
+	image/build-image.sh
+
+## make image-check: install into a debootstrap root and smoke-test it, as root; not part of make test.
+image-check: $(STAMP)
+	image/image-check.sh
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .benchmarks

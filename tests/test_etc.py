@@ -22,9 +22,12 @@ def test_appliance_config_prints_nothing_until_a_printer_is_configured():
 def test_the_commented_printer_example_is_valid(tmp_path):
     text = (ROOT / "etc" / "gateway.yaml").read_text()
     start = text.index("# printers:")
-    example = "\n".join(
-        line.removeprefix("# ") for line in text[start:].splitlines() if line.startswith("# ")
-    )
+    block = []
+    for line in text[start:].splitlines():  # the commented block, up to its end
+        if not line.startswith("# "):
+            break
+        block.append(line.removeprefix("# "))
+    example = "\n".join(block)
     path = tmp_path / "example.yaml"
     path.write_text(example + "\n")
     config = load_config(path)
@@ -45,3 +48,11 @@ def test_avahi_advertises_the_ingest_port_under_its_own_type():
     port = int(service.findtext("port") or 0)
     configured = load_config(ROOT / "etc" / "gateway.yaml").ingest.listen[0]
     assert configured.endswith(f":{port}")
+
+
+def test_appliance_config_names_the_front_panel_of_the_image():
+    config = load_config(ROOT / "etc" / "gateway.yaml")
+    assert config.board.button.device == "reprint"
+    assert config.board.leds.status == "/sys/class/leds/gw-status"
+    overlays = (ROOT / "image" / "config.txt.append").read_text()
+    assert "label=reprint" in overlays and "label=gw-status" in overlays
