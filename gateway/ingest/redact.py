@@ -65,6 +65,10 @@ class Redactor:
         self.line_key = key  # 32 bytes, kept in the state directory
         self.digest_key = key if digest_values else None
         self._key_cache: dict[str, bool] = {}
+        # The literal part of each pattern, for a cheap first look at an excerpt.
+        self._literals = {
+            max(re.split(r"[*?\[\]]", p), key=len).encode() for p in self.patterns
+        } - {b""}
 
     def sensitive_key(self, key: str) -> bool:
         known = self._key_cache.get(key)
@@ -136,6 +140,11 @@ class Redactor:
 
     def excerpt(self, excerpt: bytes) -> tuple[bytes, bool]:
         """A refused line's excerpt, as text: sensitive "key": value pairs and card numbers."""
+        low = excerpt.lower()
+        if not any(lit in low for lit in self._literals) and not (
+            self.cards and has_digit_run(excerpt)
+        ):
+            return excerpt, False  # nothing that could need it (most garbage)
         text = excerpt.decode("utf-8", "replace")
         found: set[str] = set()
         for pattern in self.patterns:
