@@ -27,7 +27,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-## make test-faults: the long fault, crash and abuse suite (100 kill -9 rounds, floods); ~20 min.
+## make test-faults: the long fault, crash and abuse suite (100 kill -9 rounds, floods); about 7 minutes.
 test-faults: $(STAMP)
 	GATEWAY_FAULTS=full $(BIN)/python -m pytest -q -s tests/test_faults.py
 
