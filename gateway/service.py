@@ -55,6 +55,9 @@ STATUS_INTERVAL_S = 10.0
 # once-a-second event counts (the 1, 5 and 15 minute ingest rates).
 SYNC_SAMPLES = 1000
 RATE_SAMPLES = 15 * 60 + 1
+# Above this many events per second (over the last health tick) the query
+# index waits: it catches up when ingest has time to spare (docs/audit.md).
+INDEX_YIELD_EPS = 1000
 # Health is checked (and the LED updated) every second; the watchdog is pinged
 # at that pace or at half WATCHDOG_USEC, whichever is more often.
 HEALTH_TICK_S = 1.0
@@ -414,6 +417,10 @@ class Gateway:
         self._check_clock()
         self._check_disk()
         self.event_samples.append((self.loop.clock(), self.ingest.stats.events))
+        if self.indexer is not None and len(self.event_samples) >= 2:
+            (t0, n0), (t1, n1) = self.event_samples[-2], self.event_samples[-1]
+            busy = t1 > t0 and (n1 - n0) / (t1 - t0) > INDEX_YIELD_EPS
+            self.indexer.yield_to_ingest = busy
         reason = self.health()
         if reason != self.unhealthy_reason:
             if reason:

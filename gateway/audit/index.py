@@ -204,6 +204,9 @@ class Indexer:
         self.path = state_dir / INDEX_FILE
         self.ledger_dir = ledger_dir
         self.durable = 0  # written by the loop, read by the thread
+        # Set by the gateway while ingest is busy: the indexer then waits, so
+        # that it takes the GIL and the disk only when there is time to spare.
+        self.yield_to_ingest = False
         self.indexed = 0
         self.error = ""
         self._wake = threading.Event()
@@ -245,6 +248,8 @@ class Indexer:
                 # Only durable entries: a batch still being written may yet be
                 # cut by recovery, and the index must not hold what the ledger lost.
                 while not self._stop and self.indexed < self.durable:
+                    if self.yield_to_ingest:
+                        break
                     items = follower.read(BATCH, self.durable)
                     if not items:
                         break
