@@ -57,6 +57,7 @@ class EventLoop:
         self._timer_seq = itertools.count()
         self._posted: collections.deque[Callable[[], None]] = collections.deque()
         self._idle_hooks: list[Callable[[], None]] = []
+        self._again = False  # work is left for the next iteration: do not block
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -125,15 +126,20 @@ class EventLoop:
         """Run `hook` at the end of every iteration, after all ready handlers ran."""
         self._idle_hooks.append(hook)
 
+    def again(self) -> None:
+        """Ask for another iteration without waiting (work set aside for the next turn)."""
+        self._again = True
+
     # ---- running
 
     def run_once(self, max_wait: float | None = None) -> None:
         timeout = max_wait
-        if self._posted:
+        if self._posted or self._again:
             timeout = 0
         elif self._timers:
             until = max(0.0, self._timers[0][0] - self.clock())
             timeout = until if timeout is None else min(timeout, until)
+        self._again = False
         events = self.selector.select(timeout)
         started = self.clock()
         for key, mask in events:

@@ -218,3 +218,31 @@ def test_status_reports_rates_sync_latency_and_free_space(gateway_factory):
         status["sync_ms"]["samples"] >= 1 and status["sync_ms"]["p99"] >= status["sync_ms"]["p50"]
     )
     assert status["free_bytes"] > 0 and status["acks_pending"] == 0
+
+
+def test_a_busy_connection_is_served_in_turns_and_nothing_is_lost(gateway_factory):
+    from gateway.ingest.server import ITEMS_PER_TURN
+
+    gw, address = gateway_factory()
+    n = ITEMS_PER_TURN * 4
+    with socket.create_connection(address) as client:
+        client.sendall(b'{"event_type":"a"}\n' * n)
+        pump(gw, lambda: gw.ingest.stats.events > 0)
+        # one turn handled at most its budget and set the rest aside
+        assert gw.ingest.stats.events <= ITEMS_PER_TURN * 2
+        pump(gw, lambda: gw.ingest.stats.events == n)
+    pump(gw, lambda: not gw.ingest.backlog and not gw.ingest.connections)
+
+
+def test_shutdown_stores_lines_set_aside_for_a_later_turn(gateway_factory):
+    from gateway.ingest.server import ITEMS_PER_TURN
+
+    gw, address = gateway_factory()
+    n = ITEMS_PER_TURN * 3
+    client = socket.create_connection(address)
+    client.sendall(b'{"event_type":"a"}\n' * n)
+    pump(gw, lambda: gw.ingest.backlog)  # lines are waiting for their turn
+    gw.request_stop()
+    gw._finish()
+    client.close()
+    assert gw.ingest.stats.events == n

@@ -707,3 +707,13 @@ def test_a_ledger_that_gains_its_first_printer_does_not_print_its_history(gatewa
     gw, _ = gateways.start(config)
     pump(gw, lambda: gw.ledger.durable.seq > 0)
     assert not any(p.queue for p in gw.spool.printers.values())
+
+
+def test_a_slow_printer_gets_every_job_whole(gateways, emulator):
+    emulator.set_fault(Fault("slow"))  # 64 bytes every 10 ms
+    gw, address = gateways.start(gateways.config({"p": socket_printer(emulator)}))
+    send(address, [event_line(n) for n in range(1, 4)])
+    jobs = printed(gw, emulator, 3, 20.0)
+    events = [e["seq"] for e in ledger(gw) if e["kind"] == "event"]
+    assert [receipt_seq(j) for j in jobs] == events
+    assert not any(b"REPRINT" in j for j in jobs)

@@ -55,6 +55,11 @@ ACCEPT_BATCH = 64
 LINGER_S = 2.0
 MAX_LINGERING = 256
 
+# Lines (events, refusals, the hello) handled per connection per loop turn:
+# a connection with more waits for the next turn and is not read meanwhile.
+# 512 small events are ~8 ms of work, so five busy senders make a ~40 ms turn.
+ITEMS_PER_TURN = 512
+
 # On shutdown, read at most this many chunks per connection: "what clients
 # already sent" is what sits in the socket buffer, not an endless stream.
 DRAIN_READS = 8
@@ -207,6 +212,9 @@ class Connection:
 
     def drain(self) -> None:
         """Shutdown: take in what the client already sent, then read no more."""
+        self.server.backlog.discard(self)
+        if not (self.finished or self.closed):
+            self.server.process(self, budget=None)  # lines already buffered
         for _ in range(DRAIN_READS):
             if self.finished or self.closed:
                 break
@@ -218,7 +226,7 @@ class Connection:
                 self.server.lost(self, exc)
                 return
             self.proto.receive_data(data)
-            self.server.process(self)
+            self.server.process(self, budget=None)
         if not self.closed and not self.finished:
             # The client has not closed its side, so a line still missing its
             # newline may be cut anywhere: record it as refused, without a reply.
@@ -263,7 +271,12 @@ class Connection:
             server.close(self)
             return
         wanted = 0
-        if not self.finished and not server.paused and len(self.outbuf) < OUTBUF_PAUSE_BYTES:
+        if (
+            not self.finished
+            and not server.paused
+            and len(self.outbuf) < OUTBUF_PAUSE_BYTES
+            and self not in server.backlog
+        ):
             wanted = READ
         if self.outbuf:
             wanted |= WRITE
@@ -326,6 +339,9 @@ class IngestServer:
         self.lingering: set[_Lingerer] = set()
         self.handshakes: set[Handshake] = set()  # TLS handshakes in progress
         self.waiting: set[Connection] = set()  # connections with replies not yet due
+        # Connections with complete lines left over after their turn's budget.
+        self.backlog: set[Connection] = set()
+        loop.add_idle_hook(self._work_backlog)
         self.paused = False
         self.accepting = False
         self.stats = IngestStats()
@@ -498,8 +514,13 @@ class IngestServer:
 
     # ---- input
 
-    def process(self, conn: Connection) -> None:
-        """Turn everything complete in the connection's buffer into staged entries."""
+    def process(self, conn: Connection, budget: int | None = ITEMS_PER_TURN) -> None:
+        """Turn complete lines in the connection's buffer into staged entries.
+
+        At most `budget` items per call: a connection with more waits for the
+        next loop turn (it is not read meanwhile), so that one fast sender
+        cannot make a turn long for everybody else.
+        """
         proto = conn.proto
         next_event = proto.next_event
         ledger = self.ledger
@@ -515,7 +536,12 @@ class IngestServer:
         source = conn.source
         reply_mode = conn.reply_mode
         events = 0
+        left = budget if budget is not None else -1
         while True:
+            if left == 0:
+                self._defer(conn)
+                break
+            left -= 1
             try:
                 item = next_event()
             except RemoteInputError as exc:
@@ -563,6 +589,20 @@ class IngestServer:
                 self._flush(conn)
         if not self.paused and self.ledger.staged_bytes >= MAX_BATCH_BYTES:
             self._pause()
+
+    def _defer(self, conn: Connection) -> None:
+        """Come back to this connection's buffered lines on the next loop turn."""
+        self.backlog.add(conn)
+        self.loop.again()
+
+    def _work_backlog(self) -> None:
+        """Once per loop turn (an idle hook): one more budget for each connection set aside."""
+        for conn in list(self.backlog):
+            self.backlog.discard(conn)
+            if not conn.closed:
+                self.process(conn)
+                if not conn.closed:
+                    conn.update_interest()
 
     def _hello(self, conn: Connection, hello: Hello) -> bool:
         """Apply a hello; False (after one error line) if its token does not check."""
@@ -763,6 +803,7 @@ class IngestServer:
             self.loop.set_interest(conn, conn.fd, conn.events, 0)
             conn.events = 0
         self.waiting.discard(conn)
+        self.backlog.discard(conn)
         if self.connections.pop(conn.conn_id, None) is not None:
             counts = self.policy.per_source
             counts[conn.addr] -= 1
