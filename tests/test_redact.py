@@ -59,7 +59,10 @@ def test_a_clean_flat_event_skips_the_walk():
     event = {"event_type": "x", "timestamp": "2026-11-23T10:00:00Z", "user_id": 7}
     assert not r.might_need(event, json.dumps(event).encode())
     assert r.might_need({"note": "x"}, b'{"note":"4111 1111 1111 1111"}')
-    assert r.might_need({"meta": {}}, b"{}")  # nested: walked
+    nested = {"meta": {"db_password": "x"}}
+    assert r.might_need(nested, json.dumps(nested).encode())  # a nested key: walked
+    clean = {"meta": {"a": "b"}}
+    assert not r.might_need(clean, json.dumps(clean).encode())  # nothing in its line
 
 
 def test_an_excerpt_is_redacted_as_text():

@@ -44,6 +44,11 @@ def has_digit_run(line: bytes) -> bool:
     return line.translate(_DIGIT_RUN_TABLE).find(_RUN) >= 0
 
 
+def str_has_digit_run(text: str) -> bool:
+    """has_digit_run for text (digits are ASCII: the UTF-8 bytes tell the same)."""
+    return len(text) >= 13 and has_digit_run(text.encode("utf-8", "surrogatepass"))
+
+
 def luhn_ok(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -94,14 +99,24 @@ class Redactor:
     def might_need(self, event: dict[str, Any], line: bytes) -> bool:
         """False when the event cannot hold anything to redact: the common case, in ~1 µs.
 
-        A flat event with no sensitive key and no run of 13 digit-or-separator
-        characters in its line needs no walk; anything nested is walked.
+        A flat event is checked key by key (keys are cached); a nested one by
+        its raw line, which holds every nested key: without the literal part
+        of any pattern and without a run of 13 digit-or-separator characters,
+        there is nothing to walk for.
         """
         sensitive = self.sensitive_key
+        nested = False
         for key, value in event.items():
-            if sensitive(key) or type(value) is dict or type(value) is list:
+            if sensitive(key):
                 return True
-        return self.cards and has_digit_run(line)
+            if type(value) is dict or type(value) is list:
+                nested = True
+        if self.cards and has_digit_run(line):
+            return True
+        if nested:
+            low = line.lower()
+            return any(lit in low for lit in self._literals)
+        return False
 
     def event(self, event: dict[str, Any]) -> list[str]:
         """Redact `event` in place; return the flags to add."""
@@ -110,19 +125,30 @@ class Redactor:
         return sorted(found)
 
     def _walk(self, node: Any, found: set[str]) -> Any:
-        if isinstance(node, dict):
+        """Redact in place; only values that change are written back (it is the hot path)."""
+        kind = type(node)
+        if kind is dict:
+            sensitive = self.sensitive_key
             for key, value in node.items():
-                if self.sensitive_key(key):
+                if sensitive(key):
                     node[key] = self.marker("value", value)
                     found.add(REDACTED_KEY)
-                else:
-                    node[key] = self._walk(value, found)
+                    continue
+                vkind = type(value)
+                if vkind is dict or vkind is list:
+                    self._walk(value, found)
+                elif vkind is str and self.cards and len(value) >= 13:
+                    new = self.text(value, found)
+                    if new is not value:
+                        node[key] = new
             return node
-        if isinstance(node, list):
+        if kind is list:
             for i, value in enumerate(node):
-                node[i] = self._walk(value, found)
+                new = self._walk(value, found)
+                if new is not value:
+                    node[i] = new
             return node
-        if isinstance(node, str) and self.cards:
+        if kind is str and self.cards and len(node) >= 13:
             return self.text(node, found)
         return node
 
@@ -136,6 +162,8 @@ class Redactor:
             found.add(REDACTED_CARD)
             return self.marker(f"card ****{digits[-4:]}", digits)
 
+        if not str_has_digit_run(text):
+            return text  # the common case: no run of 13 digits, no regex
         return _CARD.sub(replace, text)
 
     def excerpt(self, excerpt: bytes) -> tuple[bytes, bool]:
