@@ -9,6 +9,7 @@ the printer may have printed part of the job, so the spool marks the next copy
 
 from __future__ import annotations
 
+import abc
 import errno
 import fcntl
 import os
@@ -39,7 +40,7 @@ class Result:
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 
 
-class _Delivery:
+class _Delivery(abc.ABC):
     """One attempt over a byte stream the loop watches: send, then drain.
 
     Bytes handed to the kernel are not bytes the printer took: the end of a job
@@ -75,24 +76,28 @@ class _Delivery:
         self.drained_at: float | None = None
 
     # -- subclass hooks
+    @abc.abstractmethod
     def fileno(self) -> int:
-        raise NotImplementedError
+        """Provided by each transport."""
 
+    @abc.abstractmethod
     def _write(self, view: memoryview) -> int:
-        raise NotImplementedError
+        """Provided by each transport."""
 
+    @abc.abstractmethod
     def _unsent(self) -> int:
-        raise NotImplementedError
+        """Provided by each transport."""
 
     def _error(self) -> str:
         """A pending error on the stream, or ''."""
         return ""
 
-    def _end_of_data(self) -> None:
+    def _end_of_data(self) -> None:  # noqa: B027 - a hook most transports leave empty
         """All bytes handed over (a socket half-closes here)."""
 
+    @abc.abstractmethod
     def _close(self, ok: bool) -> None:
-        raise NotImplementedError
+        """Provided by each transport."""
 
     # -- the common part
     def abort(self) -> None:
@@ -129,8 +134,8 @@ class _Delivery:
         elif self.phase == "drain" and mask & READ:
             self._readable()
 
-    def _readable(self) -> None:
-        raise NotImplementedError
+    def _readable(self) -> None:  # noqa: B027 - a hook most transports leave empty
+        """The stream became readable while draining (only sockets watch for it)."""
 
     def _send(self) -> None:
         while self.sent < len(self.data):
@@ -342,9 +347,6 @@ class SerialDelivery(_Delivery):
     def _unsent(self) -> int:
         assert self.port is not None
         return _out_queue(self.port.fileno())
-
-    def _readable(self) -> None:
-        pass
 
     def _close(self, ok: bool) -> None:
         if self.port is None:
