@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-import time
 
 import pytest
+from inproc import pump, settle
 
 from gateway.config import Config, IngestConfig, load_config
 from gateway.errors import ConfigError
@@ -19,15 +19,8 @@ from gateway.service import Gateway
 SECRET = "s3cret-token-for-the-shop"
 
 
-def pump(gw: Gateway, until, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        gw.loop.run_once(max_wait=0.02)
-
-
 def ledger(gw: Gateway) -> list[dict]:
-    pump(gw, lambda: gw.ledger.durable.seq == gw.ledger.next_seq - 1)
+    settle(gw)
     return [
         {"seq": seq, **entries.decode(p)}
         for seq, p, _h in LedgerReader(gw.config.ledger_dir).entries()

@@ -10,6 +10,7 @@ import sqlite3
 import time
 
 import pytest
+from inproc import pump, settle
 
 from gateway.audit import index, present
 from gateway.audit.query import Filters, diff, parse_time, read_entry, run, verify_rows
@@ -27,13 +28,6 @@ EVENTS = [
 ]  # fmt: skip
 
 
-def pump(gw: Gateway, until, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        gw.loop.run_once(max_wait=0.02)
-
-
 def start(tmp_path, enabled: bool = True) -> tuple[Gateway, tuple[str, int]]:
     config = Config(
         state_dir=tmp_path / "state",
@@ -49,7 +43,7 @@ def feed(gw: Gateway, address, events: list[dict]) -> None:
     with socket.create_connection(address) as c:
         c.sendall(b"".join(json.dumps(e).encode() + b"\n" for e in events))
     pump(gw, lambda: gw.ingest.stats.events == before + len(events))
-    pump(gw, lambda: gw.ledger.durable.seq == gw.ledger.next_seq - 1)
+    settle(gw)
 
 
 def stop(gw: Gateway) -> None:

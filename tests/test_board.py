@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-import time
 from pathlib import Path
 
 import pytest
+from inproc import ledger, pump
 
 from board.button import find_device
 from board.evdev import (
@@ -35,8 +35,6 @@ from gateway.config import (
     RouteConfig,
     SpoolConfig,
 )
-from gateway.ledger import entries
-from gateway.ledger.store import LedgerReader
 from gateway.service import Gateway
 
 
@@ -85,20 +83,6 @@ def test_find_device_by_path_and_by_name(tmp_path):
     assert find_device("/dev/input/event3") == Path("/dev/input/event3")
     (tmp_path / "event0").write_bytes(b"")  # not an input device: EVIOCGNAME fails
     assert find_device("reprint", tmp_path) is None
-
-
-def pump(gw: Gateway, until, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        gw.loop.run_once(max_wait=0.02)
-
-
-def ledger(gw: Gateway) -> list[dict]:
-    return [
-        {"seq": seq, **entries.decode(p)}
-        for seq, p, _h in LedgerReader(gw.config.ledger_dir).entries()
-    ]
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
-import time
+
+from inproc import ledger, pump
 
 from gateway.clock import TIME_ERROR, _adjtimex, clock_synced
 from gateway.config import (
@@ -14,23 +15,7 @@ from gateway.config import (
     PrinterConfig,
     ReportsConfig,
 )
-from gateway.ledger import entries
-from gateway.ledger.store import LedgerReader
 from gateway.service import Gateway
-
-
-def pump(gw: Gateway, until, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        gw.loop.run_once(max_wait=0.02)
-
-
-def ledger(gw: Gateway) -> list[dict]:
-    return [
-        {"seq": seq, **entries.decode(p)}
-        for seq, p, _h in LedgerReader(gw.config.ledger_dir).entries()
-    ]
 
 
 def test_the_kernel_state_is_readable():

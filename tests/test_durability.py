@@ -9,9 +9,9 @@ from __future__ import annotations
 import errno
 import json
 import socket
-import time
 
 import pytest
+from inproc import pump, settle
 
 from gateway.config import Config, IngestConfig, LedgerConfig
 from gateway.ledger import durability, entries
@@ -33,13 +33,6 @@ class FlakyWriter:
         if self.fail:
             raise OSError(self.code, "injected fault")
         return write_batch(batch, fds, sync)
-
-
-def pump(gw: Gateway, until, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        gw.loop.run_once(max_wait=0.02)
 
 
 class Replies:
@@ -184,7 +177,7 @@ def test_disk_guard_refuses_new_events_and_resumes_by_itself(gateway_factory, mo
     free = {"bytes": 10**12}
     monkeypatch.setattr(Gateway, "free_bytes", staticmethod(lambda path: free["bytes"]))
     gw, address = gateway_factory()
-    pump(gw, lambda: gw.ledger.durable.seq == gw.ledger.next_seq - 1)
+    settle(gw)
     head = gw.ledger.durable.seq
     free["bytes"] = 1024  # below ledger.min_free_bytes
     pump(gw, lambda: gw.ingest.disk_full)  # noticed within a health tick
@@ -195,7 +188,7 @@ def test_disk_guard_refuses_new_events_and_resumes_by_itself(gateway_factory, mo
     replies = Replies(client)
     pump(gw, lambda: len(replies.poll()) >= 2)
     assert replies.lines[1]["error"] == "disk_full"
-    pump(gw, lambda: gw.ledger.durable.seq == gw.ledger.next_seq - 1)
+    settle(gw)
     assert gw.ingest.stats.events == 0 and gw.ledger.durable.seq == head  # nothing stored
     client.close()
     free["bytes"] = 10**12

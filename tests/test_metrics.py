@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 
+from inproc import pump
+
 from gateway.config import Config, IngestConfig, MetricsConfig, PrinterConfig, RouteConfig
 from gateway.service import Gateway
-
-
-def pump(gw: Gateway, until, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        gw.loop.run_once(max_wait=0.02)
 
 
 def fetch(gw: Gateway, url: str, method: str = "GET") -> tuple[int, str]:

@@ -9,10 +9,10 @@ import json
 import os
 import socket
 import stat
-import time
 from pathlib import Path
 
 import pytest
+from inproc import pump
 
 from gateway.config import (
     Config,
@@ -32,13 +32,6 @@ from gateway.ledger.verify import verify_ledger
 from gateway.printing.spool import Router
 from gateway.printing.uri import parse_uri
 from gateway.service import Gateway
-
-
-def pump(gw: Gateway, until, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        gw.loop.run_once(max_wait=0.02)
 
 
 def ledger(gw_or_config) -> list[dict]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 from blake3 import blake3
+from inproc import pump, settle
 
 from gateway.config import Config, IngestConfig, RedactConfig
 from gateway.ingest.redact import REDACTED_CARD, REDACTED_KEY, Redactor, has_digit_run, luhn_ok
@@ -74,13 +74,6 @@ def test_an_excerpt_is_redacted_as_text():
     assert r.excerpt(b'{"a": 1, "b"') == (b'{"a": 1, "b"', False)
 
 
-def pump(gw: Gateway, until, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        gw.loop.run_once(max_wait=0.02)
-
-
 def test_nothing_redacted_reaches_the_segment_files(tmp_path):
     config = Config(state_dir=tmp_path / "state", ingest=IngestConfig(listen=("127.0.0.1:0",)))
     gw = Gateway(config)
@@ -90,7 +83,7 @@ def test_nothing_redacted_reaches_the_segment_files(tmp_path):
     with socket.create_connection(address) as c:
         c.sendall(json.dumps(good).encode() + b"\n" + bad.encode() + b"\n")
     pump(gw, lambda: gw.ingest.stats.events == 1 and gw.ingest.stats.rejected == 1)
-    pump(gw, lambda: gw.ledger.durable.seq == gw.ledger.next_seq - 1)
+    settle(gw)
     gw.request_stop()
     gw._finish()
     stored = b"".join(p.read_bytes() for p in config.ledger_dir.glob("*.seg"))

@@ -5,33 +5,17 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import time
 
 from gatewayproc import AckClient, GatewayProcess, event_line, wait_for
+from inproc import ledger, pump, settle
 
 from gateway.config import load_config
-from gateway.ledger import entries
-from gateway.ledger.store import LedgerReader
 from gateway.service import Gateway
-
-
-def pump(gw: Gateway, until, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        gw.loop.run_once(max_wait=0.02)
-
-
-def ledger(gw: Gateway) -> list[dict]:
-    return [
-        {"seq": seq, **entries.decode(p)}
-        for seq, p, _h in LedgerReader(gw.config.ledger_dir).entries()
-    ]
 
 
 def system(gw: Gateway, name: str) -> list[dict]:
     """System entries of that name, once everything appended so far is durable."""
-    pump(gw, lambda: gw.ledger.durable.seq == gw.ledger.next_seq - 1)
+    settle(gw)
     return [e for e in ledger(gw) if e["kind"] == "system" and e["name"] == name]
 
 
@@ -110,7 +94,7 @@ def test_removing_a_printer_cancels_its_queue_on_the_record(tmp_path):
     )
     gw.reload()
     assert set(gw.spool.printers) == {"q"}
-    pump(gw, lambda: gw.ledger.durable.seq == gw.ledger.next_seq - 1)
+    settle(gw)
     cancelled = [e for e in ledger(gw) if e["kind"] == "print"]
     assert [(c["printer"], c["outcome"]) for c in cancelled] == [("p", "cancelled")] * 2
     stop(gw)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from inproc import pump, settle
 
 from gateway.client import client_tls_context, send_events
 from gateway.config import Config, IngestConfig, TlsConfig, load_config
@@ -41,13 +41,6 @@ def pki(tmp_path_factory) -> Path:
                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile",
                 f"{name}.ext", cwd=d)  # fmt: skip
     return d
-
-
-def pump(gw: Gateway, until, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        gw.loop.run_once(max_wait=0.02)
 
 
 @pytest.fixture
@@ -88,7 +81,7 @@ def run_client(gw: Gateway, fn):
 
 
 def events(gw: Gateway) -> list[dict]:
-    pump(gw, lambda: gw.ledger.durable.seq == gw.ledger.next_seq - 1)
+    settle(gw)
     return [
         e
         for _s, p, _h in LedgerReader(gw.config.ledger_dir).entries()
