@@ -11,7 +11,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from gateway.config import parse_address
+from gateway.ingest.server import bind_tcp
 from gateway.loop import READ, WRITE, EventLoop
 
 # A request head larger than 8 KiB, or not complete within 5 s, is dropped.
@@ -71,16 +71,7 @@ class MetricsServer:
         return self.sock.fileno()
 
     def listen(self) -> tuple[str, int]:
-        host, port = parse_address(self.address)
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            raise
-        sock.listen(MAX_CLIENTS)
-        sock.setblocking(False)
+        sock = bind_tcp(self.address, MAX_CLIENTS)
         self.sock = sock
         self.loop.add(self, READ)
         return sock.getsockname()[:2]

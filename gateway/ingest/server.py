@@ -69,6 +69,21 @@ DRAIN_READS = 8
 LISTEN_BACKLOG = 1024
 
 
+def bind_tcp(address: str, backlog: int) -> socket.socket:
+    """A non-blocking listening TCP socket on HOST:PORT (IPv6 when the host has a colon)."""
+    host, port = parse_address(address)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
 def json_line(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
@@ -372,17 +387,7 @@ class IngestServer:
         context = server_tls_context(tls, source) if tls.listen else None
         plain = [(a, None) for a in self.config.listen]
         for address, context in [*plain, *[(a, context) for a in tls.listen]]:
-            host, port = parse_address(address)
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, port))
-            except OSError:
-                sock.close()
-                raise
-            sock.listen(LISTEN_BACKLOG)
-            sock.setblocking(False)
+            sock = bind_tcp(address, LISTEN_BACKLOG)
             listener = Listener(self, sock, address, context)
             self.loop.add(listener, READ)
             self.listeners.append(listener)
