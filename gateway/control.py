@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.loop import READ, WRITE, EventLoop
+from gateway.loop import READ, EventLoop
+from gateway.oneshot import OneShot
 
 log = logging.getLogger("gateway.control")
 
@@ -39,7 +40,7 @@ class ControlServer:
         self.path = path
         self.handle = handle
         self.sock: socket.socket | None = None
-        self.clients: set[_Client] = set()
+        self.clients: set[OneShot] = set()
 
     def fileno(self) -> int:
         assert self.sock is not None
@@ -71,9 +72,7 @@ class ControlServer:
             conn.close()
             return
         conn.setblocking(False)
-        client = _Client(self, conn)
-        self.clients.add(client)
-        self.loop.add(client, READ)
+        _Client(self, conn)
 
     def close(self) -> None:
         for client in list(self.clients):
@@ -88,38 +87,18 @@ class ControlServer:
                 pass
 
 
-class _Client:
+class _Client(OneShot):
     def __init__(self, server: ControlServer, sock: socket.socket) -> None:
         self.server = server
-        self.sock = sock
-        self.inbuf = b""
-        self.outbuf = b""
-        self.answered = False
-        self.timer = server.loop.call_later(CLIENT_TIMEOUT_S, self.close)
+        super().__init__(server.loop, sock, server.clients, MAX_REQUEST_BYTES, CLIENT_TIMEOUT_S)
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
+    def overflowed(self) -> None:
+        self.reply({"ok": False, "error": "request too long"})
 
-    def on_ready(self, mask: int) -> None:
-        if mask & WRITE:
-            self._write()
+    def received(self, data: bytes) -> None:
+        if b"\n" not in data:
             return
-        try:
-            data = self.sock.recv(MAX_REQUEST_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()
-            return
-        if not data:
-            self.close()
-            return
-        self.inbuf += data
-        if b"\n" not in self.inbuf:
-            if len(self.inbuf) > MAX_REQUEST_BYTES:
-                self.reply({"ok": False, "error": "request too long"})
-            return
-        line = self.inbuf.split(b"\n", 1)[0]
+        line = data.split(b"\n", 1)[0]
         try:
             request = json.loads(line)
             if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
@@ -134,30 +113,7 @@ class _Client:
             self.reply({"ok": False, "error": f"internal error: {exc!r}"})
 
     def reply(self, response: dict[str, Any]) -> None:
-        if self.answered or self.sock.fileno() < 0:
-            return
-        self.answered = True
-        self.outbuf = json.dumps(response, default=str).encode() + b"\n"
-        self.server.loop.modify(self, WRITE)
-
-    def _write(self) -> None:
-        try:
-            n = self.sock.send(self.outbuf)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()
-            return
-        self.outbuf = self.outbuf[n:]
-        if not self.outbuf:
-            self.close()
-
-    def close(self) -> None:
-        if self in self.server.clients:
-            self.server.clients.discard(self)
-            self.timer.cancel()
-            self.server.loop.remove(self)
-            self.sock.close()
+        self.respond(json.dumps(response, default=str).encode() + b"\n")
 
 
 def request(path: Path, command: dict[str, Any], timeout: float = CLI_TIMEOUT_S) -> dict[str, Any]:

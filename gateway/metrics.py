@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.ingest.server import bind_tcp
-from gateway.loop import READ, WRITE, EventLoop
+from gateway.loop import READ, EventLoop
+from gateway.oneshot import OneShot
 
 # A request head larger than 8 KiB, or not complete within 5 s, is dropped.
 MAX_REQUEST_BYTES = 8192
@@ -64,7 +65,7 @@ class MetricsServer:
         self.address = address
         self.status = status
         self.sock: socket.socket | None = None
-        self.clients: set[_Scrape] = set()
+        self.clients: set[OneShot] = set()
 
     def fileno(self) -> int:
         assert self.sock is not None
@@ -86,8 +87,7 @@ class MetricsServer:
             conn.close()
             return
         conn.setblocking(False)
-        client = _Scrape(self, conn)
-        self.clients.add(client)
+        _Scrape(self, conn)
 
     def close(self) -> None:
         for client in list(self.clients):
@@ -98,36 +98,15 @@ class MetricsServer:
             self.sock = None
 
 
-class _Scrape:
+class _Scrape(OneShot):
     def __init__(self, server: MetricsServer, sock: socket.socket) -> None:
         self.server = server
-        self.sock = sock
-        self.inbuf = b""
-        self.outbuf = b""
-        self.timer = server.loop.call_later(REQUEST_TIMEOUT_S, self.close)
-        server.loop.add(self, READ)
+        super().__init__(server.loop, sock, server.clients, MAX_REQUEST_BYTES, REQUEST_TIMEOUT_S)
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def on_ready(self, mask: int) -> None:
-        if mask & WRITE:
-            self._write()
+    def received(self, data: bytes) -> None:
+        if b"\r\n\r\n" not in data and b"\n\n" not in data:
             return
-        try:
-            data = self.sock.recv(MAX_REQUEST_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()
-            return
-        self.inbuf += data
-        if not data or len(self.inbuf) > MAX_REQUEST_BYTES:
-            self.close()
-            return
-        if b"\r\n\r\n" not in self.inbuf and b"\n\n" not in self.inbuf:
-            return
-        method, _, rest = self.inbuf.partition(b" ")
+        method, _, rest = data.partition(b" ")
         path = rest.split(b" ", 1)[0]
         if method != b"GET":
             self._answer(405, "text/plain", "read-only: GET /metrics\n")
@@ -140,27 +119,10 @@ class _Scrape:
     def _answer(self, code: int, kind: str, body: str) -> None:
         reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}[code]
         data = body.encode()
-        self.outbuf = (
-            f"HTTP/1.0 {code} {reason}\r\nContent-Type: {kind}\r\n"
-            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
-        ).encode() + data
-        self.server.loop.modify(self, WRITE)
-
-    def _write(self) -> None:
-        try:
-            n = self.sock.send(self.outbuf)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()
-            return
-        self.outbuf = self.outbuf[n:]
-        if not self.outbuf:
-            self.close()
-
-    def close(self) -> None:
-        if self in self.server.clients:
-            self.server.clients.discard(self)
-            self.timer.cancel()
-            self.server.loop.remove(self)
-            self.sock.close()
+        self.respond(
+            (
+                f"HTTP/1.0 {code} {reason}\r\nContent-Type: {kind}\r\n"
+                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            + data
+        )

@@ -1,0 +1,94 @@
+"""One request, one answer, then close: the shape of control and metrics clients.
+
+A client socket accepted by a listener on the event loop. The subclass says
+when the request is complete (`received`) and answers with `respond`; the
+request is bounded in size and time, and the socket is closed after the
+answer is written (or on any error).
+"""
+
+from __future__ import annotations
+
+import abc
+import socket
+
+from gateway.loop import READ, WRITE, EventLoop
+
+
+class OneShot(abc.ABC):
+    def __init__(
+        self,
+        loop: EventLoop,
+        sock: socket.socket,
+        clients: set,
+        max_request_bytes: int,
+        timeout_s: float,
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.clients = clients
+        self.max_request_bytes = max_request_bytes
+        self.inbuf = b""
+        self.outbuf = b""
+        self.answered = False
+        self.timer = loop.call_later(timeout_s, self.close)
+        clients.add(self)
+        loop.add(self, READ)
+
+    # -- for subclasses
+    @abc.abstractmethod
+    def received(self, data: bytes) -> None:
+        """Everything read so far; answer with respond() once the request is whole."""
+
+    def overflowed(self) -> None:
+        """The request grew past max_request_bytes: by default, just close."""
+        self.close()
+
+    def respond(self, data: bytes) -> None:
+        if self.answered or self.sock.fileno() < 0:
+            return
+        self.answered = True
+        self.outbuf = data
+        self.loop.modify(self, WRITE)
+
+    # -- the loop's side
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def on_ready(self, mask: int) -> None:
+        if mask & WRITE:
+            self._write()
+            return
+        try:
+            data = self.sock.recv(self.max_request_bytes)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()
+            return
+        self.inbuf += data
+        if len(self.inbuf) > self.max_request_bytes:
+            self.overflowed()
+            return
+        self.received(self.inbuf)
+
+    def _write(self) -> None:
+        try:
+            n = self.sock.send(self.outbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        self.outbuf = self.outbuf[n:]
+        if not self.outbuf:
+            self.close()
+
+    def close(self) -> None:
+        if self in self.clients:
+            self.clients.discard(self)
+            self.timer.cancel()
+            self.loop.remove(self)
+            self.sock.close()
