@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-slow test-faults lint bench bench-print clean distclean wheel image image-check
+.PHONY: run test test-slow test-faults lint bench bench-print bench-peers bench-micro bench-query clean distclean wheel image image-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -42,6 +42,18 @@ bench: $(STAMP)
 ## make bench-print: printing benchmarks (first byte, queued drain, ingest while printing); appends to bench/RESULTS.md.
 bench-print: $(STAMP)
 	$(BIN)/python -m bench.printing
+
+## make bench-peers: the gateway beside a naive listener and rsyslog (imtcp+omfile sync, imrelp), same client; appends to bench/RESULTS.md.
+bench-peers: $(STAMP)
+	$(BIN)/python -m bench.peers
+
+## make bench-micro: pytest-benchmark micro-benchmarks of the hot functions (parser, CBOR, chain, frames, verify, renderers).
+bench-micro: $(STAMP)
+	$(BIN)/python -m pytest -q bench/micro --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+
+## make bench-query: the audit index at 1,000,000 entries (filtered query time, index writes per entry); appends to bench/RESULTS.md.
+bench-query: $(STAMP)
+	$(BIN)/python -m bench.query
 
 wheel: $(STAMP)
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
