@@ -6,6 +6,8 @@ import json
 import socket
 
 from blake3 import blake3
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from inproc import pump, settle
 
 from gateway.config import Config, IngestConfig, RedactConfig
@@ -115,3 +117,39 @@ def test_redaction_can_be_turned_off(tmp_path):
     gw._finish()
     stored = b"".join(p.read_bytes() for p in config.ledger_dir.glob("*.seg"))
     assert b"visible" in stored
+
+
+# ---- the pre-check never says "nothing to do" when the walk would redact
+
+_KEYS = st.sampled_from(
+    ["event_type", "note", "Password", "db_PASSWD", "api_key", "x-Authorization", "cvv",
+     "user", "tokens", "\u212aey", "p\u00e4sswort", "\u0130d", "old_value"]
+)  # fmt: skip
+_TEXT = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from([CARD, "4111-1111-1111-1111", "+44 23 8000 1234", "4111111111111112",
+                     f"paid with {CARD}.", "378282246310005", "12345678901234567890"]),
+)  # fmt: skip
+_VALUES = st.recursive(
+    st.one_of(_TEXT, st.integers(), st.booleans(), st.none()),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_KEYS, inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(event=st.dictionaries(_KEYS, _VALUES, max_size=6), ascii_only=st.booleans())
+def test_the_precheck_agrees_with_the_walk(event, ascii_only):
+    """might_need() False must mean the walk finds nothing, however the line spells it."""
+    r = Redactor((*KEYS, "pässwort", "ke?", "[xy]-auth*"), True, KEY)
+    line = json.dumps(event, ensure_ascii=ascii_only).encode()
+    decoded = json.loads(line)
+    if not r.might_need(decoded, line):
+        assert r.event(decoded) == [], line
+
+
+def test_precheck_patterns_without_a_literal_always_walk():
+    r = Redactor(("*",), False, KEY)
+    assert r.might_need({"a": {"b": 1}}, b'{"a":{"b":1}}') and r.event({"a": 1}) == [REDACTED_KEY]
+    r = Redactor(("[a-z]*word",), False, KEY)  # the literal is "word", not "a-z"
+    assert r.might_need({"m": {"password": 1}}, b'{"m":{"password":1}}')
