@@ -15,6 +15,7 @@ import logging
 import selectors
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -29,6 +30,14 @@ WRITE = selectors.EVENT_WRITE
 # at the target rates an iteration handles a few thousand events in a few ms,
 # so a quarter of a second means something blocked the loop.
 SLOW_ITERATION_S = 0.25
+
+# How long the loop may keep the GIL while another thread waits for it.
+# CPython's default, 5 ms, is paid by the durability thread after each of its
+# steps (wake-up, write, sync, reply): a busy loop stretched every commit to
+# 10-30 ms and acknowledgements with it. At 0.5 ms a commit cycle takes ~1.5 ms
+# on a busy loop (bench/RESULTS.md); the forced switches cost a few µs each and
+# only happen while another thread is waiting.
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 class Handler(Protocol):
@@ -175,8 +184,13 @@ class EventLoop:
 
     def run(self) -> None:
         self.running = True
-        while self.running:
-            self.run_once()
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        try:
+            while self.running:
+                self.run_once()
+        finally:
+            sys.setswitchinterval(previous)
 
     def stop(self) -> None:
         self.running = False

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 
-from gateway.loop import READ, EventLoop
+from gateway.loop import GIL_SWITCH_INTERVAL_S, READ, EventLoop
 
 
 class FakeClock:
@@ -90,3 +91,21 @@ def test_a_failing_handler_is_closed_and_the_loop_carries_on(caplog):
     a.close()
     b.close()
     loop.close()
+
+
+def test_the_loop_lets_waiting_threads_have_the_gil_soon_and_restores_the_default():
+    """A busy loop holding the GIL for CPython's default 5 ms per switch made every
+    commit of the durability thread wait 10-30 ms (each of its steps needs the GIL)."""
+    loop = EventLoop()
+    before = sys.getswitchinterval()
+    seen = []
+
+    def check() -> None:
+        seen.append(sys.getswitchinterval())
+        loop.stop()
+
+    loop.call_later(0, check)
+    loop.run()
+    loop.close()
+    assert seen == [GIL_SWITCH_INTERVAL_S] and GIL_SWITCH_INTERVAL_S <= 0.001
+    assert sys.getswitchinterval() == before
