@@ -239,3 +239,16 @@ def test_shutdown_stores_lines_set_aside_for_a_later_turn(gateway_factory):
     gw._finish()
     client.close()
     assert gw.ingest.stats.events == n
+
+
+def test_a_simulated_slow_sync_lengthens_every_commit(gateway_factory, monkeypatch):
+    """The benchmarks' slow-flash knob: each sync takes at least the given time longer."""
+    monkeypatch.setenv(durability.SIMULATE_SYNC_ENV, "30")
+    gw, address = gateway_factory()
+    with socket.create_connection(address) as client:
+        client.sendall(b'{"event_type":"a"}\n' * 20)
+    pump(gw, lambda: gw.ingest.stats.events == 20 and not gw.durability.busy)
+    assert gw.sync_latencies and min(gw.sync_latencies) >= 0.030
+    monkeypatch.setenv(durability.SIMULATE_SYNC_ENV, "fast")
+    with pytest.raises(ValueError, match="milliseconds"):
+        durability.simulated_sync_s()

@@ -30,6 +30,22 @@ RETRY_CAP_S = 5.0
 # show 5-50 ms; half a second means the card or the filesystem is in trouble.
 SLOW_SYNC_S = 0.5
 
+# Benchmarks only: GATEWAY_SIMULATE_SYNC_MS=N makes every sync take N ms longer,
+# as a slow SD card would, to show what group commit does then (bench/RESULTS.md).
+# Not a configuration key on purpose: no deployment should ever set it.
+SIMULATE_SYNC_ENV = "GATEWAY_SIMULATE_SYNC_MS"
+
+
+def simulated_sync_s() -> float:
+    raw = os.environ.get(SIMULATE_SYNC_ENV, "")
+    try:
+        value = float(raw or 0) / 1000
+    except ValueError:
+        raise ValueError(f"{SIMULATE_SYNC_ENV} must be a number of milliseconds") from None
+    if value < 0:
+        raise ValueError(f"{SIMULATE_SYNC_ENV} must not be negative")
+    return value
+
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
@@ -55,6 +71,7 @@ class DurabilityThread:
         self._sync = sync
         # Fault-injection seam: tests replace the writer to raise ENOSPC or EIO.
         self.writer = writer
+        self.extra_sync_s = simulated_sync_s()
         self._queue: queue.SimpleQueue[CommitBatch | None] = queue.SimpleQueue()
         self._fds: dict[Path, int] = {}
         self._thread = threading.Thread(target=self._run, name="durability", daemon=True)
@@ -97,6 +114,8 @@ class DurabilityThread:
                     started = time.monotonic()
                     try:
                         syncs = self.writer(batch, self._fds, self._sync)
+                        if self.extra_sync_s and syncs:
+                            time.sleep(self.extra_sync_s * syncs)
                     except OSError as exc:
                         self._close_fds()
                         self._deliver(BatchResult(batch, exc, time.monotonic() - started, 0))
