@@ -43,6 +43,9 @@ def exposition(status: dict[str, Any]) -> str:
     metric("commit_seconds", "summary", "ledger commit duration",
            [(f'{{quantile="{q}"}}', status["sync_ms"][k] / 1000)
             for q, k in (("0.5", "p50"), ("0.99", "p99"))])  # fmt: skip
+    metric("commits_total", "counter", "ledger commit batches since start",
+           [("", ledger["batches"])])  # fmt: skip
+    metric("syncs_total", "counter", "fdatasync calls since start", [("", ledger["syncs"])])
     if status.get("free_bytes") is not None:
         metric("free_bytes", "gauge", "free space on the state filesystem",
                [("", status["free_bytes"])])  # fmt: skip

@@ -332,6 +332,9 @@ class Gateway:
                 "head_seq": head.seq,
                 "head_hash": head.hash.hex(),
                 "error": str(self.ledger_error) if self.ledger_error else None,
+                # Since start: commit batches written, and the fdatasync calls they took.
+                "batches": self.batches,
+                "syncs": self.syncs,
             },
             "connections": len(self.ingest.connections),
             "acks_pending": self.ingest.replies_owed,

@@ -252,3 +252,12 @@ def test_a_simulated_slow_sync_lengthens_every_commit(gateway_factory, monkeypat
     monkeypatch.setenv(durability.SIMULATE_SYNC_ENV, "fast")
     with pytest.raises(ValueError, match="milliseconds"):
         durability.simulated_sync_s()
+
+
+def test_status_counts_commit_batches_and_syncs(gateway_factory):
+    gw, address = gateway_factory()
+    with socket.create_connection(address) as client:
+        client.sendall(b'{"event_type":"a"}\n' * 10)
+    pump(gw, lambda: gw.ingest.stats.events == 10 and gw.ledger.durable.seq >= 10)
+    ledger = gw.status()["ledger"]
+    assert 1 <= ledger["batches"] <= ledger["syncs"] and ledger["batches"] == gw.batches

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import urllib.error
@@ -49,6 +50,7 @@ def test_metrics_expose_the_status_read_only(tmp_path):
     assert "gateway_events_total 3" in body and "gateway_up 1" in body
     assert 'gateway_printer_queued{printer="p"}' in body
     assert 'gateway_commit_seconds{quantile="0.99"}' in body
+    assert re.search(r"^gateway_syncs_total [1-9]", body, re.M) and "gateway_commits_total" in body
     assert fetch(gw, f"http://{host}:{port}/other")[0] == 404
     assert fetch(gw, f"http://{host}:{port}/metrics", method="POST")[0] == 405
     gw.request_stop()
