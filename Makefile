@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-slow test-faults lint bench bench-print bench-peers bench-micro bench-query clean distclean wheel image image-check
+.PHONY: run test test-slow test-faults lint bench bench-print bench-peers bench-micro bench-query bench-soak clean distclean wheel image image-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -42,6 +42,10 @@ bench: $(STAMP)
 ## make bench-print: printing benchmarks (first byte, queued drain, ingest while printing); appends to bench/RESULTS.md.
 bench-print: $(STAMP)
 	$(BIN)/python -m bench.printing
+
+## make bench-soak: 1,000 connections for 10 minutes, resident memory sampled (must stay flat); appends to bench/RESULTS.md.
+bench-soak: $(STAMP)
+	$(BIN)/python -m bench.soak
 
 ## make bench-peers: the gateway beside a naive listener and rsyslog (imtcp+omfile sync, imrelp), same client; appends to bench/RESULTS.md.
 bench-peers: $(STAMP)
