@@ -260,6 +260,19 @@ def test_every_routed_event_is_printed_once_with_an_outcome_entry(gateways, tmp_
     assert verify_ledger(config.ledger_dir).ok
 
 
+def test_print_log_lines_carry_the_event_seq_and_its_connection_id(gateways, tmp_path, caplog):
+    """Correlation: an event can be followed from its connection to the paper."""
+    caplog.set_level("INFO", logger="gateway")
+    gw, address = gateways.start(gateways.config({"p": {"uri": f"file:{tmp_path / 'out'}"}}))
+    send(address, [event_line(1)])
+    pump(gw, lambda: len(outcomes(gw)) == 1)
+    event = next(e for e in ledger(gw) if e["kind"] == "event")
+    delivered = [r for r in caplog.records if r.getMessage() == "print job delivered"]
+    assert [(r.fields["seqs"], r.fields["conn"]) for r in delivered] == [
+        ([event["seq"]], event["source"]["conn"])
+    ]
+
+
 def test_a_configuration_without_printers_has_no_spool(gateways, tmp_path):
     config = dataclasses.replace(gateways.config({}, routes=[]))
     gw, address = gateways.start(config)

@@ -76,6 +76,7 @@ class Job:
     uncertain: bool = False
     attempts: int = 0
     sent: int = 0
+    conn: int | None = None  # receipt: the ingest connection id, read from the entry once
 
     @property
     def size(self) -> int:
@@ -294,13 +295,22 @@ class Printer:
         return in_flight
 
     def _fields(self, job: Job) -> dict[str, Any]:
-        return {
+        """Log fields of a job: the event seqs, and for a receipt the id of the
+        connection its event came in on (as in the ingest log lines), so that
+        one event can be followed from its connection to the paper."""
+        fields = {
             "printer": self.name,
             "job": job.id,
             "type": job.type,
             "seqs": list(job.seqs),
             "attempt": job.attempts,
         }
+        if job.conn is None and job.payload:
+            source = entries.decode(job.payload).get("source")
+            job.conn = source.get("conn") if isinstance(source, dict) else None
+        if job.conn is not None:
+            fields["conn"] = job.conn
+        return fields
 
 
 @dataclass(frozen=True)
