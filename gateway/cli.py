@@ -444,6 +444,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except BrokenPipeError:
         return EXIT_OK
+    except PermissionError as exc:
+        # A user outside the service's group (docs/audit.md, read-only access).
+        where = exc.filename or "the state directory"
+        print(f"gateway: permission denied: {where}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
 

@@ -1,10 +1,13 @@
 """The control socket: a UNIX stream socket in the state directory for the CLI.
 
 One JSON request line, one JSON reply line, then the gateway closes
-(docs/operations.md, "Control socket"). The socket is mode 0600: only the
-service's user (and root) may use it. Requests are handled on the event loop;
-a slow request (a reprint looks the entry up on the worker thread) replies
-when it is done.
+(docs/printing.md, "Control socket"). The socket is mode 0660: the service's
+group may connect. Who may do what is decided by the peer's credentials
+(SO_PEERCRED), not by the request: the service's user and root may run every
+command; anyone else who could connect (an auditor in the service's group,
+docs/audit.md) only the read-only ones. Requests are handled on the event
+loop; a slow request (a reprint looks the entry up on the worker thread)
+replies when it is done.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,25 @@ CLIENT_TIMEOUT_S = 10.0
 MAX_CLIENTS = 16
 # How long the CLI waits for a reply (a reprint of an old seq scans the ledger).
 CLI_TIMEOUT_S = 30.0
+
+# What a connecting member of the service's group (not its user, not root) may
+# run: commands that only read. Printing, reprinting and reports stay with the
+# service's operators.
+READ_ONLY_COMMANDS = frozenset({"status"})
+# Socket file mode 0660 (umask 0117 while binding): user and group only.
+SOCKET_UMASK = 0o117
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The user id of the process at the other end of a UNIX socket (Linux)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except (OSError, AttributeError):
+        return None
+    return _UCRED.unpack(raw)[1]
+
 
 Handler = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], None]
 
@@ -52,7 +75,7 @@ class ControlServer:
         except FileNotFoundError:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # created 0600, no window with wider permissions
+        old = os.umask(SOCKET_UMASK)  # created 0660, no window with wider permissions
         try:
             sock.bind(str(self.path))
         finally:
@@ -90,6 +113,8 @@ class ControlServer:
 class _Client(OneShot):
     def __init__(self, server: ControlServer, sock: socket.socket) -> None:
         self.server = server
+        # Unknown credentials count as unprivileged: the read-only commands still work.
+        self.privileged = peer_uid(sock) in (0, os.geteuid())
         super().__init__(server.loop, sock, server.clients, MAX_REQUEST_BYTES, CLIENT_TIMEOUT_S)
 
     def overflowed(self) -> None:
@@ -105,6 +130,11 @@ class _Client(OneShot):
                 raise ValueError('expected {"cmd": ...}')
         except ValueError as exc:
             self.reply({"ok": False, "error": f"bad request: {exc}"})
+            return
+        if not self.privileged and request["cmd"] not in READ_ONLY_COMMANDS:
+            log.warning("control request refused: read-only client",
+                        extra={"fields": {"cmd": request["cmd"][:64]}})  # fmt: skip
+            self.reply({"ok": False, "error": "not permitted: this user may only read (status)"})
             return
         try:
             self.server.handle(request, self.reply)

@@ -372,7 +372,7 @@ def test_control_socket_status_reprint_and_status_page(gateways, tmp_path):
     config = gateways.config({"p": {"uri": f"file:{out}"}})
     gw, address = gateways.start(config)
     mode = stat.S_IMODE(os.stat(config.control_path).st_mode)
-    assert mode == 0o600
+    assert mode == 0o660
 
     def ask(command: dict) -> dict:
         replies = []
