@@ -49,6 +49,7 @@ bench-soak: $(STAMP)
 
 ## make bench-peers: the gateway beside a naive listener and rsyslog (imtcp+omfile sync, imrelp), same client; appends to bench/RESULTS.md.
 bench-peers: $(STAMP)
+	sh bench/peers-deps.sh || echo "bench-peers: rsyslog is missing; it is reported as not measured"
 	$(BIN)/python -m bench.peers
 
 ## make bench-micro: pytest-benchmark micro-benchmarks of the hot functions (parser, CBOR, chain, frames, verify, renderers).
