@@ -13,13 +13,13 @@ excerpt of a refused line (docs/protocol.md, "Redaction"):
 
 The entry's flags say what happened (`redacted_key`, `redacted_card`).
 
-Most events hold nothing to redact, and walking a nested object in Python
-costs tens of microseconds, so a pre-check on the raw line decides first
-(`might_need`). It relies on one fact: without a `\\u` escape, every key and
-every string of the object appears verbatim in its line. A card number in a
-string is then a Luhn-valid match of the card pattern in the line's bytes,
-and a sensitive key contains the literal part of its pattern. The check is
-conservative: a false "maybe" costs a walk, never a missed value.
+Most events hold nothing to redact, and the full walk (which rebuilds
+strings and checks each for card numbers) costs tens of microseconds on a
+nested event, so `might_need` decides first, in a few: keys exactly, on the
+decoded object, against cached verdicts; card numbers on the raw line, which
+holds every string verbatim unless a `\\u` escape spells one differently (then
+the walk runs). A card number in a string is a Luhn-valid match of the card
+pattern in the line's bytes. A false "maybe" costs a walk, never a miss.
 """
 
 from __future__ import annotations
@@ -118,23 +118,39 @@ class Redactor:
         return f"[redacted {what} blake3k:{digest}]"
 
     def might_need(self, event: dict[str, Any], line: bytes) -> bool:
-        """False when `event` (decoded from `line`) holds nothing to redact: ~1 µs.
+        """False when `event` (decoded from `line`) holds nothing to redact: a few µs.
 
-        Exact for keys of a flat object (cached verdicts), conservative
-        everywhere else; tests/test_redact.py checks it against the walk.
+        Keys are checked exactly, on the decoded object, against cached
+        verdicts; card numbers on the raw line (conservative: a false "maybe"
+        costs a walk). tests/test_redact.py checks it against the walk.
         """
-        if b"\\u" in line:
-            return True  # an escape could spell a key or digits: only the walk can tell
-        if self.cards and self.card_in_line(line):
-            return True
+        if self.cards and (b"\\u" in line or self.card_in_line(line)):
+            return True  # an escape could spell digits: only the walk can tell
         if line.find(b"{", 1) < 0 and b"[" not in line:
-            # Flat: the keys are all there is to check, and they repeat.
-            if self._safe_keys.issuperset(event):
-                return False
-            return any(self.sensitive_key(key) for key in event)
-        return self.key_literal_in_line(line)
+            return not self.keys_safe(event)  # flat: one set test, nearly always
+        stack: list[Any] = [event]
+        while stack:
+            node = stack.pop()
+            if type(node) is dict:
+                if not self.keys_safe(node):
+                    return True
+                values = node.values()
+            else:
+                values = node
+            for value in values:
+                if type(value) is dict or type(value) is list:
+                    stack.append(value)
+        return False
+
+    def keys_safe(self, node: dict[str, Any]) -> bool:
+        """No key of this object (not looking deeper) is sensitive."""
+        if self._safe_keys.issuperset(node):
+            return True  # every key already known to be harmless
+        sensitive = self.sensitive_key
+        return not any(sensitive(key) for key in node)
 
     def key_literal_in_line(self, line: bytes) -> bool:
+        """Could the text hold a sensitive key? (For excerpts: text, not an object.)"""
         if self._all_keys:
             return True
         if line.isascii():
