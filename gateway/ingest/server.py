@@ -35,10 +35,12 @@ from gateway.loop import READ, WRITE, EventLoop
 log = logging.getLogger("gateway.ops")
 security_log = logging.getLogger("gateway.security")
 
-# One recv takes up to 256 KiB: at ~200-byte events that is over a thousand
-# events per system call, and it bounds what one connection buffers beyond
-# max_line_bytes.
-RECV_BYTES = 256 * 1024
+# One recv takes up to 64 KiB: at ~200-byte events that is over 300 events
+# per system call (the syscall is then a rounding error), and it bounds what
+# one connection buffers beyond max_line_bytes. It is also what busy
+# connections cost in memory: with 256 KiB, 512 connections at full speed held
+# over 100 MB of unprocessed input (bench/RESULTS.md, scenario c).
+RECV_BYTES = 64 * 1024
 
 # Stop reading a connection while this many reply bytes wait for it to read
 # them (about 13,000 acks): a client that does not read its acks gets
