@@ -49,9 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the gateway in the foreground")
     _add_state_options(p)
 
-    p = sub.add_parser("verify", help="re-derive the ledger's hash chain from genesis")
+    p = sub.add_parser("verify", help="re-derive the ledger's hash chain")
     _add_state_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--archive",
+        type=Path,
+        metavar="DIR",
+        help="verify the archived segments in DIR and the live ones as one chain",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="check live segments in at most N processes (default: one per CPU; "
+        "1 is gentlest on a running gateway)",
+    )
 
     p = sub.add_parser("export", help="print ledger entries")
     _add_state_options(p)
@@ -154,15 +167,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from gateway.ledger.verify import verify_ledger
 
     config = _existing_state(args)
-    result = verify_ledger(config.ledger_dir)
+    if args.archive is not None and not args.archive.is_dir():
+        raise LedgerError(f"no archive directory at {args.archive}")
+    result = verify_ledger(config.ledger_dir, args.archive, args.jobs)
     if args.json:
         print(json.dumps(result.as_json()))
-    elif result.ok:
+        return EXIT_OK if result.ok else EXIT_FAILURE
+    where = ""
+    if result.archive is not None:
+        where = f" ({result.archived_segments} from the archive, {result.overlaps} also live)"
+    start = result.start
+    if result.checkpoint_seq is not None:
+        print(
+            f"verified from retained checkpoint at seq {start.seq} hash {start.hash.hex()} "
+            f"(recorded at seq {result.checkpoint_seq}); earlier entries are not in the "
+            "ledger: check them against the archive (--archive DIR) or a kept anchor"
+        )
+    if result.ok:
         tail = (
             " (an incomplete entry at the live tail was ignored)" if result.tail_incomplete else ""
         )
         print(
-            f"ok: {result.entries} entries in {result.segments} segments; "
+            f"ok: {result.entries} entries in {result.segments} segments{where}; "
             f"head seq {result.head_seq} hash {result.head_hash.hex()}{tail}"
         )
     else:
@@ -289,11 +315,14 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from gateway.audit import present
     from gateway.audit.query import read_entry
+    from gateway.ledger.store import LedgerReader
 
     config = _existing_state(args)
     record = read_entry(config.ledger_dir, args.seq)
     if record is None:
-        print(f"gateway show: no entry {args.seq}", file=sys.stderr)
+        gone = 0 < args.seq <= LedgerReader(config.ledger_dir).base().seq
+        why = "was removed from the live ledger by retention" if gone else "does not exist"
+        print(f"gateway show: entry {args.seq} {why}", file=sys.stderr)
         return EXIT_FAILURE
     sys.stdout.write(present.detail(record))
     return EXIT_OK
@@ -347,6 +376,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         if st["index"]["enabled"]
         else "index       off",
     ]
+    retention = st["retention"]
+    if retention["active"]:
+        lines.append(
+            f"retention   {retention['archived']} archived, {retention['removed']} removed "
+            f"in {retention['passes']} passes since start"
+            + (f" (error: {retention['error']})" if retention["error"] else "")
+        )
     for p in st.get("printers", []):
         error = f" ({p['error']}, for {p['error_for_s']:.0f} s)" if p["state"] == "error" else ""
         lines.append(f"printer     {p['name']}: {p['state']}{error}, {p['queued']} queued")

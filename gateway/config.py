@@ -234,6 +234,31 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    # Where closed segments are copied, gzip-compressed (docs/ledger-format.md,
+    # "Retention"); it must exist. None: nothing is archived.
+    archive_dir: Path | None = None
+    # A closed segment is archived once its last entry is this many days old:
+    # 1 day gives the copy soon after the segment fills; 0 archives at once;
+    # 36,500 (a century) is the ceiling of every day count here.
+    archive_after_days: int = field(default=1, metadata=_limit(0, 36_500))
+    # A closed segment leaves the live ledger once its last entry is this many
+    # days old (None: never). At least 2, so that the daily report of the day
+    # before, printed from the live ledger, always finds its entries.
+    remove_after_days: int | None = field(default=None, metadata=_limit(2, 36_500))
+    # Removal needs archive_dir (a segment is removed only once archived and the
+    # archive checks); true allows removal without any archive, and only then.
+    remove_unarchived: bool = False
+    # Ages count in days, so an hourly look costs nothing and delays nothing
+    # that matters; 60 s to 1 day.
+    check_interval_s: float = field(default=3600.0, metadata=_limit(60, 86_400))
+
+    @property
+    def active(self) -> bool:
+        return self.archive_dir is not None or self.remove_after_days is not None
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = Path("./var")
     # The gateway's name on paper; empty: the host name.
@@ -250,6 +275,7 @@ class Config:
     redact: RedactConfig = RedactConfig()
     index: IndexConfig = IndexConfig()
     metrics: MetricsConfig = MetricsConfig()
+    retention: RetentionConfig = RetentionConfig()
     # Where the configuration came from (a file path, or "<defaults>"); not a YAML key.
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -359,7 +385,36 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Conf
                 source, f"ingest.tokens.{app}", "a token is 16 to 256 characters (use a random one)"
             )
     _check_printing(config, source)
+    _check_retention(config.retention, source)
     return config
+
+
+def _check_retention(retention: RetentionConfig, source: str) -> None:
+    """Refuse a retention that could remove history without a copy, or by surprise."""
+    if retention.remove_unarchived and retention.archive_dir is not None:
+        raise ConfigError(
+            source,
+            "retention.remove_unarchived",
+            "only without archive_dir (with an archive, segments are removed once archived)",
+        )
+    if retention.remove_after_days is None:
+        return
+    if retention.archive_dir is None and not retention.remove_unarchived:
+        raise ConfigError(
+            source,
+            "retention.remove_after_days",
+            "removing segments needs retention.archive_dir (each is archived first), or "
+            "retention.remove_unarchived: true to remove them without any copy",
+        )
+    if retention.archive_dir is not None and retention.remove_after_days < (
+        retention.archive_after_days
+    ):
+        raise ConfigError(
+            source,
+            "retention.remove_after_days",
+            "must not be below retention.archive_after_days (a segment is removed only once "
+            "archived)",
+        )
 
 
 def _check_printing(config: Config, source: str) -> None:

@@ -35,6 +35,7 @@ from gateway.ingest.redact import Redactor
 from gateway.ingest.server import IngestServer
 from gateway.ledger import entries
 from gateway.ledger.durability import BatchResult, DurabilityThread
+from gateway.ledger.retention import Retention
 from gateway.ledger.store import DIR_MODE, LedgerWriter
 from gateway.loop import EventLoop
 from gateway.metrics import MetricsServer
@@ -176,6 +177,9 @@ class Gateway:
         self.indexer = (
             Indexer(config.state_dir, config.ledger_dir) if config.index.enabled else None
         )
+        self.retention = Retention(
+            config.retention, config.state_dir, self.loop, self.ledger, self._needed_from
+        )
         self.bound: list[tuple[str, int]] = []
         self._in_flight: list[str] = []
         self.started_at = time.monotonic()
@@ -251,6 +255,7 @@ class Gateway:
         if self.indexer is not None:
             self.indexer.start()
             self.indexer.notify(self.ledger.durable.seq)
+        self.retention.start()
         self.loop.add_idle_hook(self._commit_if_idle)
         self.control.listen()
         if self.spool is not None:
@@ -307,6 +312,16 @@ class Gateway:
             self.spool.on_durable()
         if self.indexer is not None:
             self.indexer.notify(result.batch.last_seq)
+        self.retention.on_durable()
+
+    def _needed_from(self) -> int:
+        """The oldest seq this process still reads: retention keeps the segment holding it."""
+        needed = [self.ledger.durable.seq + 1]
+        if self.spool is not None:
+            needed.append(self.spool.floor())
+        if self.indexer is not None and not self.indexer.error:
+            needed.append(self.indexer.indexed + 1)
+        return min(needed)
 
     # ---- status and control
 
@@ -347,6 +362,7 @@ class Gateway:
                 "lag": self.indexer.lag if self.indexer else 0,
                 "error": self.indexer.error if self.indexer else "",
             },
+            "retention": self.retention.status(),
             "events": self.ingest.stats.events,
             "rejected": self.ingest.stats.rejected,
             **printing,
@@ -612,6 +628,7 @@ class Gateway:
         self.ingest.redactor = self._redactor(effective)
         logging.getLogger("gateway").setLevel(effective.log.level.upper())
         self._reconfigure_printing(effective)
+        self.retention.reconfigure(effective.retention)
         self.ledger.append(
             entries.encode_system(
                 now,
@@ -665,6 +682,7 @@ class Gateway:
         self.ingest.stop_accepting()
         self.ingest.drain_all()
         self._in_flight = self.spool.stop() if self.spool is not None else []
+        self.retention.stop()
         self.ledger.append(
             entries.encode_system(
                 time.time_ns() // 1000,
@@ -706,6 +724,7 @@ class Gateway:
             self.button.close()
         if self.spool is not None:
             self.spool.close(self._in_flight)
+        self.retention.close()
         self.durability.stop()
         if self.indexer is not None:
             self.indexer.stop()

@@ -15,6 +15,7 @@ import pytest
 
 from gateway.ledger import entries
 from gateway.ledger import format as fmt
+from gateway.ledger import verify as verify_module
 from gateway.ledger.store import LedgerWriter, list_segments, write_batch
 from gateway.ledger.verify import verify_ledger
 
@@ -502,3 +503,27 @@ def test_documented_verifier_agrees_on_structural_damage(ledger, tmp_path):
         ("zeros", zero_tail_older),
     ]:
         case(name, damage)
+
+
+def test_segments_checked_in_worker_processes_give_the_same_verdicts(ledger, monkeypatch):
+    """The parallel pre-check (normally above 128 MiB) agrees with the sequential path."""
+    monkeypatch.setattr(verify_module, "PARALLEL_MIN_BYTES", 0)
+    hashes = hashes_of(ledger)
+    alone = verify_ledger(ledger, jobs=1)
+    shared = verify_ledger(ledger, jobs=2)
+    assert shared.ok and shared.as_json() == alone.as_json()
+    assert (shared.head_seq, shared.head_hash, shared.bytes_read) == (
+        10,
+        hashes[10],
+        alone.bytes_read,
+    )
+    segs = layout(ledger)
+    path, _first, frames = segs[1]
+    offset = (
+        frames[0][0] + fmt.FRAME_HEADER_BYTES
+    )  # the payload of the middle segment's first entry
+    damaged = bytearray(path.read_bytes())
+    damaged[offset] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    result = verify_ledger(ledger, jobs=2)
+    assert_bad(result, frames[0][2], path, frames[0][0], hashes)

@@ -136,9 +136,11 @@ def verify_rows(ledger_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
     problems = []
     first, last = min(wanted), max(wanted)
     begin = max(1, first - 1)  # the entry before the first row gives its chain input
-    prev: bytes | None = fmt.GENESIS_HASH if begin == 1 else None
+    reader = LedgerReader(ledger_dir)
+    base = reader.base()  # where the live ledger starts (genesis, or after retention)
+    prev: bytes | None = base.hash if begin <= base.seq + 1 else None
     seen = set()
-    for seq, payload, chain_hash in LedgerReader(ledger_dir).entries(begin, last):
+    for seq, payload, chain_hash in reader.entries(begin, last):
         if seq in wanted:
             seen.add(seq)
             stored = fmt.frame_header(len(payload), seq) + bytes(payload)
@@ -149,7 +151,10 @@ def verify_rows(ledger_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
                 problems.append(f"seq {seq}: the index differs from the ledger")
         prev = chain_hash
     for seq in sorted(set(wanted) - seen):
-        problems.append(f"seq {seq}: not in the ledger")
+        if seq <= base.seq:
+            problems.append(f"seq {seq}: removed from the live ledger by retention")
+        else:
+            problems.append(f"seq {seq}: not in the ledger")
     return problems
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from blake3 import blake3
 
@@ -83,11 +84,19 @@ class SegmentReader:
     (callers decide which links to check).
     """
 
-    def __init__(self, path: Path, chunk_bytes: int = READ_CHUNK_BYTES) -> None:
+    def __init__(
+        self, path: Path, chunk_bytes: int = READ_CHUNK_BYTES, file: BinaryIO | None = None
+    ) -> None:
+        """`file`: read the segment from this stream instead (an archived copy being
+        decompressed); `path` then only names it, and `size` is 0 (not known)."""
         self.path = path
         self.chunk_bytes = chunk_bytes
-        self.file = open(path, "rb")  # noqa: SIM115 - closed by close()/context
-        self.size = os.fstat(self.file.fileno()).st_size
+        if file is None:
+            file = open(path, "rb")  # noqa: SIM115 - closed by close()/context
+            self.size = os.fstat(file.fileno()).st_size
+        else:
+            self.size = 0
+        self.file = file
         self.header: fmt.SegmentHeader | None = None
         self.end_offset = 0
         self.tail = TailState.CLEAN
@@ -254,7 +263,13 @@ class LedgerReader:
                     str(path), 0, expect, f"segment starts at seq {first}, expected {expect}"
                 )
             last_segment = i == len(segments) - 1
-            with SegmentReader(path) as reader:
+            try:
+                reader = SegmentReader(path)
+            except FileNotFoundError:
+                if expect is None:
+                    continue  # removed by retention since it was listed: the next one is first
+                raise
+            with reader:
                 try:
                     reader.read_header()
                 except (EOFError, fmt.HeaderDamaged) as exc:
@@ -278,6 +293,22 @@ class LedgerReader:
                         or f"segment ends with {reader.tail} bytes before its successor",
                     )
                 expect = first + reader.frame_count
+
+    def base(self) -> Head:
+        """Where the live ledger's chain starts: the entry before its oldest segment.
+
+        (0, GENESIS) until retention removes segments; then the seq and chain hash
+        of the last removed entry, from the oldest live segment's header.
+        """
+        for first, path in list_segments(self.directory):
+            try:
+                with SegmentReader(path) as reader:
+                    return Head(first - 1, reader.read_header().prev_hash)
+            except FileNotFoundError:
+                continue  # removed by retention since it was listed
+            except (EOFError, fmt.HeaderDamaged):
+                break
+        return Head(0, fmt.GENESIS_HASH)
 
     def head(self) -> Head:
         """The last complete entry, found by reading only the last segment."""
@@ -637,13 +668,20 @@ class LedgerFollower:
         out: list[tuple[int, bytes, bytes]] = []
         while len(out) < limit and self.next_seq <= to_seq:
             if self.path is None:
-                candidates = [
-                    p for first, p in list_segments(self.directory) if first <= self.next_seq
-                ]
-                if not candidates:
+                segments = list_segments(self.directory)
+                if not segments:
                     return out
+                if self.next_seq < segments[0][0]:
+                    # Retention removed the entries up to there: go on from the oldest kept.
+                    self.next_seq = segments[0][0]
+                candidates = [p for first, p in segments if first <= self.next_seq]
                 self.path, self.offset = candidates[-1], None
-            with SegmentReader(self.path) as reader:
+            try:
+                reader = SegmentReader(self.path)
+            except FileNotFoundError:  # removed by retention: look again
+                self.path = None
+                continue
+            with reader:
                 try:
                     reader.read_header()
                 except (EOFError, fmt.HeaderDamaged):

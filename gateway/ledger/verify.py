@@ -1,17 +1,50 @@
-"""`gateway verify`: re-derive the chain from genesis over every segment.
+"""`gateway verify`: re-derive the chain over every segment, from genesis or a checkpoint.
 
 Trusts nothing but the bytes: no index, no stored head. The cost is reading and
-hashing; CBOR payloads are never decoded.
+hashing; CBOR payloads are never decoded, except the few `system` entries of
+retention once it has removed segments.
+
+When the oldest live segment starts after seq 1, retention removed what came
+before it: the chain then starts at that segment's prev_hash, and the ledger
+must hold, among the entries that verify, the `checkpoint` entry that recorded
+exactly that seq and hash (docs/ledger-format.md, "Retention"). With an
+archive directory, archived segments (decompressed as they are read) and live
+ones are verified together as one chain, each segment must match the BLAKE3
+its `archived` entry recorded, and a segment both archived and live must be
+the same bytes in both places.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import multiprocessing
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from blake3 import blake3
 
 from gateway.ledger import format as fmt
-from gateway.ledger.store import SegmentReader, TailState, list_segments, newest_segment_is_torn
+from gateway.ledger import retention
+from gateway.ledger.store import (
+    READ_CHUNK_BYTES,
+    Head,
+    SegmentReader,
+    TailState,
+    list_segments,
+    newest_segment_is_torn,
+)
+
+# Live segments are first checked each on its own (`_clean_segment`), in
+# parallel worker processes when there is enough to share: the chain links
+# inside a segment do not depend on other segments, only its first link does,
+# and that is checked in order afterwards. Below this many bytes of segments,
+# starting workers costs more than it saves (~0.1 s each).
+PARALLEL_MIN_BYTES = 128 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -27,15 +60,30 @@ class VerifyResult:
     file: str | None = None
     offset: int | None = None
     reason: str | None = None
+    # Where the chain started: (0, GENESIS), or a retained checkpoint.
+    start: Head = field(default_factory=lambda: Head(0, fmt.GENESIS_HASH))
+    checkpoint_seq: int | None = None  # the `checkpoint` entry that vouches for `start`
+    archive: Path | None = None
+    archived_segments: int = 0  # segments read from the archive
+    overlaps: int = 0  # segments both archived and live (compared byte for byte)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "ok": self.ok,
             "entries": self.entries,
+            "from": {"seq": self.start.seq, "hash": self.start.hash.hex()},
             "head": {"seq": self.head_seq, "hash": self.head_hash.hex()},
             "tail_incomplete": self.tail_incomplete,
             "segments": self.segments,
         }
+        if self.checkpoint_seq is not None:
+            out["from"]["checkpoint_seq"] = self.checkpoint_seq
+        if self.archive is not None:
+            out["archive"] = {
+                "dir": str(self.archive),
+                "segments": self.archived_segments,
+                "overlaps": self.overlaps,
+            }
         if not self.ok:
             out.update(
                 first_bad_seq=self.first_bad_seq,
@@ -46,16 +94,226 @@ class VerifyResult:
         return out
 
 
-def verify_ledger(directory: Path) -> VerifyResult:
-    """Verify every segment under `directory`; a missing directory is an empty ledger."""
-    segments = list_segments(directory)
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """One segment to verify: a live file, or an archive decompressed as it is read."""
+
+    first: int
+    path: Path
+    archived: bool
+    twin: Path | None = None  # an archived copy of this live segment
+
+    def open(self, hashing: bool) -> tuple[SegmentReader, _Stream | None]:
+        """A reader, and the stream that hashes what it reads when `hashing` or archived."""
+        if self.archived:
+            stream = _Stream(retention.open_archive(self.path))
+        elif hashing:
+            stream = _Stream(open(self.path, "rb"))  # noqa: SIM115 - closed with the reader
+        else:
+            return SegmentReader(self.path), None
+        return SegmentReader(self.path, file=stream), stream
+
+
+class _Stream:
+    """A segment's bytes as they are read: their BLAKE3 and size, and decompression errors.
+
+    A damaged archive reads as ending early (the reader then finds the segment
+    cut short) and keeps the reason in `error`.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.hasher = blake3()
+        self.size = 0
+        self.error = ""
+
+    def read(self, n: int) -> bytes:
+        if self.error:
+            return b""
+        try:
+            data = self.raw.read(n)
+        except retention.ARCHIVE_ERRORS as exc:
+            self.error = f"archive cannot be decompressed: {exc}"
+            return b""
+        self.hasher.update(data)
+        self.size += len(data)
+        return data
+
+    def digest(self) -> tuple[str, int]:
+        """BLAKE3 and size of the whole segment (reads what the frames left)."""
+        while self.read(retention.COPY_CHUNK_BYTES):
+            pass
+        return self.hasher.hexdigest(), self.size
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+@dataclass
+class _Records:
+    """Retention entries among the frames verified so far."""
+
+    checkpoints: dict[int, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    archived: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+
+    def watch(
+        self, frames: Iterator[tuple[int, int, memoryview, memoryview]]
+    ) -> Iterator[tuple[int, int, memoryview, memoryview]]:
+        for frame in frames:
+            found = retention.record_of(frame[2][fmt.FRAME_HEADER_BYTES :])
+            if found is not None:
+                self.add(frame[1], *found)
+            yield frame
+
+    def add(self, seq: int, name: str, detail: dict[str, Any]) -> None:
+        if name == retention.CHECKPOINT and _is_checkpoint(detail):
+            self.checkpoints[detail["last_seq"]] = (seq, detail)
+        elif name == retention.ARCHIVED:
+            self.archived[str(detail.get("segment"))] = (seq, detail)
+
+
+def _is_checkpoint(detail: dict[str, Any]) -> bool:
+    """A checkpoint detail with a seq and a chain hash (64 hex digits) to start from."""
+    digest = detail.get("hash")
+    return (
+        isinstance(detail.get("last_seq"), int)
+        and isinstance(digest, str)
+        and len(digest) == 2 * fmt.HASH_BYTES
+        and all(c in "0123456789abcdef" for c in digest)
+    )
+
+
+def _sources(directory: Path, archive_dir: Path | None) -> list[_Source]:
+    live = dict(list_segments(directory))
+    archived = dict(retention.list_archives(archive_dir)) if archive_dir is not None else {}
+    return [
+        _Source(first, live[first], False, archived.get(first))
+        if first in live
+        else _Source(first, archived[first], True)
+        for first in sorted(live.keys() | archived.keys())
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Clean:
+    """A live segment whose every frame chains from its header, ending cleanly at EOF."""
+
+    first: int
+    prev_hash: bytes
+    last_seq: int
+    last_hash: bytes
+    size: int
+    records: list[tuple[int, str, dict[str, Any]]] | None  # None: not looked for
+
+
+def _clean_segment(path: Path, watch: bool) -> _Clean | None:
+    """Check one segment on its own, as fast as Python allows; None if it is not clean.
+
+    The same checks as SegmentReader.frames() and the chain loop below, in one
+    tight loop without a generator or tuples per frame. Anything unusual (a
+    damaged header or frame, a torn or zero-filled tail) returns None, and the
+    careful path reads the segment again to say what and where. With `watch`,
+    retention's records among the frames are collected as well.
+    """
+    unpack = fmt._FRAME_HEADER.unpack_from
+    hdr, hash_bytes = fmt.FRAME_HEADER_BYTES, fmt.HASH_BYTES
+    records: list[tuple[int, str, dict[str, Any]]] | None = [] if watch else None
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        return None  # removed by retention since it was listed
+    with f:
+        try:
+            header = fmt.decode_segment_header(f.read(fmt.SEGMENT_HEADER_BYTES))
+        except fmt.HeaderDamaged:
+            return None
+        prev = header.prev_hash
+        expect = header.first_seq
+        size = fmt.SEGMENT_HEADER_BYTES
+        buf = b""
+        mv = memoryview(buf)
+        pos = 0
+        need = hdr
+        while True:
+            avail = len(buf) - pos
+            if avail >= hdr:
+                # The header's CRC is not checked here: the chain hash covers the
+                # header too, so a damaged one fails below all the same.
+                length, seq, _crc = unpack(buf, pos)
+                if seq != expect or length > fmt.MAX_PAYLOAD_BYTES:
+                    return None
+                end = pos + hdr + length + hash_bytes
+                if end - pos <= avail:
+                    stored = mv[pos : end - hash_bytes]
+                    digest = blake3(prev + stored).digest()
+                    if mv[end - hash_bytes : end] != digest:
+                        return None
+                    if records is not None:
+                        found = retention.record_of(stored[hdr:])
+                        if found is not None:
+                            records.append((seq, *found))
+                    prev = digest
+                    expect = seq + 1
+                    pos = end
+                    continue
+                need = end - pos
+            more = f.read(max(READ_CHUNK_BYTES, need - avail))
+            if not more:
+                if avail:
+                    return None  # a torn, zero or damaged tail: the careful path says which
+                break
+            size += len(more)
+            buf = bytes(mv[pos:]) + more
+            mv = memoryview(buf)
+            pos = 0
+    return _Clean(header.first_seq, header.prev_hash, expect - 1, prev, size, records)
+
+
+def _check_live_segments(
+    sources: list[_Source], watch: bool, jobs: int | None
+) -> dict[int, _Clean | None]:
+    """Each live segment checked on its own: in up to `jobs` processes when worth it."""
+    live = [s for s in sources if not s.archived and s.twin is None]
+    if not live:
+        return {}
+    try:
+        total = sum(s.path.stat().st_size for s in live)
+    except FileNotFoundError:
+        return {}  # retention is removing segments right now: the careful path copes
+    workers = min(len(live), jobs if jobs else os.cpu_count() or 1)
+    if workers <= 1 or total < PARALLEL_MIN_BYTES:
+        return {s.first: _clean_segment(s.path, watch) for s in live}
+    # Fork (cheap) unless another thread runs: forking then could copy a held
+    # lock. "spawn" re-imports the main module, which must then be guarded.
+    method = "fork" if threading.active_count() == 1 else "spawn"
+    context = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        done = pool.map(_clean_segment, [s.path for s in live], [watch] * len(live))
+        return {s.first: clean for s, clean in zip(live, done, strict=True)}
+
+
+def verify_ledger(
+    directory: Path, archive_dir: Path | None = None, jobs: int | None = None
+) -> VerifyResult:
+    """Verify every segment under `directory` (and `archive_dir`); missing: an empty ledger.
+
+    `jobs`: at most this many processes check live segments (default: one per CPU).
+    """
+    sources = _sources(directory, archive_dir)
+    hashing = archive_dir is not None
     running = fmt.GENESIS_HASH
     expect = 1
-    result = VerifyResult(True, 0, 0, running, segments=len(segments))
+    result = VerifyResult(True, 0, 0, running, segments=len(sources), archive=archive_dir)
+    records = _Records()
+    watching = hashing  # retention entries are looked for once they can matter
+    at_start = True  # no segment header read yet
+    start_path = directory  # the segment the chain started in, when not at genesis
+    seen: dict[str, tuple[str, tuple[str, int]]] = {}  # segment name -> (file, BLAKE3 and size)
 
     def bad(path: Path, offset: int, seq: int, reason: str) -> VerifyResult:
         # entries/head describe the prefix that did verify, up to the damage.
-        result.entries = result.head_seq = seq - 1
+        result.head_seq = seq - 1
+        result.entries = result.head_seq - result.start.seq
         result.head_hash = running
         result.ok = False
         result.first_bad_seq = seq
@@ -65,42 +323,145 @@ def verify_ledger(directory: Path) -> VerifyResult:
         return result
 
     chain = fmt.chain_hash
-    for index, (first, path) in enumerate(segments):
-        last_segment = index == len(segments) - 1
-        with SegmentReader(path) as reader:
-            result.bytes_read += reader.size
-            try:
-                header = reader.read_header()
-            except (EOFError, fmt.HeaderDamaged) as exc:
-                if last_segment and newest_segment_is_torn(path):
-                    # A segment being created, or whose creation a crash cut short.
-                    result.tail_incomplete = True
-                    break
-                return bad(path, 0, expect, str(exc) or "segment header incomplete")
+    # Archives need every byte hashed as it is read: the careful path only then.
+    watch_all = bool(sources) and sources[0].first > 1
+    checked = {} if hashing else _check_live_segments(sources, watch_all, jobs)
+    for index, src in enumerate(sources):
+        first, path = src.first, src.path
+        last_segment = index == len(sources) - 1 and not src.archived
+        clean = checked.get(first)
+        if clean is not None and clean.records is None and (watching or (first > 1 and at_start)):
+            clean = None  # its retention records are needed and were not collected
+        with contextlib.ExitStack() as scope:
+            reader = stream = None
+            if clean is not None:
+                header = fmt.SegmentHeader(clean.first, clean.prev_hash)
+            else:
+                try:
+                    reader, stream = src.open(hashing)
+                    scope.enter_context(reader)  # closed however this segment ends
+                except FileNotFoundError:
+                    if at_start and not src.archived:
+                        result.segments -= 1
+                        continue  # removed by retention since it was listed
+                    raise
+                result.archived_segments += src.archived
+                result.bytes_read += reader.size
+                try:
+                    header = reader.read_header()
+                except (EOFError, fmt.HeaderDamaged) as exc:
+                    if last_segment and newest_segment_is_torn(path):
+                        # A segment being created, or whose creation a crash cut short.
+                        result.tail_incomplete = True
+                        break
+                    return bad(path, 0, expect, str(exc) or "segment header incomplete")
             if header.first_seq != first:
                 return bad(path, 0, expect, "segment header first_seq does not match its name")
+            if at_start and first > 1:
+                # Retention removed what came before: start where this segment
+                # says the chain was; a checkpoint must vouch for it (below).
+                result.start = Head(first - 1, header.prev_hash)
+                running, expect, watching = header.prev_hash, first, True
+                start_path = path
+            at_start = False
             if first != expect:
                 return bad(path, 0, expect, f"segment starts at seq {first}, expected {expect}")
             if header.prev_hash != running:
                 return bad(path, 0, expect, "segment prev_hash does not match the chain")
-            for offset, seq, stored, digest in reader.frames():
-                computed = chain(running, stored)
-                if computed != digest:
-                    return bad(path, offset, seq, "chain hash does not match")
-                running = computed
-                expect = seq + 1
-            if reader.tail == TailState.DAMAGED:
-                return bad(path, reader.end_offset, expect, reader.damage)
-            if reader.tail != TailState.CLEAN:
-                if not last_segment:
-                    return bad(
-                        path,
-                        reader.end_offset,
-                        expect,
-                        f"segment cut short ({reader.tail} tail) before its successor",
-                    )
-                result.tail_incomplete = True
-    result.entries = expect - 1
+            if clean is not None:
+                for seq, name, detail in clean.records or ():
+                    records.add(seq, name, detail)
+                running, expect = clean.last_hash, clean.last_seq + 1
+                result.bytes_read += clean.size
+                continue
+            assert reader is not None
+            with reader:
+                frames = records.watch(reader.frames()) if watching else reader.frames()
+                for offset, seq, stored, digest in frames:
+                    computed = chain(running, stored)
+                    if computed != digest:
+                        return bad(path, offset, seq, "chain hash does not match")
+                    running = computed
+                    expect = seq + 1
+                if stream is not None and stream.error:
+                    return bad(path, reader.end_offset, expect, stream.error)
+                if reader.tail == TailState.DAMAGED:
+                    return bad(path, reader.end_offset, expect, reader.damage)
+                if reader.tail != TailState.CLEAN:
+                    if not last_segment:
+                        return bad(
+                            path,
+                            reader.end_offset,
+                            expect,
+                            f"segment cut short ({reader.tail} tail) before its successor",
+                        )
+                    result.tail_incomplete = True
+                if stream is not None:
+                    seen[fmt.segment_name(first)] = (str(path), stream.digest())
+                    result.bytes_read += stream.size
+            if src.twin is not None:
+                result.overlaps += 1
+                try:
+                    twin = retention.archive_digest(src.twin)
+                except retention.RetentionError as exc:
+                    return bad(src.twin, 0, first, str(exc))
+                if twin != seen[fmt.segment_name(first)][1]:
+                    return bad(src.twin, 0, first, "archived copy differs from the live segment")
+    result.entries = expect - 1 - result.start.seq
     result.head_seq = expect - 1
     result.head_hash = running
+    if result.start.seq:
+        problem = _check_start(result, records)
+        if problem is not None:
+            result.start, seq, reason = problem
+            running = result.start.hash
+            return bad(start_path, 0, seq, reason)
+    for name, (file, got) in seen.items():
+        if name in records.archived:
+            entry_seq, detail = records.archived[name]
+            if got != (detail.get("blake3"), detail.get("bytes")):
+                return bad(
+                    Path(file),
+                    0,
+                    fmt.parse_segment_name(name) or 0,
+                    f"bytes differ from the BLAKE3 its archived entry (seq {entry_seq}) records",
+                )
     return result
+
+
+def _check_start(result: VerifyResult, records: _Records) -> tuple[Head, int, str] | None:
+    """None when a verified checkpoint vouches for the start; else what failed.
+
+    A failure is (the last point the ledger does vouch for, first bad seq,
+    reason): the checkpoint of the start when it records another hash, else
+    the latest checkpoint before the start (or genesis), after which the
+    history is missing.
+    """
+    start = result.start
+    found = records.checkpoints.get(start.seq)
+    if found is not None:
+        entry_seq, detail = found
+        if detail.get("hash") == start.hash.hex():
+            result.checkpoint_seq = entry_seq
+            return None
+        recorded = Head(start.seq, bytes.fromhex(str(detail.get("hash"))))
+        return (
+            recorded,
+            start.seq + 1,
+            (
+                f"the oldest segment starts from another hash than the retention checkpoint "
+                f"at seq {entry_seq} records for seq {start.seq}"
+            ),
+        )
+    older = [seq for seq in records.checkpoints if seq < start.seq]
+    vouched = Head(0, fmt.GENESIS_HASH)
+    if older:
+        vouched = Head(max(older), bytes.fromhex(str(records.checkpoints[max(older)][1]["hash"])))
+    return (
+        vouched,
+        vouched.seq + 1,
+        (
+            f"seq {vouched.seq + 1} to {start.seq} are missing: the oldest segment starts at seq "
+            f"{start.seq + 1} and no retention checkpoint records their removal"
+        ),
+    )
