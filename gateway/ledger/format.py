@@ -41,6 +41,7 @@ GENESIS_HASH = blake3(b"print-gateway ledger genesis v1").digest()
 _SEG_BODY = struct.Struct(">8sHHIQ32s")  # 56 bytes, followed by an 8-byte check
 _FRAME_LEN_SEQ = struct.Struct(">IQ")
 _FRAME_HEADER = struct.Struct(">IQI")
+_CRC = struct.Struct(">I")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +82,9 @@ def frame_header(length: int, seq: int) -> bytes:
 
 
 def encode_frame(seq: int, payload: bytes, prev_hash: bytes) -> tuple[bytes, bytes]:
-    """Return (frame bytes, chain hash of this entry)."""
-    stored = frame_header(len(payload), seq) + payload
+    """Return (frame bytes, chain hash of this entry). frame_header(), inlined: hot path."""
+    ls = _FRAME_LEN_SEQ.pack(len(payload), seq)
+    stored = ls + _CRC.pack(zlib.crc32(ls)) + payload
     digest = blake3(prev_hash + stored).digest()
     return stored + digest, digest
 
