@@ -113,6 +113,14 @@ class LedgerConfig:
     # (disk_full) so that system entries, outcomes and recovery still have room:
     # 256 MiB is four segments' worth at the default size.
     min_free_bytes: int = field(default=256 * MiB, metadata=_limit(0, 1 << 40))
+    # At most one sync per this many milliseconds: a commit waits until this
+    # long after the previous one started. 0 (default): commit as soon as the
+    # previous sync is done, the lowest latency. Raising it trades latency (each
+    # acknowledgement may wait that long; a client that waits for each ack gets
+    # at most 1000/N of them per second) for fewer, larger writes: each sync
+    # rewrites the last, partly filled 4 KiB page, so at 1,000 events/s a sync
+    # per event writes ~12 times the ledger's growth (bench/RESULTS.md).
+    min_sync_interval_ms: float = field(default=0.0, metadata=_limit(0, 1000))
 
 
 @dataclass(frozen=True)

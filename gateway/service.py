@@ -37,7 +37,7 @@ from gateway.ledger import entries
 from gateway.ledger.durability import BatchResult, DurabilityThread
 from gateway.ledger.retention import Retention
 from gateway.ledger.store import DIR_MODE, LedgerWriter
-from gateway.loop import EventLoop
+from gateway.loop import EventLoop, Timer
 from gateway.metrics import MetricsServer
 from gateway.notify import Notifier
 from gateway.printing.spool import Spool
@@ -181,6 +181,8 @@ class Gateway:
             config.retention, config.state_dir, self.loop, self.ledger, self._needed_from
         )
         self.bound: list[tuple[str, int]] = []
+        self.sync_interval_s = config.ledger.min_sync_interval_ms / 1000
+        self._commit_timer: Timer | None = None
         self._in_flight: list[str] = []
         self.started_at = time.monotonic()
         self.stopping = False
@@ -284,10 +286,21 @@ class Gateway:
     # ---- group commit
 
     def _commit_if_idle(self) -> None:
-        if not self.durability.busy:
-            batch = self.ledger.take_batch()
-            if batch is not None:
-                self.durability.submit(batch)
+        if self.durability.busy or not self.ledger.staged_entries:
+            return
+        wait = self.durability.submitted_at + self.sync_interval_s - time.monotonic()
+        if wait > 0 and not self.stopping:
+            # ledger.min_sync_interval_ms: come back when the interval is over.
+            if self._commit_timer is None:
+                self._commit_timer = self.loop.call_later(wait, self._commit_timer_fired)
+            return
+        batch = self.ledger.take_batch()
+        if batch is not None:
+            self.durability.submit(batch)
+
+    def _commit_timer_fired(self) -> None:
+        self._commit_timer = None
+        self._commit_if_idle()
 
     def _on_batch(self, result: BatchResult) -> None:
         if result.error is not None:

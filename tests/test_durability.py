@@ -261,3 +261,31 @@ def test_status_counts_commit_batches_and_syncs(gateway_factory):
     pump(gw, lambda: gw.ingest.stats.events == 10 and gw.ledger.durable.seq >= 10)
     ledger = gw.status()["ledger"]
     assert 1 <= ledger["batches"] <= ledger["syncs"] and ledger["batches"] == gw.batches
+
+
+def test_min_sync_interval_gathers_what_arrives_meanwhile_into_one_sync(tmp_path):
+    """ledger.min_sync_interval_ms: after a sync, the next waits out the interval,
+    so events sent one by one in the meantime share one sync."""
+    config = Config(
+        state_dir=tmp_path / "state",
+        ingest=IngestConfig(listen=("127.0.0.1:0",)),
+        ledger=LedgerConfig(fsync="batch", min_sync_interval_ms=1000),
+    )
+    gw = Gateway(config)
+    address = gw.start()[0]
+    try:
+        pump(gw, lambda: gw.ledger.durable.seq >= 1 and not gw.durability.busy)  # `started`
+        first_batches = gw.batches
+        with socket.create_connection(address) as client:
+            client.sendall(b'{"hello":{"app":"t","ack":true}}\n')
+            replies = Replies(client)
+            client.setblocking(False)
+            for n in range(5):
+                client.sendall(b'{"event_type":"e%d"}\n' % n)
+                pump(gw, lambda n=n: gw.ingest.stats.events == n + 1)
+            pump(gw, lambda: len(replies.poll()) == 6)
+        assert [r.get("ok") for r in replies.lines[1:]] == [True] * 5
+        assert gw.batches - first_batches == 1  # five events, one sync
+    finally:
+        gw.request_stop()
+        gw._finish()
