@@ -35,9 +35,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check gateway board tests bench
 	$(BIN)/ruff format --check gateway board tests bench
 
-## make bench: load generator against the real gateway over loopback; appends to bench/RESULTS.md.
+## make bench: the load generator against the real gateway over loopback, plus the ledger-size curves; appends to bench/RESULTS.md (~8 min).
 bench: $(STAMP)
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run --curves
 
 ## make bench-print: printing benchmarks (first byte, queued drain, ingest while printing); appends to bench/RESULTS.md.
 bench-print: $(STAMP)
