@@ -90,16 +90,24 @@ def _decode(text: str) -> Any:
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
-    return False
+    """Level by level: one pass over each level's children, no per-node tuples.
+
+    The decoder makes plain dicts and lists only, hence the exact type tests.
+    Wide events with many small objects (an 8 KiB order of 40 lines) come
+    here: the bracket count before the call cannot tell width from depth.
+    """
+    level = [value]
+    for _ in range(limit):
+        deeper = []
+        for item in level:
+            for child in item.values() if type(item) is dict else item:
+                kind = type(child)
+                if kind is dict or kind is list:
+                    deeper.append(child)
+        if not deeper:
+            return False
+        level = deeper
+    return True
 
 
 def bad_line(code: str, detail: str, line: bytes) -> RemoteInputError:
