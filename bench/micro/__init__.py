@@ -1,0 +1,1 @@
+"""Micro-benchmarks of the gateway's hot functions (pytest-benchmark; `make bench-micro`)."""
