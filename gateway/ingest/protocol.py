@@ -136,7 +136,14 @@ def decode_object(line: bytes) -> dict[str, Any]:
         raise bad_line("not_object", f"a line must be a JSON object, not {_json_type(value)}", line)
     # A JSON escape can name a lone UTF-16 surrogate, which no UTF-8 text (and so
     # no CBOR text string) can hold. Only lines with such an escape need the check.
-    if b"\\u" in line and (b"\\ud" in line or b"\\uD" in line) and _has_lone_surrogate(value):
+    # (bytes.find, not `in`: `in` first tries the needle as an integer, and
+    # raising and clearing that TypeError costs more than the search.)
+    escape = line.find(b"\\u")
+    if (
+        escape >= 0
+        and (line.find(b"\\ud", escape) >= 0 or line.find(b"\\uD", escape) >= 0)
+        and _has_lone_surrogate(value)
+    ):
         raise bad_line("bad_unicode", "a string contains a lone UTF-16 surrogate escape", line)
     # Cheap guard first: nesting can only exceed MAX_DEPTH if the line opens that many brackets.
     if line.count(b"{") + line.count(b"[") > MAX_DEPTH and _depth_exceeds(value, MAX_DEPTH):

@@ -225,7 +225,7 @@ def record_of(payload: bytes | memoryview) -> tuple[str, dict[str, Any]] | None:
     entry, so its own records always pass; a record encoded otherwise is not
     recognised, which can make verification fail, never pass.
     """
-    if b"system" not in bytes(payload[:RECORD_PREFIX_BYTES]):
+    if bytes(payload[:RECORD_PREFIX_BYTES]).find(b"system") < 0:  # find: cheaper than `in`
         return None
     try:
         entry = entries.decode(payload)
