@@ -65,6 +65,7 @@ class EventLoop:
         self._timers: list[tuple[float, int, Timer]] = []
         self._timer_seq = itertools.count()
         self._posted: collections.deque[Callable[[], None]] = collections.deque()
+        self._urgent: collections.deque[Callable[[], None]] = collections.deque()
         self._idle_hooks: list[Callable[[], None]] = []
         self._again = False  # work is left for the next iteration: do not block
         self._wake_r, self._wake_w = socket.socketpair()
@@ -115,9 +116,14 @@ class EventLoop:
 
     # ---- other threads and signals
 
-    def post(self, callback: Callable[[], None]) -> None:
-        """Run `callback` on the loop thread soon. Safe from any thread."""
-        self._posted.append(callback)
+    def post(self, callback: Callable[[], None], *, urgent: bool = False) -> None:
+        """Run `callback` on the loop thread soon. Safe from any thread.
+
+        `urgent`: between two ready handlers rather than after all of them.
+        Handlers later in the same turn may then find their object closed by
+        it, so only callbacks whose handlers check for that may be urgent.
+        """
+        (self._urgent if urgent else self._posted).append(callback)
         try:
             self._wake_w.send(b"\0")
         except (BlockingIOError, InterruptedError):
@@ -143,7 +149,7 @@ class EventLoop:
 
     def run_once(self, max_wait: float | None = None) -> None:
         timeout = max_wait
-        if self._posted or self._again:
+        if self._posted or self._urgent or self._again:
             timeout = 0
         elif self._timers:
             until = max(0.0, self._timers[0][0] - self.clock())
@@ -161,6 +167,12 @@ class EventLoop:
                     closer()
                 else:
                     self.remove(key.data)
+            if self._urgent:
+                # A finished commit is handled now, not after every other ready
+                # handler: a busy turn would otherwise hold back acknowledgements
+                # and the next commit (bench/RESULTS.md, ack latency).
+                self._run_urgent()
+        self._run_urgent()
         self._run_timers()
         while self._posted:
             self._posted.popleft()()
@@ -173,6 +185,11 @@ class EventLoop:
                 "slow loop iteration", extra={"fields": {"seconds": round(now - started, 3)}}
             )
         self.last_iteration_at = now
+
+    def _run_urgent(self) -> None:
+        urgent = self._urgent
+        while urgent:
+            urgent.popleft()()
 
     def _run_timers(self) -> None:
         now = self.clock()

@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import errno
 import fcntl
+import functools
 import logging
 import os
 import resource
@@ -160,7 +161,9 @@ class Gateway:
             clock=self.loop.clock,
         )
         self.durability = DurabilityThread(
-            self.loop.post, self._on_batch, sync=config.ledger.fsync != "off"
+            functools.partial(self.loop.post, urgent=True),
+            self._on_batch,
+            sync=config.ledger.fsync != "off",
         )
         self.ingest = IngestServer(self.loop, self.ledger, config.ingest)
         # A configuration without printers prints nothing and has no spool.
@@ -320,6 +323,7 @@ class Gateway:
         self.syncs += result.syncs
         self.sync_latencies.append(result.elapsed_s)
         self.ledger.batch_done(result.batch)
+        self._commit_if_idle()  # what was staged meanwhile goes to the disk at once
         self.ingest.on_durable()
         if self.spool is not None:
             self.spool.on_durable()

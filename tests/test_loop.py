@@ -109,3 +109,34 @@ def test_the_loop_lets_waiting_threads_have_the_gil_soon_and_restores_the_defaul
     loop.close()
     assert seen == [GIL_SWITCH_INTERVAL_S] and GIL_SWITCH_INTERVAL_S <= 0.001
     assert sys.getswitchinterval() == before
+
+
+def test_an_urgent_post_runs_between_ready_handlers_an_ordinary_one_after_all():
+    """A finished commit (urgent) is handled mid-turn; other posts wait for the turn's end."""
+    loop = EventLoop()
+    order: list[str] = []
+    pairs = [socket.socketpair() for _ in range(2)]
+
+    class Ready:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def fileno(self) -> int:
+            return self.sock.fileno()
+
+        def on_ready(self, mask: int) -> None:
+            self.sock.recv(16)
+            order.append("handler")
+            if len(order) == 1:
+                loop.post(lambda: order.append("ordinary"))
+                loop.post(lambda: order.append("urgent"), urgent=True)
+
+    for a, b in pairs:
+        loop.add(Ready(a), READ)
+        b.send(b"x")
+    loop.run_once(max_wait=1)
+    assert order == ["handler", "urgent", "handler", "ordinary"]
+    loop.close()
+    for a, b in pairs:
+        a.close()
+        b.close()
