@@ -1,9 +1,17 @@
 """Queries over the index plus the ledger's unindexed tail, entry details, diffs.
 
 A query never writes: it opens the index read-only, reads the ledger entries
-newer than the index's last one into a private in-memory table with the same
-schema, and runs one SQL statement over both. So it sees every committed
-entry even while the indexer lags, and works for read-only auditors.
+newer than the index's last one into a private in-memory copy of its tables,
+and runs one SQL statement over both for the seqs of the page asked for, then
+reads those rows. So it sees every committed entry even while the indexer
+lags, and works for read-only auditors.
+
+The statement finds a page without reading every match (docs/audit.md,
+"Speed"): each part of it is ordered by seq through an index, so SQLite merges
+the parts and stops after limit + offset rows; a time window is first turned
+into the range of seqs received in it (two index seeks, see index.py); full
+text is an FTS5 match joined with the entries, so the planner can walk either
+one in seq order.
 """
 
 from __future__ import annotations
@@ -22,8 +30,26 @@ from gateway.ledger.store import LedgerReader
 
 # Default page size of `gateway query`: a screenful.
 DEFAULT_LIMIT = 50
+# Result rows are read by seq this many at a time: well under SQLite's limit
+# of 32,766 parameters in one statement, whatever --limit asks for.
+FETCH_CHUNK = 500
 
 FILTER_COLUMNS = ("event_type", "action", "user_id", "username", "object_type", "object_id", "kind")
+# With --text, each full-text match is checked against the other filters
+# through the index of the most selective one given (the first here whose
+# columns are all given): its entries for one value sit together in a few
+# pages, where the rows themselves are spread over the whole table.
+PROBES = (
+    (("object_id", "object_type"), "filters_object"),
+    (("user_id",), "filters_user_id"),
+    (("username",), "filters_username"),
+    (("action",), "filters_action"),
+    (("event_type",), "filters_event_type"),
+    (("object_type",), "filters_object_type"),
+    (("kind",), "filters_kind"),
+)
+# The columns of a result row: the index's, without its bookkeeping.
+ROW_COLUMNS = tuple(c for c in index.FILTER_COLUMNS if c != "late") + index.RECORD_COLUMNS
 
 
 @dataclass
@@ -67,58 +93,129 @@ def parse_time(text: str, end: bool = False) -> int:
     return int(moment.timestamp() * 1_000_000)
 
 
-def _where(f: Filters, schema: str) -> tuple[str, list[Any]]:
+def _window(db: sqlite3.Connection, f: Filters) -> tuple[int, int] | None:
+    """The first and last seq of the index received in [since, until); None: none was.
+
+    In-order entries (late = 0) are sorted by time as by seq, so the first and
+    the last of them in the window are one index seek each; late entries are
+    few, and searched apart (index.py).
+    """
+    span = "received_at >= ? AND received_at < ?"
+    times = (
+        index.TIME_MIN if f.since_us is None else f.since_us,
+        index.TIME_MAX if f.until_us is None else f.until_us,
+    )
+    found = []
+    for order in ("", "DESC"):
+        seq = db.execute(
+            f"SELECT seq FROM idx.filters WHERE late = 0 AND {span} "
+            f"ORDER BY received_at {order}, seq {order} LIMIT 1",
+            times,
+        ).fetchone()
+        found += seq or []
+    found += db.execute(
+        f"SELECT min(seq), max(seq) FROM idx.filters WHERE late = 1 AND {span}", times
+    ).fetchone()
+    seqs = [s for s in found if s is not None]
+    return (min(seqs), max(seqs)) if seqs else None
+
+
+def _select(f: Filters, schema: str, seqs: tuple[int, int] | None) -> tuple[str, list[Any]]:
+    """The seqs in `schema` that match, within the range `seqs` if given.
+
+    With --text the full-text match leads, in seq order (FTS5 reads its rowids
+    in either direction and within a range), and each match is checked against
+    the other filters; without, SQLite picks the filter's (column, seq) index.
+    """
+    # The seq column the range and the order apply to.
+    key = "fts.rowid" if f.text else "e.seq"
     clauses, params = [], []
     for column in FILTER_COLUMNS:
         value = getattr(f, column)
         if value is not None:
-            clauses.append(f"{column} = ?")
+            clauses.append(f"e.{column} = ?")
             params.append(value)
+    if seqs is not None:
+        clauses.append(f"{key} BETWEEN ? AND ?")
+        params += seqs
     if f.since_us is not None:
-        clauses.append("received_at >= ?")
+        clauses.append("e.received_at >= ?")
         params.append(f.since_us)
     if f.until_us is not None:
-        clauses.append("received_at < ?")
+        clauses.append("e.received_at < ?")
         params.append(f.until_us)
     if f.flagged:
-        clauses.append("flagged = 1")
+        clauses.append("e.flagged = 1")
+    source = f"{schema}.filters AS e"
     if f.text:
-        clauses.append(f"seq IN (SELECT rowid FROM {schema}.fts WHERE fts MATCH ?)")
+        # The tail's in-memory tables have no indexes (nor need them).
+        probe = next((i for cols, i in PROBES if all(getattr(f, c) for c in cols)), None)
+        if schema == "idx" and probe:
+            source += f" INDEXED BY {probe}"
+        source = f"{schema}.fts JOIN {source} ON e.seq = fts.rowid"
+        clauses.append("fts MATCH ?")
         params.append('"' + f.text.replace('"', '""') + '"')  # one phrase, no FTS syntax
-    return (" AND ".join(clauses) or "1"), params
+    return f"SELECT {key} AS seq FROM {source} WHERE {' AND '.join(clauses) or '1'}", params
+
+
+def _rows(db: sqlite3.Connection, seqs: list[int], indexed_to: int) -> list[dict[str, Any]]:
+    """The result rows of `seqs`, in that order: up to `indexed_to` from the index."""
+    columns = ", ".join(f"e.{c}" for c in ROW_COLUMNS if c not in index.RECORD_COLUMNS)
+    found = {}
+    for schema, part in (
+        ("idx", [s for s in seqs if s <= indexed_to]),
+        ("main", [s for s in seqs if s > indexed_to]),
+    ):
+        for i in range(0, len(part), FETCH_CHUNK):
+            chunk = part[i : i + FETCH_CHUNK]
+            cursor = db.execute(
+                f"SELECT {columns}, r.summary, r.record FROM {schema}.filters AS e "
+                f"JOIN {schema}.entries AS r USING (seq) "
+                f"WHERE e.seq IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for values in cursor:
+                r = dict(zip(ROW_COLUMNS, values, strict=True))
+                r["record"] = json.loads(r["record"])
+                found[r["seq"]] = r
+    return [found[s] for s in seqs]
 
 
 def run(state_dir: Path, f: Filters) -> Result:
     path = state_dir / index.INDEX_FILE
     db = sqlite3.connect(":memory:")
     try:
-        db.executescript(index.SCHEMA.format(prefix=""))
-        present = path.exists()
-        indexed_to = 0
-        if present:
+        db.executescript(index.SCHEMA)
+        known: dict[str, str] = {}
+        if path.exists():
             db.execute("ATTACH DATABASE ? AS idx", (f"file:{path}?mode=ro",))
-            indexed_to = index.last_seq(db, "idx")
-        tail = list(index.read_rows(state_dir / "ledger", indexed_to + 1))
+            known = index.meta(db, "idx")
+            if known.get("version") != index.SCHEMA_VERSION:  # the gateway is rebuilding it
+                known = {}
+        present = bool(known)
+        indexed_to = int(known.get("last_seq", 0))
+        tail = list(index.read_rows(state_dir / "ledger", indexed_to + 1, index.position(known)))
         with db:
-            index.insert(db, tail)
+            index.insert(db, tail, index.TIME_MIN)
         parts, params = [], []
         if present:
-            where, p = _where(f, "idx")
-            parts.append(f"SELECT * FROM idx.entries WHERE {where}")
-            params += p
-        where, p = _where(f, "main")
-        parts.append(f"SELECT * FROM main.entries WHERE {where}")
+            # Up to indexed_to only: the indexer may commit more meanwhile, read
+            # from the ledger above. A time window narrows the range further.
+            seqs: tuple[int, int] | None = (1, indexed_to)
+            if f.since_us is not None or f.until_us is not None:
+                window = _window(db, f)
+                seqs = (window[0], min(window[1], indexed_to)) if window else None
+            if seqs is not None:
+                sql, p = _select(f, "idx", seqs)
+                parts.append(sql)
+                params += p
+        sql, p = _select(f, "main", None)
+        parts.append(sql)
         params += p
         order = "DESC" if f.order == "desc" else "ASC"
-        sql = f"SELECT * FROM ({' UNION ALL '.join(parts)}) ORDER BY seq {order} LIMIT ? OFFSET ?"
-        cursor = db.execute(sql, [*params, f.limit, f.offset])
-        names = [d[0] for d in cursor.description]
-        rows = []
-        for values in cursor:
-            r = dict(zip(names, values, strict=True))
-            r["record"] = json.loads(r["record"])
-            rows.append(r)
-        return Result(rows, indexed_to, len(tail), present)
+        sql = f"{' UNION ALL '.join(parts)} ORDER BY seq {order} LIMIT ? OFFSET ?"
+        page = [seq for (seq,) in db.execute(sql, [*params, f.limit, f.offset])]
+        return Result(_rows(db, page, indexed_to), indexed_to, len(tail), present)
     finally:
         db.close()
 
