@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check gateway board tests bench
 	$(BIN)/ruff format --check gateway board tests bench
 
-## make bench: the load generator against the real gateway over loopback, plus the ledger-size curves; appends to bench/RESULTS.md (~8 min).
+## make bench: the load generator against the real gateway over loopback, plus the ledger-size curves; appends to bench/RESULTS.md (~5 min).
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --curves
 

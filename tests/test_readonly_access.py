@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import select
 import signal
 import socket
 import tempfile
@@ -67,15 +68,28 @@ def as_user(uid: int, groups: list[int], work: Callable[[], Any], umask: int = 0
         finally:
             os._exit(status)
     os.close(write_end)
-    signal.alarm(CHILD_TIMEOUT_S)  # a hung child fails the test instead of hanging it
-    try:
-        with os.fdopen(read_end, "rb") as pipe:
-            data = pipe.read()
-        _, status = os.waitpid(pid, 0)
-    finally:
-        signal.alarm(0)
+    data = read_until_closed(read_end, pid)
+    _, status = os.waitpid(pid, 0)
     assert status == 0 and data, f"child for uid {uid} failed (status {status})"
     return json.loads(data)
+
+
+def read_until_closed(fd: int, pid: int) -> bytes:
+    """Everything a child writes to its pipe; a child silent for too long is killed
+    and fails the test (a fork can inherit a lock another thread held)."""
+    data = b""
+    try:
+        while True:
+            ready, _, _ = select.select([fd], [], [], CHILD_TIMEOUT_S)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                raise AssertionError(f"child {pid} silent for {CHILD_TIMEOUT_S} s")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return data
+            data += chunk
+    finally:
+        os.close(fd)
 
 
 def run_cli(*argv: str) -> dict[str, Any]:
@@ -105,14 +119,13 @@ def appliance():
             gw = Gateway(config)
             port = gw.start()[0][1]
             os.write(ready_w, str(port).encode())
-            os.close(ready_w)
+            os.close(ready_w)  # end of file for the test: the port is complete
             status = gw.run()
         finally:
             os._exit(status)
     os.close(ready_w)
     try:
-        with os.fdopen(ready_r, "rb") as pipe:
-            port = int(pipe.read() or 0)
+        port = int(read_until_closed(ready_r, pid) or 0)
         assert port, "the gateway did not start"
         with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
             c.sendall(b'{"hello":{"app":"crm","ack":true}}\n')
