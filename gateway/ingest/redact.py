@@ -86,9 +86,10 @@ class Redactor:
         self.digest_key = key if digest_values else None
         self._key_cache: dict[str, bool] = {}
         self._safe_keys: set[str] = set()  # the cache's non-sensitive keys, for one set test
-        # The longest literal part of each pattern: a key matching the pattern
-        # contains it, so a line without any of them holds no sensitive key.
-        # A pattern without one (say "*") matches any key: None, always walk.
+        # For refused lines' excerpts (text, not objects): the longest literal
+        # part of each pattern. A key matching the pattern contains it, so text
+        # without any of them holds no sensitive key. A pattern without one
+        # (say "*") could match anything: _all_keys, always look.
         literals = [_literal(p) for p in self.patterns]
         self._all_keys = "" in literals
         self._literals = {lit.encode() for lit in literals if lit.isascii()}
