@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.loop import READ, EventLoop
-from gateway.oneshot import OneShot
+from gateway.loop import EventLoop
+from gateway.oneshot import OneShot, OneShotListener
 
 log = logging.getLogger("gateway.control")
 
@@ -57,17 +57,11 @@ def peer_uid(sock: socket.socket) -> int | None:
 Handler = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], None]
 
 
-class ControlServer:
+class ControlServer(OneShotListener):
     def __init__(self, loop: EventLoop, path: Path, handle: Handler) -> None:
-        self.loop = loop
+        super().__init__(loop, MAX_CLIENTS)
         self.path = path
         self.handle = handle
-        self.sock: socket.socket | None = None
-        self.clients: set[OneShot] = set()
-
-    def fileno(self) -> int:
-        assert self.sock is not None
-        return self.sock.fileno()
 
     def listen(self) -> None:
         try:
@@ -81,33 +75,18 @@ class ControlServer:
         finally:
             os.umask(old)
         sock.listen(MAX_CLIENTS)
-        sock.setblocking(False)
-        self.sock = sock
-        self.loop.add(self, READ)
+        self.serve(sock)
 
-    def on_ready(self, mask: int) -> None:
-        assert self.sock is not None
-        try:
-            conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        if len(self.clients) >= MAX_CLIENTS:
-            conn.close()
-            return
-        conn.setblocking(False)
-        _Client(self, conn)
+    def client(self, sock: socket.socket) -> None:
+        _Client(self, sock)
 
     def close(self) -> None:
-        for client in list(self.clients):
-            client.close()
         if self.sock is not None:
-            self.loop.remove(self)
-            self.sock.close()
-            self.sock = None
             try:
                 self.path.unlink()
             except FileNotFoundError:
                 pass
+        super().close()
 
 
 class _Client(OneShot):

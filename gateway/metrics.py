@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.ingest.server import bind_tcp
-from gateway.loop import READ, EventLoop
-from gateway.oneshot import OneShot
+from gateway.loop import EventLoop
+from gateway.oneshot import OneShot, OneShotListener
 
 # A request head larger than 8 KiB, or not complete within 5 s, is dropped.
 MAX_REQUEST_BYTES = 8192
@@ -62,43 +62,19 @@ def exposition(status: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-class MetricsServer:
+class MetricsServer(OneShotListener):
     def __init__(self, loop: EventLoop, address: str, status: Callable[[], dict]) -> None:
-        self.loop = loop
+        super().__init__(loop, MAX_CLIENTS)
         self.address = address
         self.status = status
-        self.sock: socket.socket | None = None
-        self.clients: set[OneShot] = set()
-
-    def fileno(self) -> int:
-        assert self.sock is not None
-        return self.sock.fileno()
 
     def listen(self) -> tuple[str, int]:
         sock = bind_tcp(self.address, MAX_CLIENTS)
-        self.sock = sock
-        self.loop.add(self, READ)
+        self.serve(sock)
         return sock.getsockname()[:2]
 
-    def on_ready(self, mask: int) -> None:
-        assert self.sock is not None
-        try:
-            conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        if len(self.clients) >= MAX_CLIENTS:
-            conn.close()
-            return
-        conn.setblocking(False)
-        _Scrape(self, conn)
-
-    def close(self) -> None:
-        for client in list(self.clients):
-            client.close()
-        if self.sock is not None:
-            self.loop.remove(self)
-            self.sock.close()
-            self.sock = None
+    def client(self, sock: socket.socket) -> None:
+        _Scrape(self, sock)
 
 
 class _Scrape(OneShot):

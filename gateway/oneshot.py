@@ -1,9 +1,11 @@
 """One request, one answer, then close: the shape of control and metrics clients.
 
-A client socket accepted by a listener on the event loop. The subclass says
-when the request is complete (`received`) and answers with `respond`; the
-request is bounded in size and time, and the socket is closed after the
-answer is written (or on any error).
+`OneShotListener` is the listening socket on the event loop: it accepts, keeps
+at most `max_clients` at once, and hands each new socket to its subclass.
+`OneShot` is one accepted client: the subclass says when the request is
+complete (`received`) and answers with `respond`; the request is bounded in
+size and time, and the socket is closed after the answer is written (or on any
+error).
 """
 
 from __future__ import annotations
@@ -92,3 +94,45 @@ class OneShot(abc.ABC):
             self.timer.cancel()
             self.loop.remove(self)
             self.sock.close()
+
+
+class OneShotListener(abc.ABC):
+    def __init__(self, loop: EventLoop, max_clients: int) -> None:
+        self.loop = loop
+        self.max_clients = max_clients
+        self.sock: socket.socket | None = None
+        self.clients: set[OneShot] = set()
+
+    @abc.abstractmethod
+    def client(self, sock: socket.socket) -> None:
+        """Start serving an accepted, non-blocking socket (a OneShot of the subclass)."""
+
+    def serve(self, sock: socket.socket) -> None:
+        """Take requests on a bound, listening socket."""
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop.add(self, READ)
+
+    def fileno(self) -> int:
+        assert self.sock is not None
+        return self.sock.fileno()
+
+    def on_ready(self, mask: int) -> None:
+        assert self.sock is not None
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if len(self.clients) >= self.max_clients:
+            conn.close()
+            return
+        conn.setblocking(False)
+        self.client(conn)
+
+    def close(self) -> None:
+        for client in list(self.clients):
+            client.close()
+        if self.sock is not None:
+            self.loop.remove(self)
+            self.sock.close()
+            self.sock = None
