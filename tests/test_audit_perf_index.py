@@ -8,7 +8,6 @@ plain reading of the ledger says, whichever shortcut the index takes.
 from __future__ import annotations
 
 import itertools
-import os
 import sqlite3
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from gateway.audit import index
 from gateway.audit.query import PROBES, Filters, run
 from gateway.ledger import entries
-from gateway.ledger.store import LedgerWriter, list_segments, write_batch
+from gateway.ledger.store import LedgerWriter, list_segments, write_entries
 
 T0 = 1_790_000_000_000_000  # µs, 2026-09
 SOURCE = entries.encode_source("10.0.0.1", 40000, "crm", 1)
@@ -29,16 +28,8 @@ def append(ledger_dir: Path, events: list[tuple[int, dict]], segment_bytes: int 
     if not events:
         return
     writer = LedgerWriter(ledger_dir, segment_bytes=segment_bytes).open()
-    fds: dict[Path, int] = {}
-    try:
-        for received, event in events:
-            writer.append(entries.encode_event(received, SOURCE, event, []))
-        batch = writer.take_batch()
-        assert batch is not None
-        write_batch(batch, fds, True)
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+    payloads = [entries.encode_event(received, SOURCE, event, []) for received, event in events]
+    write_entries(writer, payloads, batch=len(payloads))
 
 
 def reindex(state: Path) -> int:

@@ -27,6 +27,7 @@ from gateway.ledger.store import (
     TailState,
     list_segments,
     write_batch,
+    write_entries,
 )
 from gateway.ledger.verify import verify_ledger
 
@@ -49,19 +50,7 @@ def payload(i: int, pad: int = 0) -> bytes:
 
 def commit(writer: LedgerWriter, payloads: list[bytes], batch: int = 4) -> list[int]:
     """Append payloads, committing every `batch` entries with a synced write_batch."""
-    fds: dict[Path, int] = {}
-    seqs = []
-    try:
-        for n, p in enumerate(payloads, start=1):
-            seqs.append(writer.append(p))
-            if n % batch == 0 or n == len(payloads):
-                b = writer.take_batch()
-                assert b is not None
-                write_batch(b, fds, True)
-                writer.batch_done(b)
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+    seqs = write_entries(writer, payloads, batch=batch)
     assert writer.durable.seq == writer.next_seq - 1
     return seqs
 

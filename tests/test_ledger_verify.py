@@ -6,7 +6,6 @@ verify_ledger, so the document cannot drift from the format.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from gateway.ledger import entries
 from gateway.ledger import format as fmt
 from gateway.ledger import verify as verify_module
-from gateway.ledger.store import LedgerWriter, list_segments, write_batch
+from gateway.ledger.store import LedgerWriter, list_segments, write_entries
 from gateway.ledger.verify import verify_ledger
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,16 +33,7 @@ def payload(i: int) -> bytes:
 
 def build(directory: Path, n: int = 10, segment_bytes: int = 700) -> None:
     writer = LedgerWriter(directory, segment_bytes=segment_bytes).open()
-    fds: dict[Path, int] = {}
-    for i in range(n):
-        writer.append(payload(i))
-        if i % 3 == 2 or i == n - 1:
-            batch = writer.take_batch()
-            assert batch is not None
-            write_batch(batch, fds, True)
-            writer.batch_done(batch)
-    for fd in fds.values():
-        os.close(fd)
+    write_entries(writer, (payload(i) for i in range(n)), batch=3)
 
 
 def layout(directory: Path) -> list[tuple[Path, int, list[tuple[int, int, int]]]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import signal
 import socket
@@ -38,7 +37,13 @@ from gateway.config import (
 from gateway.errors import ConfigError
 from gateway.ledger import entries, retention
 from gateway.ledger import format as fmt
-from gateway.ledger.store import LedgerFollower, LedgerReader, LedgerWriter, list_segments
+from gateway.ledger.store import (
+    LedgerFollower,
+    LedgerReader,
+    LedgerWriter,
+    list_segments,
+    write_entries,
+)
 from gateway.ledger.verify import verify_ledger
 from gateway.service import Gateway
 
@@ -53,18 +58,10 @@ SOURCE = entries.encode_source("198.51.100.4", 51000, "shop", 1)
 
 def build(ledger_dir: Path, n: int = PREBUILT) -> None:
     """n events received an hour apart from T0, written by the gateway's own writer."""
-    from gateway.ledger.store import write_batch
-
     writer = LedgerWriter(ledger_dir, segment_bytes=SEGMENT_BYTES).open()
-    fds: dict[Path, int] = {}
-    for i in range(n):
-        writer.append(entries.encode_event(T0 + i * HOUR_US, SOURCE, {"n": i}, []))
-        batch = writer.take_batch()
-        assert batch is not None
-        write_batch(batch, fds, True)
-        writer.batch_done(batch)
-    for fd in fds.values():
-        os.close(fd)
+    write_entries(
+        writer, (entries.encode_event(T0 + i * HOUR_US, SOURCE, {"n": i}, []) for i in range(n))
+    )
 
 
 def received_at(ledger_dir: Path, seq: int) -> int:

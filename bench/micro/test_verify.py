@@ -1,7 +1,7 @@
 """`gateway verify` throughput: `verify_ledger` over a 20,000-entry ledger.
 
 The ledger is written once per module by the real `LedgerWriter` (staged batches
-written with `write_batch`, unsynced: durability is not what is measured) into a
+written with `write_entries`, unsynced: durability is not what is measured) into a
 temporary directory; the entries alternate small and audit events, as a mix of
 subscription and audit traffic. The files stay in the page cache, so this measures
 reading frames and re-deriving the chain, not the disk (target: >= 100 MB/s). At ~9 MB
@@ -12,12 +12,11 @@ worker processes, so this is the single-process rate.
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import pytest
 
-from gateway.ledger.store import LedgerWriter, write_batch
+from gateway.ledger.store import LedgerWriter, write_entries
 from gateway.ledger.verify import verify_ledger
 
 ENTRIES = 20_000
@@ -33,18 +32,8 @@ def ledger(corpus, tmp_path_factory) -> Path:
         itertools.cycle(corpus.payloads["small"]),
         itertools.cycle(corpus.payloads["audit"]),
     )
-    fds: dict[Path, int] = {}
-    try:
-        for i in range(1, ENTRIES + 1):
-            writer.append(next(small if i % 2 else audit))
-            if i % BATCH == 0:
-                batch = writer.take_batch()
-                assert batch is not None
-                write_batch(batch, fds, sync=False)
-                writer.batch_done(batch)
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+    payloads = (next(small if i % 2 else audit) for i in range(1, ENTRIES + 1))
+    write_entries(writer, payloads, batch=BATCH, sync=False)
     assert writer.durable.seq == ENTRIES
     return directory
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -640,6 +640,36 @@ def write_batch(batch: CommitBatch, fds: dict[Path, int], sync: bool) -> int:
             fsync_directory(w.path.parent)
             syncs += 1
     return syncs
+
+
+def write_entries(
+    writer: LedgerWriter, payloads: Iterable[bytes], *, batch: int = 1, sync: bool = True
+) -> list[int]:
+    """Append payloads and commit them on the calling thread, `batch` entries per
+    commit (and the rest at the end); returns their seqs.
+
+    For tools, benchmarks and tests that build a ledger without a running
+    gateway; the gateway itself commits through its durability thread.
+    """
+    fds: dict[Path, int] = {}
+    seqs = []
+    try:
+        for payload in payloads:
+            seqs.append(writer.append(payload))
+            if writer.staged_entries >= batch:
+                _commit(writer, fds, sync)
+        _commit(writer, fds, sync)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return seqs
+
+
+def _commit(writer: LedgerWriter, fds: dict[Path, int], sync: bool) -> None:
+    taken = writer.take_batch()
+    if taken is not None:
+        write_batch(taken, fds, sync)
+        writer.batch_done(taken)
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
