@@ -120,9 +120,8 @@ class EventLoop:
     def post(self, callback: Callable[[], None], *, urgent: bool = False) -> None:
         """Run `callback` on the loop thread soon. Safe from any thread.
 
-        `urgent`: between two ready handlers rather than after all of them.
-        Handlers later in the same turn may then find their object closed by
-        it, so only callbacks whose handlers check for that may be urgent.
+        `urgent`: between two ready handlers rather than after all of them
+        (a handler it removes is not called for the rest of the turn).
         """
         (self._urgent if urgent else self._posted).append(callback)
         try:
@@ -158,7 +157,11 @@ class EventLoop:
         self._again = False
         events = self.selector.select(timeout)
         started = self.clock()
+        registered = self.selector.get_map()
         for key, mask in events:
+            live = registered.get(key.fd)
+            if live is None or live.data is not key.data:
+                continue  # removed (or its fd reused) earlier in this turn: stale readiness
             try:
                 key.data.on_ready(mask)
             except Exception:

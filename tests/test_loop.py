@@ -140,3 +140,33 @@ def test_an_urgent_post_runs_between_ready_handlers_an_ordinary_one_after_all():
     for a, b in pairs:
         a.close()
         b.close()
+
+
+def test_a_handler_removed_earlier_in_the_turn_is_not_called_with_stale_readiness():
+    loop = EventLoop()
+    called: list[int] = []
+    pairs = [socket.socketpair() for _ in range(2)]
+    handlers: list = []
+
+    class Ready:
+        def __init__(self, n: int, sock: socket.socket) -> None:
+            self.n, self.sock = n, sock
+
+        def fileno(self) -> int:
+            return self.sock.fileno()
+
+        def on_ready(self, mask: int) -> None:
+            called.append(self.n)
+            other = handlers[1 - self.n]
+            loop.post(lambda: loop.remove(other), urgent=True)  # as a commit closing it
+
+    for n, (a, b) in enumerate(pairs):
+        handlers.append(Ready(n, a))
+        loop.add(handlers[n], READ)
+        b.send(b"x")
+    loop.run_once(max_wait=1)
+    assert len(called) == 1  # both were ready; the first removed the second
+    loop.close()
+    for a, b in pairs:
+        a.close()
+        b.close()

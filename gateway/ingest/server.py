@@ -203,8 +203,6 @@ class Connection:
         return f"Connection({self.conn_id} {self.addr}:{self.port})"
 
     def on_ready(self, mask: int) -> None:
-        if self.closed:
-            return  # closed earlier in this loop turn (by a finished commit's replies)
         if mask & WRITE:
             self._write()
         if mask & READ and not self.closed:
