@@ -577,11 +577,12 @@ class Spool:
             self._report_timer = self.loop.call_later(CLOCK_WAIT_S, self._schedule_reports)
             return
         if first is not None:
-            for date in reports.due_dates(self.report_date, first, daily.at):
+            now = self.loop.clock.wall()
+            for date in reports.due_dates(self.report_date, first, daily.at, now):
                 self.request_report(date, daily.printer, "schedule", self._log_reply)
                 self._issued_date = date  # each missed day once, even before the reply
         self._report_timer = self.loop.call_later(
-            reports.next_due(daily.at), self._schedule_reports
+            reports.next_due(daily.at, self.loop.clock.wall()), self._schedule_reports
         )
 
     @staticmethod
