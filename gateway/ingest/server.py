@@ -1,6 +1,7 @@
 """The TCP ingest server on the event loop: listeners, connections, replies.
 
-Each connection runs an IngestProtocol; every event goes through validation
+Each connection runs an IngestProtocol (a SyslogProtocol on the listeners of
+`ingest.syslog.listen`, which never get replies); every event goes through validation
 into LedgerWriter.append (staged). Replies wait in a per-connection queue, in
 line order, until the durability thread reports the batch that covers them;
 then one send per connection carries all that became due.
@@ -16,6 +17,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway import __version__
 from gateway.config import IngestConfig, parse_address
@@ -23,6 +25,7 @@ from gateway.errors import RemoteInputError
 from gateway.ingest.limits import Policy
 from gateway.ingest.protocol import EOF, Hello, IngestProtocol, bad_line
 from gateway.ingest.redact import Redactor
+from gateway.ingest.syslog import SyslogProtocol
 from gateway.ingest.tls import WOULD_BLOCK, Handshake
 from gateway.ingest.tls import server_context as server_tls_context
 from gateway.ingest.tls import wrap as wrap_tls
@@ -106,11 +109,15 @@ class Listener:
         sock: socket.socket,
         address: str,
         tls: ssl.SSLContext | None = None,
+        protocol: Callable[[int], Any] = IngestProtocol,
+        replies: bool = True,
     ) -> None:
         self.server = server
         self.sock = sock
         self.address = address
         self.tls = tls  # None: plain TCP
+        self.protocol = protocol  # called with max_line_bytes for each connection
+        self.replies = replies  # False: nothing is ever sent (syslog)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -127,7 +134,7 @@ class Listener:
             except OSError as exc:  # EMFILE and friends: log, try again next turn
                 log.error("accept failed", extra={"fields": {"error": str(exc)}})
                 return
-            self.server.accepted(sock, addr, self.tls)
+            self.server.accepted(sock, addr, self.tls, self.protocol, self.replies)
 
     def close(self) -> None:
         self.server.loop.remove(self)
@@ -153,6 +160,7 @@ class Connection:
         "pending",
         "port",
         "proto",
+        "replies",
         "reply_mode",
         "server",
         "sock",
@@ -166,6 +174,8 @@ class Connection:
         addr: tuple,
         conn_id: int,
         cert_app: str | None = None,
+        protocol: Callable[[int], Any] = IngestProtocol,
+        replies: bool = True,
     ) -> None:
         self.server = server
         self.sock = sock
@@ -179,7 +189,8 @@ class Connection:
         # May send events: with require_token, only after a hello whose token
         # checks (or with a verified client certificate).
         self.authorized = cert_app is not None or not server.policy.require_token
-        self.proto = IngestProtocol(server.config.max_line_bytes)
+        self.proto = protocol(server.config.max_line_bytes)
+        self.replies = replies  # False: never send anything, errors included (syslog)
         self.source = entries.encode_source(
             self.addr, self.port, cert_app, conn_id, authenticated=cert_app is not None
         )
@@ -382,15 +393,19 @@ class IngestServer:
     def listen(self, source: str = "-") -> list[tuple[str, int]]:
         """Bind every configured address; returns the bound (host, port) pairs.
 
-        Plain listeners first, then the TLS ones (`ingest.tls.listen`).
+        Plain listeners first, then the TLS ones (`ingest.tls.listen`), then
+        syslog's (`ingest.syslog.listen`).
         """
         bound = []
         tls = self.config.tls
         context = server_tls_context(tls, source) if tls.listen else None
-        plain = [(a, None) for a in self.config.listen]
-        for address, context in [*plain, *[(a, context) for a in tls.listen]]:
+        plain = [(a, None, IngestProtocol) for a in self.config.listen]
+        secure = [(a, context, IngestProtocol) for a in tls.listen]
+        syslog = [(a, None, SyslogProtocol) for a in self.config.syslog.listen]
+        for address, context, protocol in [*plain, *secure, *syslog]:
             sock = bind_tcp(address, LISTEN_BACKLOG)
-            listener = Listener(self, sock, address, context)
+            replies = protocol is not SyslogProtocol
+            listener = Listener(self, sock, address, context, protocol, replies)
             self.loop.add(listener, READ)
             self.listeners.append(listener)
             bound.append(sock.getsockname()[:2])
@@ -410,7 +425,14 @@ class IngestServer:
             listener.close()
         self.listeners.clear()
 
-    def accepted(self, sock: socket.socket, addr: tuple, tls: ssl.SSLContext | None = None) -> None:
+    def accepted(
+        self,
+        sock: socket.socket,
+        addr: tuple,
+        tls: ssl.SSLContext | None = None,
+        protocol: Callable[[int], Any] = IngestProtocol,
+        replies: bool = True,
+    ) -> None:
         sock.setblocking(False)
         peer = str(addr[0])
         if not self.policy.allowed(peer):
@@ -434,6 +456,7 @@ class IngestServer:
                 sock,
                 "too_many_connections_from_source",
                 f"{self.policy.max_per_source} connections from {peer} are open already",
+                send=replies,
             )
             return
         if len(self.connections) + len(self.handshakes) >= self.config.max_connections:
@@ -447,12 +470,13 @@ class IngestServer:
                 sock,
                 "too_many_connections",
                 f"the gateway already has {self.config.max_connections} connections",
+                send=replies,
             )
             return
         if tls is not None:
             self._handshake(tls, sock, addr)
             return
-        self._admit(sock, addr)
+        self._admit(sock, addr, None, protocol, replies)
 
     def _handshake(self, context: ssl.SSLContext, sock: socket.socket, addr: tuple) -> None:
         try:
@@ -483,19 +507,30 @@ class IngestServer:
             self.loop.clock(),
         )
 
-    def _admit(self, sock: socket.socket, addr: tuple, cert_app: str | None = None) -> None:
+    def _admit(
+        self,
+        sock: socket.socket,
+        addr: tuple,
+        cert_app: str | None = None,
+        protocol: Callable[[int], Any] = IngestProtocol,
+        replies: bool = True,
+    ) -> None:
         conn_id = self._next_conn_id
         self._next_conn_id += 1
-        conn = Connection(self, sock, addr, conn_id, cert_app)
+        conn = Connection(self, sock, addr, conn_id, cert_app, protocol, replies)
         self.connections[conn_id] = conn
         self.policy.per_source[conn.addr] += 1
         self.stats.accepted_connections += 1
         conn.update_interest()
 
-    def refuse(self, sock: socket.socket, code: str, detail: str) -> None:
-        """One error line, then close: a refused client is never silently dropped."""
+    def refuse(self, sock: socket.socket, code: str, detail: str, *, send: bool = True) -> None:
+        """One error line, then close: a refused client is never silently dropped.
+
+        A syslog client (`send` False) reads nothing, so it gets only the close.
+        """
         try:
-            sock.send(json_line({"ok": False, "error": code, "detail": detail}))
+            if send:
+                sock.send(json_line({"ok": False, "error": code, "detail": detail}))
         except OSError:
             sock.close()
             return
@@ -718,7 +753,7 @@ class IngestServer:
         )
         # Fire-and-forget clients get no reply; a bad hello is answered anyway,
         # since the client spoke the protocol and is about to be disconnected.
-        if reply and (conn.reply_mode or exc.fatal):
+        if reply and conn.replies and (conn.reply_mode or exc.fatal):
             conn.pending.append((seq, exc.reply()))
 
     # ---- output

@@ -404,7 +404,9 @@ def parse_message(raw: bytes) -> dict[str, Any]:
     try:
         event["msg"] = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise bad_line("bad_utf8", f"MSG: invalid UTF-8 at byte {offset + exc.start}", raw) from None
+        raise bad_line(
+            "bad_utf8", f"MSG: invalid UTF-8 at byte {offset + exc.start}", raw
+        ) from None
     return event
 
 
