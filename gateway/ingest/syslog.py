@@ -4,7 +4,8 @@ The same interface as gateway.ingest.protocol.IngestProtocol, without the
 hello: feed bytes with `receive_data` (b"" meaning EOF), ask `next_event()` for
 the next item. Invariant (tested by fuzzing): for any input it either returns
 an item or raises RemoteInputError, never anything else, and it never buffers
-more than max_line_bytes plus one received chunk.
+more than max_line_bytes plus one received chunk (the digits of an octet count,
+at most 9, are the exception only below the configuration's 256-byte floor).
 """
 
 from __future__ import annotations
