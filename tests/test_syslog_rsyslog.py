@@ -10,6 +10,7 @@ installs rsyslog (as root); without rsyslogd this test fails, it never skips.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from gatewayproc import GatewayProcess, free_port
+from gatewayproc import GatewayProcess, free_port, run_gateway_command, wait_for
 
 from gateway.ingest.validate import is_rfc3339
 
@@ -153,17 +154,30 @@ def syslog_events(entries: list[dict]) -> list[dict]:
 
 
 @pytest.fixture
-def chain(tmp_path):
-    syslog_port = free_port()
-    gw = GatewayProcess(tmp_path, ingest={"syslog": {"listen": [f"127.0.0.1:{syslog_port}"]}})
-    rs = None
-    try:
+def make_chain(tmp_path):
+    """make_chain(**ingest) -> (gateway, rsyslogd, the gateway's syslog port)."""
+    started: list = []
+
+    def make(**ingest) -> tuple[GatewayProcess, Rsyslogd, int]:
+        syslog_port = free_port()
+        ingest = {"syslog": {"listen": [f"127.0.0.1:{syslog_port}"]}, **ingest}
+        gw = GatewayProcess(tmp_path, ingest=ingest)
+        started.append(gw)
         rs = Rsyslogd(tmp_path, syslog_port)
-        yield gw, rs, syslog_port
-    finally:
-        if rs is not None:
-            rs.stop()
-        gw.close()
+        started.append(rs)
+        return gw, rs, syslog_port
+
+    yield make
+    for process in reversed(started):  # rsyslogd first: it forwards to the gateway
+        if isinstance(process, Rsyslogd):
+            process.stop()
+        else:
+            process.close()
+
+
+@pytest.fixture
+def chain(make_chain):
+    return make_chain()
 
 
 def test_rsyslog_forwards_rfc5424_messages_that_arrive_with_every_field(chain):
@@ -242,3 +256,34 @@ def test_malformed_messages_sent_by_hand_are_stored_as_rejected(chain):
     assert rejected[0]["detail"].startswith("TIMESTAMP:")
     assert rejected[1]["detail"].startswith("VERSION:")
     assert all(e["source"]["app"] is None for e in rejected)
+
+
+def test_messages_after_the_gateway_closed_an_idle_connection_still_arrive(make_chain):
+    # rsyslog keeps one connection; the gateway closes it after idle_timeout_s.
+    # rsyslog must notice the close and reconnect, not lose the next message.
+    gw, rs, _ = make_chain(idle_timeout_s=1)
+    logger(rs.port, "-t", "before", "one")
+    gw.wait_export(
+        lambda entries: [e["app_name"] for e in syslog_events(entries)] == ["before"],
+        ARRIVAL_TIMEOUT_S,
+        "the first message",
+    )
+
+    def connections() -> int:
+        result = run_gateway_command("status", "--json", "--config", str(gw.config_path))
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["connections"]
+
+    # The idle sweep runs every 0.5 s at this timeout: closed within ~2 s.
+    wait_for(lambda: connections() == 0, 10.0, "the idle syslog connection to be closed")
+    for i in range(3):
+        logger(rs.port, "-t", "after", f"message {i}")
+    entries = gw.wait_export(
+        lambda entries: len(syslog_events(entries)) >= 4, ARRIVAL_TIMEOUT_S, "4 syslog events"
+    )
+    assert [e["msg"] for e in syslog_events(entries)] == [
+        "one",
+        "message 0",
+        "message 1",
+        "message 2",
+    ]
