@@ -698,6 +698,79 @@ def test_any_input_split_anywhere_gives_items_or_refusals_and_the_same_ones(
     assert fatal_items in ([], whole[-2:-1])  # lost framing ends the stream
 
 
+# ---- property: any well-formed message round-trips
+
+
+def escape_value(text: str) -> bytes:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]").encode()
+
+
+def sd_element(sd_id: str, params: list[tuple[str, str]]) -> bytes:
+    fields = b"".join(b' %s="%s"' % (k.encode(), escape_value(v)) for k, v in params)
+    return b"[%s%s]" % (sd_id.encode(), fields)
+
+
+header_value = st.one_of(st.none(), st.text(st.characters(min_codepoint=33, max_codepoint=126)))
+sd_name = st.text(
+    st.sampled_from([chr(b) for b in range(33, 127) if chr(b) not in '=]"']),
+    min_size=1,
+    max_size=MAX_SD_NAME,
+)
+any_text = st.text(st.characters(blacklist_categories=("Cs",)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prival=st.integers(0, 191),
+    hostname=header_value.filter(lambda v: v is None or 0 < len(v) <= MAX_HOSTNAME),
+    app_name=header_value.filter(lambda v: v is None or 0 < len(v) <= MAX_APP_NAME),
+    procid=header_value.filter(lambda v: v is None or 0 < len(v) <= MAX_PROCID),
+    msgid=header_value.filter(lambda v: v is None or 0 < len(v) <= MAX_MSGID),
+    elements=st.dictionaries(
+        sd_name, st.lists(st.tuples(sd_name, any_text), max_size=4), max_size=3
+    ),
+    msg=st.one_of(st.none(), any_text.filter(lambda t: not t.startswith("\ufeff"))),
+    bom=st.booleans(),
+)
+def test_any_well_formed_message_gives_back_what_was_sent(
+    prival, hostname, app_name, procid, msgid, elements, msg, bom
+):
+    def field(value: str | None) -> bytes:
+        return b"-" if value is None or value == "-" else value.encode()
+
+    sd = b"".join(sd_element(sd_id, params) for sd_id, params in elements.items())
+    message = b"<%d>1 - %s %s %s %s %s" % (
+        prival,
+        field(hostname),
+        field(app_name),
+        field(procid),
+        field(msgid),
+        sd or b"-",
+    )
+    if msg is not None:
+        message += b" " + (b"\xef\xbb\xbf" if bom else b"") + msg.encode()
+    got = parse_message(message)
+    expected_sd: dict = {}
+    for sd_id, params in elements.items():
+        values: dict = {}
+        for k, v in params:
+            values.setdefault(k, []).append(v)
+        expected_sd[sd_id] = {k: v[0] if len(v) == 1 else v for k, v in values.items()}
+    if msg is not None and message.endswith(b"\n"):
+        msg = msg[:-2] if msg.endswith("\r\n") else msg[:-1]
+    assert got == {
+        "event_type": "syslog",
+        "facility": prival // 8,
+        "severity": prival % 8,
+        "hostname": None if hostname in (None, "-") else hostname,
+        "app_name": None if app_name in (None, "-") else app_name,
+        "procid": None if procid in (None, "-") else procid,
+        "msgid": None if msgid in (None, "-") else msgid,
+        "structured_data": expected_sd,
+        "msg": msg,
+    }
+
+
 # ---- configuration
 
 
@@ -836,3 +909,29 @@ def test_a_refused_syslog_connection_is_closed_without_a_reply(syslog_gateway):
     finally:
         held.close()
     assert entries_of(gw, "event") == []
+
+
+def test_sensitive_structured_data_is_redacted_before_it_is_stored(syslog_gateway):
+    gw, _, address = syslog_gateway()
+    message = b'<13>1 - - app - - [login@1 user="ann" password="hunter2"] card 4111111111111111'
+    assert send_and_read(gw, address, counted(message)) == b""
+    (stored,) = entries_of(gw, "event")
+    params = stored["event"]["structured_data"]["login@1"]
+    assert params["user"] == "ann" and "hunter2" not in params["password"]
+    assert "4111111111111111" not in stored["event"]["msg"]
+    assert {"redacted_key", "redacted_card"} <= set(stored["flags"])
+
+
+def test_over_the_rate_limit_a_syslog_sender_is_recorded_and_closed_without_a_reply(
+    syslog_gateway,
+):
+    gw, _, address = syslog_gateway(rate_limit_eps=1, rate_burst=3)
+    assert send_and_read(gw, address, counted(A) * 10) == b""
+    stored = entries_of(gw, "event", "rejected")
+    assert [(e["kind"], e.get("reason")) for e in stored] == [
+        ("event", None),
+        ("event", None),
+        ("event", None),
+        ("rejected", "rate_limited"),
+    ]
+    assert stored[3]["excerpt"] == A  # the message it refused
