@@ -101,7 +101,7 @@ class SyslogProtocol:
     SYSLOG-MSG`, the MSG-LEN not part of the message) and otherwise ends at the
     next LF (one CR before the LF is left out). Empty lines between messages
     are skipped. `last_line` is the message behind the last event or refusal
-    (for an oversized one, nothing: it is never held whole).
+    (an oversized message leaves it as it was: such a message is never held whole).
     """
 
     def __init__(self, max_line_bytes: int) -> None:
@@ -179,10 +179,10 @@ class SyslogProtocol:
                     "incomplete_message",
                     f"EOF after {skipped.length} bytes of an oversized counted message",
                 )
-            what = "octet count" if counted else "line of"
+            what = "octet count" if counted else "line"
             raise skipped.error(
                 "message_too_long",
-                f"{what} {skipped.length} bytes exceeds max_line_bytes {self.max_line_bytes}",
+                f"{what} of {skipped.length} bytes exceeds max_line_bytes {self.max_line_bytes}",
             )
         buf = self._buf
         end = len(buf)
