@@ -3,7 +3,9 @@
 Handlers are small objects with `fileno()` and `on_ready(mask)`. Other threads
 never touch an fd: they `post()` a callable, which writes a byte to the wake-up
 socketpair so the selector returns and the loop runs it. Signals arrive the same
-way (signal.set_wakeup_fd). Time comes from an injected monotonic clock.
+way (signal.set_wakeup_fd). Time comes from the injected Clock (gateway/clock.py):
+timers use its monotonic time and the loop asks it how long it may sleep, so a
+FakeClock drives every timer in tests without waiting.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import collections
 import heapq
 import itertools
 import logging
+import math
 import selectors
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable
 from typing import Protocol
+
+from gateway.clock import Clock
 
 log = logging.getLogger("gateway.ops")
 perf_log = logging.getLogger("gateway.perf")
@@ -60,8 +64,8 @@ class Timer:
 
 
 class EventLoop:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock if clock is not None else Clock()
         self.selector = selectors.DefaultSelector()
         self._timers: list[tuple[float, int, Timer]] = []
         self._timer_seq = itertools.count()
@@ -75,7 +79,7 @@ class EventLoop:
         self.selector.register(self._wake_r, READ, _WakeReader(self._wake_r))
         self.running = False
         self.iterations = 0
-        self.last_iteration_at = clock()
+        self.last_iteration_at = self.clock.monotonic()
         self._old_wakeup_fd: int | None = None
         self._old_signal_handlers: dict[int, object] = {}
 
@@ -113,7 +117,11 @@ class EventLoop:
         return timer
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        return self.call_at(self.clock() + delay, callback)
+        return self.call_at(self.clock.monotonic() + delay, callback)
+
+    def time(self) -> float:
+        """The loop's monotonic time (the clock's), in seconds."""
+        return self.clock.monotonic()
 
     # ---- other threads and signals
 
@@ -152,11 +160,12 @@ class EventLoop:
         if self._posted or self._urgent or self._again:
             timeout = 0
         elif self._timers:
-            until = max(0.0, self._timers[0][0] - self.clock())
-            timeout = until if timeout is None else min(timeout, until)
+            until = self.clock.sleep_time(self._timers[0][0])
+            if until != math.inf:
+                timeout = until if timeout is None else min(timeout, until)
         self._again = False
         events = self.selector.select(timeout)
-        started = self.clock()
+        started = self.clock.monotonic()
         registered = self.selector.get_map()
         for key, mask in events:
             live = registered.get(key.fd)
@@ -183,7 +192,7 @@ class EventLoop:
         for hook in self._idle_hooks:
             hook()
         self.iterations += 1
-        now = self.clock()
+        now = self.clock.monotonic()
         if now - started > SLOW_ITERATION_S:
             perf_log.warning(
                 "slow loop iteration", extra={"fields": {"seconds": round(now - started, 3)}}
@@ -196,7 +205,7 @@ class EventLoop:
             urgent.popleft()()
 
     def _run_timers(self) -> None:
-        now = self.clock()
+        now = self.clock.monotonic()
         timers = self._timers
         while timers and timers[0][0] <= now:
             _deadline, _n, timer = heapq.heappop(timers)

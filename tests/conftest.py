@@ -10,11 +10,8 @@ def synchronised_clock(monkeypatch):
     """In-process gateways see a synchronised clock, whatever this machine's NTP state
     (tests/test_clock.py injects the unsynchronised case explicitly)."""
     from gateway import clock
-    from gateway.ledger import entries
 
     monkeypatch.setattr(clock, "clock_synced", lambda: True)
-    yield
-    entries.set_clock_unsynced(False)
 
 
 @pytest.fixture

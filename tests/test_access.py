@@ -228,10 +228,11 @@ def test_going_over_the_rate_gets_one_line_a_record_and_a_close(gateway_with):
 
 def test_limits_change_with_a_reload(gateway_with):
     gw, _ = gateway_with()
-    counts_before = gw.ingest.policy.per_source
-    gw.ingest.reconfigure(dataclasses.replace(gw.config.ingest, max_connections_per_source=3))
-    assert gw.ingest.policy.max_per_source == 3
-    assert gw.ingest.policy.per_source is counts_before
+    counts_before = gw.intake.policy.per_source
+    new = dataclasses.replace(gw.config.ingest, max_connections_per_source=3)
+    gw.intake.reconfigure(new, gw.intake.redactor)
+    assert gw.intake.policy.max_per_source == 3
+    assert gw.intake.policy.per_source is counts_before
 
 
 def test_gateway_send_with_a_token(tmp_path):

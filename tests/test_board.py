@@ -161,7 +161,7 @@ def test_partial_records_wait_for_the_rest(front_panel):
     try:
         data = press_records(2.5)
         os.write(fd, data[:7])
-        pump(gw, lambda: gw.button is not None and len(gw.button.parser.buf) == 7)
+        pump(gw, lambda: gw.panel.button is not None and len(gw.panel.button.parser.buf) == 7)
         os.write(fd, data[7:])
         pump(gw, lambda: sum(e["kind"] == "button" for e in ledger(gw)) == 1)
     finally:
@@ -190,7 +190,7 @@ def test_led_steady_on_while_the_ledger_fails(front_panel, monkeypatch):
     monkeypatch.setattr(durability, "RETRY_CAP_S", 0.02)
     gw = front_panel()
     pump(gw, lambda: led_state(gw)["trigger"] == "heartbeat")
-    real = gw.durability.writer
+    real = gw.ledger.durability.writer
     failing = {"on": True}
 
     def writer(batch, fds, sync):
@@ -198,7 +198,7 @@ def test_led_steady_on_while_the_ledger_fails(front_panel, monkeypatch):
             raise OSError(5, "injected EIO")
         return real(batch, fds, sync)
 
-    gw.durability.writer = writer
+    gw.ledger.durability.writer = writer
     with socket.create_connection(gw.address) as c:
         c.sendall(b'{"event_type":"x"}\n')
     pump(gw, lambda: led_state(gw) == {"trigger": "none", "brightness": "1"}, timeout=5.0)
@@ -223,7 +223,7 @@ def test_a_missing_button_and_led_are_logged_and_the_gateway_runs(tmp_path, capl
     )
     gw = Gateway(config)
     gw.start()
-    pump(gw, lambda: gw.led is not None and gw.led.broken, timeout=5.0)
+    pump(gw, lambda: gw.panel.led is not None and gw.panel.led.broken, timeout=5.0)
     messages = [r.getMessage() for r in caplog.records]
     assert any("button device not available" in m for m in messages)
     assert any("status LED not available" in m for m in messages)

@@ -7,7 +7,7 @@ import socket
 
 from inproc import ledger, pump
 
-from gateway.clock import TIME_ERROR, _adjtimex, clock_synced
+from gateway.clock import TIME_ERROR, Clock, _adjtimex, clock_synced
 from gateway.config import (
     Config,
     DailyReportConfig,
@@ -32,7 +32,7 @@ def test_unsynced_clock_flags_entries_and_holds_the_daily_report(tmp_path):
         printers={"p": PrinterConfig(uri=f"file:{tmp_path / 'printed'}")},
         reports=ReportsConfig(daily=DailyReportConfig(printer="p", at="00:00")),
     )
-    gw = Gateway(config, clock_synced=lambda: synced["now"])
+    gw = Gateway(config, clock=Clock(probe=lambda: synced["now"]))
     # a ledger that began three days ago would owe three reports
     gw_first_day = dt.date.today() - dt.timedelta(days=3)
     address = gw.start()[0]
@@ -53,7 +53,7 @@ def test_unsynced_clock_flags_entries_and_holds_the_daily_report(tmp_path):
     assert not any(e["kind"] == "report" for e in first)  # the report waits
 
     synced["now"] = True
-    pump(gw, lambda: gw.clock_ok)  # noticed within a health tick
+    pump(gw, lambda: gw.loop.clock.synced)  # noticed within a health tick
     gw.spool._schedule_reports()  # what its timer does once a minute
     pump(gw, lambda: sum(e["kind"] == "report" for e in ledger(gw)) == 3)
     with socket.create_connection(address) as c:
@@ -81,9 +81,9 @@ def test_check_sync_off_never_asks(tmp_path):
         ingest=config.ingest,
         clock=type(config.clock)(check_sync=False),
     )
-    gw = Gateway(config, clock_synced=lambda: asked.append(1) or False)
+    gw = Gateway(config, clock=Clock(probe=lambda: asked.append(1) or False))
     gw.start()
     pump(gw, lambda: gw.ledger.durable.seq >= 1)
-    assert asked == [] and gw.clock_ok
+    assert asked == [] and gw.loop.clock.synced
     gw.request_stop()
     gw._finish()

@@ -15,6 +15,7 @@ from inproc import pump, settle
 
 from gateway.config import Config, IngestConfig, LedgerConfig
 from gateway.ledger import durability, entries
+from gateway.ledger.commit import Ledger
 from gateway.ledger.store import LedgerReader, write_batch
 from gateway.ledger.verify import verify_ledger
 from gateway.service import Gateway
@@ -65,7 +66,7 @@ def gateway_factory(tmp_path, monkeypatch):
         )
         gw = Gateway(config)
         if writer is not None:
-            gw.durability.writer = writer
+            gw.ledger.durability.writer = writer
         bound = gw.start()
         made.append(gw)
         return gw, bound[0]
@@ -89,13 +90,13 @@ def test_no_ack_while_writes_fail_and_ack_once_they_succeed(gateway_factory, cod
     replies = Replies(client)
     pump(gw, lambda: writer.calls >= 3 and replies.poll())
     assert [r.get("hello", {}).get("ok") for r in replies.lines] == [True]
-    assert gw.ledger_error is not None and gw.ledger_error.errno == code
+    assert gw.ledger.error is not None and gw.ledger.error.errno == code
     assert gw.ledger.durable.seq == 0  # nothing durable, so nothing acknowledged
 
     writer.fail = False
     pump(gw, lambda: len(replies.poll()) >= 2)
     assert replies.lines[1] == {"ok": True, "seq": 2}
-    assert gw.ledger_error is None
+    assert gw.ledger.error is None
     client.close()
     gw.request_stop()
     gw._finish()
@@ -175,12 +176,12 @@ def test_a_port_in_use_stops_the_start_before_recovery_touches_the_ledger(tmp_pa
 
 def test_disk_guard_refuses_new_events_and_resumes_by_itself(gateway_factory, monkeypatch):
     free = {"bytes": 10**12}
-    monkeypatch.setattr(Gateway, "free_bytes", staticmethod(lambda path: free["bytes"]))
+    monkeypatch.setattr(Ledger, "free_bytes", staticmethod(lambda path: free["bytes"]))
     gw, address = gateway_factory()
     settle(gw)
     head = gw.ledger.durable.seq
     free["bytes"] = 1024  # below ledger.min_free_bytes
-    pump(gw, lambda: gw.ingest.disk_full)  # noticed within a health tick
+    pump(gw, lambda: gw.ledger.disk_full)  # noticed within a health tick
     assert gw.status()["health"] == "disk full: new events refused"
     client = socket.create_connection(address)
     client.sendall(b'{"hello":{"ack":true}}\n{"event_type":"a"}\n')
@@ -192,7 +193,7 @@ def test_disk_guard_refuses_new_events_and_resumes_by_itself(gateway_factory, mo
     assert gw.ingest.stats.events == 0 and gw.ledger.durable.seq == head  # nothing stored
     client.close()
     free["bytes"] = 10**12
-    pump(gw, lambda: not gw.ingest.disk_full)
+    pump(gw, lambda: not gw.ledger.disk_full)
     with socket.create_connection(address) as again:
         again.sendall(b'{"event_type":"b"}\n')
     pump(gw, lambda: gw.ingest.stats.events == 1)
@@ -203,8 +204,8 @@ def test_status_reports_rates_sync_latency_and_free_space(gateway_factory):
     with socket.create_connection(address) as client:
         client.sendall(b'{"event_type":"a"}\n' * 50)
     pump(gw, lambda: gw.ingest.stats.events == 50)
-    ticks = len(gw.event_samples)
-    pump(gw, lambda: len(gw.event_samples) >= ticks + 2)  # two health ticks later
+    ticks = len(gw.health.event_samples)
+    pump(gw, lambda: len(gw.health.event_samples) >= ticks + 2)  # two health ticks later
     status = gw.status()
     assert status["ingest_rates"]["1m"] > 0 and set(status["ingest_rates"]) == {"1m", "5m", "15m"}
     assert (
@@ -247,8 +248,8 @@ def test_a_simulated_slow_sync_lengthens_every_commit(gateway_factory, monkeypat
     gw, address = gateway_factory()
     with socket.create_connection(address) as client:
         client.sendall(b'{"event_type":"a"}\n' * 20)
-    pump(gw, lambda: gw.ingest.stats.events == 20 and not gw.durability.busy)
-    assert gw.sync_latencies and min(gw.sync_latencies) >= 0.030
+    pump(gw, lambda: gw.ingest.stats.events == 20 and not gw.ledger.durability.busy)
+    assert gw.ledger.latencies and min(gw.ledger.latencies) >= 0.030
     monkeypatch.setenv(durability.SIMULATE_SYNC_ENV, "fast")
     with pytest.raises(ValueError, match="milliseconds"):
         durability.simulated_sync_s()
@@ -260,7 +261,7 @@ def test_status_counts_commit_batches_and_syncs(gateway_factory):
         client.sendall(b'{"event_type":"a"}\n' * 10)
     pump(gw, lambda: gw.ingest.stats.events == 10 and gw.ledger.durable.seq >= 10)
     ledger = gw.status()["ledger"]
-    assert 1 <= ledger["batches"] <= ledger["syncs"] and ledger["batches"] == gw.batches
+    assert 1 <= ledger["batches"] <= ledger["syncs"] and ledger["batches"] == gw.ledger.batches
 
 
 def test_min_sync_interval_gathers_what_arrives_meanwhile_into_one_sync(tmp_path):
@@ -274,8 +275,8 @@ def test_min_sync_interval_gathers_what_arrives_meanwhile_into_one_sync(tmp_path
     gw = Gateway(config)
     address = gw.start()[0]
     try:
-        pump(gw, lambda: gw.ledger.durable.seq >= 1 and not gw.durability.busy)  # `started`
-        first_batches = gw.batches
+        pump(gw, lambda: gw.ledger.durable.seq >= 1 and not gw.ledger.durability.busy)  # `started`
+        first_batches = gw.ledger.batches
         with socket.create_connection(address) as client:
             client.sendall(b'{"hello":{"app":"t","ack":true}}\n')
             replies = Replies(client)
@@ -285,7 +286,7 @@ def test_min_sync_interval_gathers_what_arrives_meanwhile_into_one_sync(tmp_path
                 pump(gw, lambda n=n: gw.ingest.stats.events == n + 1)
             pump(gw, lambda: len(replies.poll()) == 6)
         assert [r.get("ok") for r in replies.lines[1:]] == [True] * 5
-        assert gw.batches - first_batches == 1  # five events, one sync
+        assert gw.ledger.batches - first_batches == 1  # five events, one sync
     finally:
         gw.request_stop()
         gw._finish()

@@ -6,15 +6,8 @@ import socket
 import sys
 import threading
 
+from gateway.clock import FakeClock
 from gateway.loop import GIL_SWITCH_INTERVAL_S, READ, EventLoop
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_timers_fire_in_deadline_order_on_the_injected_clock():

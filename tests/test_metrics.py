@@ -44,7 +44,7 @@ def test_metrics_expose_the_status_read_only(tmp_path):
     with socket.create_connection(address) as c:
         c.sendall(b'{"event_type":"a"}\n' * 3)
     # Three events stored, and a commit's result handled (the sync counters).
-    pump(gw, lambda: gw.ingest.stats.events == 3 and gw.syncs > 0)
+    pump(gw, lambda: gw.ingest.stats.events == 3 and gw.ledger.syncs > 0)
     host, port = gw.metrics_address
     code, body = fetch(gw, f"http://{host}:{port}/metrics")
     assert code == 200

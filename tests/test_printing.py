@@ -105,7 +105,7 @@ class Gateways:
         gw.ingest.stop_accepting()
         gw.ingest.close_all()
         gw.control.close()
-        gw.durability.stop()
+        gw.ledger.durability.stop()
         gw.loop.close()
         os.close(gw._lock_fd)
         self.running.remove(gw)
@@ -276,7 +276,7 @@ def test_print_log_lines_carry_the_event_seq_and_its_connection_id(gateways, tmp
 def test_a_configuration_without_printers_has_no_spool(gateways, tmp_path):
     config = dataclasses.replace(gateways.config({}, routes=[]))
     gw, address = gateways.start(config)
-    assert gw.spool is None and gw.ingest.on_event is None
+    assert gw.spool is None and not gw.ledger.wants_values
     send(address, [event_line(1)])
     pump(gw, lambda: gw.ingest.stats.events == 1 and gw.ledger.durable.seq >= 2)
     assert outcomes(gw) == []
@@ -476,7 +476,7 @@ def test_missed_daily_reports_are_caught_up_once_each(gateways, tmp_path):
         gateways.stop(gw)
         gw, _ = gateways.start(config)  # a second start makes none again
         pump(gw, lambda: gw.ledger.durable.seq > 0)
-        pump(gw, lambda: not gw.spool.awaiting)
+        pump(gw, lambda: gw.ledger.settled)
     finally:
         spool_module.Spool._first_ledger_day = original
     reports = [e for e in ledger(gw) if e["kind"] == "report"]

@@ -109,7 +109,7 @@ def test_redaction_can_be_turned_off(tmp_path):
     )
     gw = Gateway(config)
     address = gw.start()[0]
-    assert gw.ingest.redactor is None
+    assert gw.intake.redactor is None
     with socket.create_connection(address) as c:
         c.sendall(b'{"event_type":"x","password":"visible"}\n')
     pump(gw, lambda: gw.ingest.stats.events == 1)

@@ -82,15 +82,23 @@ def config_for(tmp_path: Path, index_on: bool = False, **retention_kw) -> Config
 
 def start(config: Config, now_us: int) -> Gateway:
     gw = Gateway(config)
-    gw.retention.wall_clock = lambda: now_us / 1_000_000
+    set_wall(gw, now_us)
     gw.start()
     run_retention(gw, now_us)
     return gw
 
 
+def set_wall(gw: Gateway, now_us: int) -> None:
+    """Stop the gateway's wall clock at `now_us` (monotonic time runs on): entries are
+    received then and retention judges ages then."""
+    clock = gw.loop.clock
+    clock.wall = lambda: now_us / 1_000_000
+    clock.wall_us = lambda: now_us
+
+
 def run_retention(gw: Gateway, now_us: int) -> None:
     """One pass at `now_us`, and every pass that follows from it, until retention is idle."""
-    gw.retention.wall_clock = lambda: now_us / 1_000_000
+    set_wall(gw, now_us)
     gw.retention.check_now()
     pump(gw, lambda: gw.retention.idle)
     assert gw.retention.error == "", gw.retention.error
@@ -451,7 +459,7 @@ def test_an_archive_that_no_longer_matches_blocks_removal(tmp_path):
     gw = start(config, T0 + 36 * HOUR_US)  # archives the first day, removes nothing
     oldest = system(gw, "archived")[0]["detail"]
     (archive / oldest["archive_file"]).write_bytes(gzip.compress(b"something else"))
-    gw.retention.wall_clock = lambda: (T0 + 84 * HOUR_US) / 1_000_000
+    set_wall(gw, T0 + 84 * HOUR_US)
     gw.retention.check_now()
     pump(gw, lambda: gw.retention.idle)
     assert "does not match" in gw.retention.error
@@ -484,7 +492,7 @@ def test_export_query_show_and_the_index_after_removal(tmp_path, capsys):
     )
     build(config.ledger_dir)
     gw = Gateway(config)
-    gw.retention.wall_clock = lambda: (T0 + 84 * HOUR_US) / 1_000_000
+    set_wall(gw, T0 + 84 * HOUR_US)
     gw.start()
     settle(gw)
     # Nothing the index has not read yet is removed.

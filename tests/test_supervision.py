@@ -116,14 +116,14 @@ def test_watchdog_stops_while_the_ledger_cannot_be_written(tmp_path, notify_sock
     config = Config(state_dir=tmp_path / "state", ingest=IngestConfig(listen=("127.0.0.1:0",)))
     gw = Gateway(config, notifier=notifier)
     failing = {"on": False}
-    real_writer = gw.durability.writer
+    real_writer = gw.ledger.durability.writer
 
     def writer(batch, fds, sync):
         if failing["on"]:
             raise OSError(errno.EIO, "injected EIO")
         return real_writer(batch, fds, sync)
 
-    gw.durability.writer = writer
+    gw.ledger.durability.writer = writer
     address = gw.start()[0]
 
     def run(seconds: float) -> None:
@@ -137,7 +137,7 @@ def test_watchdog_stops_while_the_ledger_cannot_be_written(tmp_path, notify_sock
     with socket.create_connection(address) as c:
         c.sendall(b'{"event_type":"x"}\n')
     run(0.5)
-    assert "cannot be written" in gw.unhealthy_reason
+    assert "cannot be written" in gw.health.unhealthy_reason
     before = notify_socket.count("WATCHDOG")
     run(0.5)
     assert notify_socket.count("WATCHDOG") == before  # no pings while writes fail
@@ -145,7 +145,7 @@ def test_watchdog_stops_while_the_ledger_cannot_be_written(tmp_path, notify_sock
     failing["on"] = False
     run(0.5)
     assert notify_socket.count("WATCHDOG") > before  # recovered: pings resume
-    assert gw.unhealthy_reason == ""
+    assert gw.health.unhealthy_reason == ""
     gw.request_stop()
     gw._finish()
 
@@ -159,12 +159,12 @@ def test_watchdog_stops_when_the_durability_thread_dies(tmp_path, notify_socket)
     def writer(batch, fds, sync):
         raise SystemExit("the thread dies")  # not an OSError: the thread ends
 
-    gw.durability.writer = writer
+    gw.ledger.durability.writer = writer
     gw.start()
     end = time.monotonic() + 0.5
     while time.monotonic() < end:
         gw.loop.run_once(max_wait=0.02)
-    assert gw.unhealthy_reason == "the durability thread has stopped"
+    assert gw.health.unhealthy_reason == "the durability thread has stopped"
     before = notify_socket.count("WATCHDOG")
     end = time.monotonic() + 0.3
     while time.monotonic() < end:

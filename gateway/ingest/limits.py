@@ -52,6 +52,15 @@ class Policy:
             return "bad_token"
         return ""
 
+    def app_for_token(self, token: str) -> str | None:
+        """The app a bare token belongs to (HTTP bearer tokens), compared in constant time."""
+        found = None
+        presented = token.encode()
+        for app, secret in self.tokens.items():
+            if hmac.compare_digest(presented, secret):
+                found = app
+        return found
+
 
 class TokenBuckets:
     """One token bucket per source address: `rate` events/s, holding at most `burst`."""

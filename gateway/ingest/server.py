@@ -1,37 +1,32 @@
-"""The TCP ingest server on the event loop: listeners, connections, replies.
+"""The TCP ingest front-end on the event loop: listeners, connections, readiness.
 
-Each connection runs an IngestProtocol (a SyslogProtocol on the listeners of
-`ingest.syslog.listen`, which never get replies); every event goes through validation
-into LedgerWriter.append (staged). Replies wait in a per-connection queue, in
-line order, until the durability thread reports the batch that covers them;
-then one send per connection carries all that became due.
+This module keeps sockets, readiness, fairness and backpressure only. Each
+connection has a parser (IngestProtocol, or another front-end's), a Session
+(who the client is, gateway/ingest/session.py) and a ReplyQueue; the Intake
+(gateway/ingest/intake.py) turns parsed items into ledger entries and owed
+replies. When the ledger publishes a durable head, one send per connection
+carries every reply that became due. Connections on `ingest.syslog.listen`
+parse syslog (gateway/ingest/syslog.py) and are never sent a byte.
 """
 
 from __future__ import annotations
 
-import collections
-import json
 import logging
 import socket
 import ssl
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-from gateway import __version__
 from gateway.config import IngestConfig, parse_address
-from gateway.errors import RemoteInputError
-from gateway.ingest.limits import Policy
-from gateway.ingest.protocol import EOF, Hello, IngestProtocol, bad_line
-from gateway.ingest.redact import Redactor
+from gateway.ingest import replies as wire
+from gateway.ingest.intake import DEFERRED, FINISHED, Intake
+from gateway.ingest.protocol import IngestProtocol
+from gateway.ingest.replies import ReplyQueue
+from gateway.ingest.session import Session
 from gateway.ingest.syslog import SyslogProtocol
 from gateway.ingest.tls import WOULD_BLOCK, Handshake
 from gateway.ingest.tls import server_context as server_tls_context
 from gateway.ingest.tls import wrap as wrap_tls
-from gateway.ingest.validate import validate_event
-from gateway.ledger import entries
-from gateway.ledger.store import MAX_BATCH_BYTES, LedgerWriter
+from gateway.ledger.commit import DurableBatch
 from gateway.logs import RateLimitedLog
 from gateway.loop import READ, WRITE, EventLoop
 
@@ -89,17 +84,16 @@ def bind_tcp(address: str, backlog: int) -> socket.socket:
     return sock
 
 
-def json_line(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+class _NoReplies(ReplyQueue):
+    """The reply queue of a syslog connection: syslog has no replies, so none is owed."""
 
+    __slots__ = ()
 
-@dataclass(slots=True)
-class IngestStats:
-    events: int = 0
-    rejected: int = 0
-    accepted_connections: int = 0
-    refused_connections: int = 0
-    idle_closed: int = 0
+    def add_ack(self, seq: int) -> None:
+        pass
+
+    def add(self, due_seq: int, data: bytes) -> None:
+        pass
 
 
 class Listener:
@@ -109,15 +103,17 @@ class Listener:
         sock: socket.socket,
         address: str,
         tls: ssl.SSLContext | None = None,
-        protocol: Callable[[int], Any] = IngestProtocol,
+        protocol: Callable[[int], object] = IngestProtocol,
         replies: bool = True,
     ) -> None:
         self.server = server
         self.sock = sock
         self.address = address
         self.tls = tls  # None: plain TCP
-        self.protocol = protocol  # called with max_line_bytes for each connection
-        self.replies = replies  # False: nothing is ever sent (syslog)
+        # Makes a connection's parser from max_line_bytes: NDJSON, or another
+        # front-end's line protocol with the same interface (syslog).
+        self.protocol = protocol
+        self.replies = replies  # False: nothing is ever sent, errors included (syslog)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -147,24 +143,20 @@ class Listener:
 class Connection:
     __slots__ = (
         "addr",
-        "app",
-        "authorized",
-        "cert_app",
         "closed",
         "conn_id",
         "events",
         "fd",
         "finished",
         "last_active",
+        "nodelay",
         "outbuf",
         "pending",
         "port",
         "proto",
-        "replies",
-        "reply_mode",
         "server",
+        "session",
         "sock",
-        "source",
     )
 
     def __init__(
@@ -174,7 +166,7 @@ class Connection:
         addr: tuple,
         conn_id: int,
         cert_app: str | None = None,
-        protocol: Callable[[int], Any] = IngestProtocol,
+        protocol: Callable[[int], object] = IngestProtocol,
         replies: bool = True,
     ) -> None:
         self.server = server
@@ -183,26 +175,15 @@ class Connection:
         self.addr = str(addr[0])
         self.port = int(addr[1])
         self.conn_id = conn_id
-        # The app named by a verified client certificate (mutual TLS), if any.
-        self.cert_app = cert_app
-        self.app: str | None = cert_app
-        # May send events: with require_token, only after a hello whose token
-        # checks (or with a verified client certificate).
-        self.authorized = cert_app is not None or not server.policy.require_token
+        self.session = Session(self.addr, self.port, conn_id, server.intake.policy, cert_app)
         self.proto = protocol(server.config.max_line_bytes)
-        self.replies = replies  # False: never send anything, errors included (syslog)
-        self.source = entries.encode_source(
-            self.addr, self.port, cert_app, conn_id, authenticated=cert_app is not None
-        )
-        # Replies owed, in line order: an int is "ok" for that seq; a tuple is
-        # (seq, reply bytes) for errors and the hello (seq 0: due at once).
-        self.pending: collections.deque = collections.deque()
-        self.reply_mode = False  # acknowledged mode (hello with "ack": true)
+        self.pending = ReplyQueue() if replies else _NoReplies()  # replies owed, in line order
+        self.nodelay = False
         self.outbuf = bytearray()
         self.events = 0  # selector interest currently registered
         self.finished = False  # no more input will be read (EOF, fatal error, shutdown)
         self.closed = False
-        self.last_active = server.loop.clock()
+        self.last_active = server.loop.time()
 
     def fileno(self) -> int:
         return self.fd
@@ -234,7 +215,7 @@ class Connection:
         except OSError as exc:
             self.server.lost(self, exc)
             return
-        self.last_active = self.server.loop.clock()
+        self.last_active = self.server.loop.time()
         self.proto.receive_data(data)
         self.server.process(self)
 
@@ -261,7 +242,8 @@ class Connection:
             self.finished = True
             unfinished = self.proto.abandon()
             if unfinished is not None:
-                self.server._reject(self, unfinished, self.server.wall_clock_us(), reply=False)
+                intake = self.server.intake
+                intake.refuse(self.session, unfinished, None, intake.clock.wall_us())
         if not self.closed:
             self.update_interest()
 
@@ -290,7 +272,7 @@ class Connection:
             self.server.lost(self, exc)
             return
         del self.outbuf[:sent]
-        self.last_active = self.server.loop.clock()
+        self.last_active = self.server.loop.time()
 
     def update_interest(self) -> None:
         """Register for what the connection can use now; close it once it is done."""
@@ -342,26 +324,11 @@ class _Lingerer:
 
 
 class IngestServer:
-    def __init__(
-        self,
-        loop: EventLoop,
-        ledger: LedgerWriter,
-        config: IngestConfig,
-        *,
-        wall_clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
-    ) -> None:
+    def __init__(self, loop: EventLoop, intake: Intake, config: IngestConfig) -> None:
         self.loop = loop
-        self.ledger = ledger
+        self.intake = intake
+        self.ledger = intake.ledger
         self.config = config
-        self.wall_clock_us = wall_clock_us
-        # Called with (seq, chain hash, payload, event) for every staged event
-        # (the print spool's routing); None when nothing prints.
-        self.on_event: Callable[[int, bytes, bytes, dict], None] | None = None
-        self.policy = Policy(config)
-        # Set by the service while free space is below ledger.min_free_bytes.
-        self.disk_full = False
-        # Set by the service from `redact:` (None: redaction off).
-        self.redactor: Redactor | None = None
         self.listeners: list[Listener] = []
         self.connections: dict[int, Connection] = {}
         self.lingering: set[_Lingerer] = set()
@@ -372,10 +339,14 @@ class IngestServer:
         loop.add_idle_hook(self._work_backlog)
         self.paused = False
         self.accepting = False
-        self.stats = IngestStats()
+        self.stats = intake.stats
         self._next_conn_id = 1
         self._security = RateLimitedLog(security_log)
         self._sweep_interval = max(0.5, min(5.0, config.idle_timeout_s / 10))
+
+    @property
+    def policy(self):
+        return self.intake.policy
 
     def reconfigure(self, config: IngestConfig) -> None:
         """New limits (a reload): they apply to new connections and the next sweep.
@@ -384,9 +355,6 @@ class IngestServer:
         """
         self.config = config
         self._sweep_interval = max(0.5, min(5.0, config.idle_timeout_s / 10))
-        counts = self.policy.per_source
-        self.policy = Policy(config)
-        self.policy.per_source = counts
 
     # ---- listening
 
@@ -430,7 +398,7 @@ class IngestServer:
         sock: socket.socket,
         addr: tuple,
         tls: ssl.SSLContext | None = None,
-        protocol: Callable[[int], Any] = IngestProtocol,
+        protocol: Callable[[int], object] = IngestProtocol,
         replies: bool = True,
     ) -> None:
         sock.setblocking(False)
@@ -441,7 +409,7 @@ class IngestServer:
             self._security.warning(
                 "connection refused: source not allowed",
                 {"peer": f"{peer}:{addr[1]}"},
-                self.loop.clock(),
+                self.loop.time(),
             )
             sock.close()
             return
@@ -450,7 +418,7 @@ class IngestServer:
             self._security.warning(
                 "connection refused: too many connections from this source",
                 {"peer": f"{peer}:{addr[1]}", "limit": self.policy.max_per_source},
-                self.loop.clock(),
+                self.loop.time(),
             )
             self.refuse(
                 sock,
@@ -464,7 +432,7 @@ class IngestServer:
             self._security.warning(
                 "connection refused: too many connections",
                 {"peer": f"{addr[0]}:{addr[1]}", "limit": self.config.max_connections},
-                self.loop.clock(),
+                self.loop.time(),
             )
             self.refuse(
                 sock,
@@ -504,7 +472,7 @@ class IngestServer:
         self._security.warning(
             "TLS handshake failed",
             {"peer": f"{addr[0]}:{addr[1]}", "reason": reason},
-            self.loop.clock(),
+            self.loop.time(),
         )
 
     def _admit(
@@ -512,7 +480,7 @@ class IngestServer:
         sock: socket.socket,
         addr: tuple,
         cert_app: str | None = None,
-        protocol: Callable[[int], Any] = IngestProtocol,
+        protocol: Callable[[int], object] = IngestProtocol,
         replies: bool = True,
     ) -> None:
         conn_id = self._next_conn_id
@@ -530,7 +498,7 @@ class IngestServer:
         """
         try:
             if send:
-                sock.send(json_line({"ok": False, "error": code, "detail": detail}))
+                sock.send(wire.error(code, detail))
         except OSError:
             sock.close()
             return
@@ -557,79 +525,28 @@ class IngestServer:
     # ---- input
 
     def process(self, conn: Connection, budget: int | None = ITEMS_PER_TURN) -> None:
-        """Turn complete lines in the connection's buffer into staged entries.
+        """Hand the connection's buffered lines to the intake.
 
         At most `budget` items per call: a connection with more waits for the
         next loop turn (it is not read meanwhile), so that one fast sender
         cannot make a turn long for everybody else.
         """
-        proto = conn.proto
-        next_event = proto.next_event
-        ledger = self.ledger
-        append = ledger.append
-        on_event = self.on_event
-        encode = entries.encode_event
-        validate = validate_event
-        unsynced = entries.clock_unsynced()
-        buckets = self.policy.buckets
-        redactor = self.redactor
+        outcome = self.intake.feed(conn.session, conn.proto, conn.pending, budget)
+        if outcome == DEFERRED:
+            self._defer(conn)
+        elif outcome == FINISHED:
+            conn.finished = True
+        if conn.session.ack and not conn.nodelay:
+            # Acks are small and latency-bound: without NODELAY, Nagle plus the
+            # peer's delayed ACK holds each reply back ~40 ms.
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.nodelay = True
         pending = conn.pending
-        received = self.wall_clock_us()
-        source = conn.source
-        reply_mode = conn.reply_mode
-        events = 0
-        left = budget if budget is not None else -1
-        while True:
-            if left == 0:
-                self._defer(conn)
-                break
-            left -= 1
-            try:
-                item = next_event()
-            except RemoteInputError as exc:
-                self._reject(conn, exc, received)
-                if exc.fatal:
-                    conn.finished = True
-                    break
-                continue
-            if item is None:
-                break
-            if type(item) is dict:
-                if (
-                    not conn.authorized
-                    or self.disk_full
-                    or (buckets is not None and not buckets.take(conn.addr, self.loop.clock()))
-                ):
-                    self._refuse_sender(conn, received)
-                    break
-                flags = validate(item)
-                if redactor is not None and redactor.might_need(item, proto.last_line):
-                    flags += redactor.event(item)
-                if unsynced:
-                    flags = [*flags, entries.CLOCK_UNSYNCED]
-                payload = encode(received, source, item, flags)
-                seq = append(payload)
-                events += 1
-                if on_event is not None:
-                    on_event(seq, ledger.last_hash, payload, item)
-                if reply_mode:
-                    pending.append(seq)
-                continue
-            if item is EOF:
-                conn.finished = True
-                break
-            assert isinstance(item, Hello)
-            if not self._hello(conn, item):
-                break
-            source = conn.source
-            reply_mode = conn.reply_mode
-        self.stats.events += events
         if pending:
             self.waiting.add(conn)
-            head = pending[0]
-            if (head if type(head) is int else head[0]) <= self.ledger.durable.seq:
+            if pending.head_due(self.ledger.durable.seq):
                 self._flush(conn)
-        if not self.paused and self.ledger.staged_bytes >= MAX_BATCH_BYTES:
+        if not self.paused and self.ledger.backpressure:
             self._pause()
 
     def _defer(self, conn: Connection) -> None:
@@ -646,147 +563,24 @@ class IngestServer:
                 if not conn.closed:
                     conn.update_interest()
 
-    def _hello(self, conn: Connection, hello: Hello) -> bool:
-        """Apply a hello; False (after one error line) if its token does not check."""
-        if conn.cert_app is not None:
-            # The certificate names the app: a hello may not claim another.
-            refusal = "" if hello.app in (None, conn.cert_app) else "bad_token"
-        else:
-            refusal = self.policy.authenticate(hello.app, hello.token)
-        if refusal:
-            self.stats.rejected += 1
-            self._security.warning(
-                "hello refused: bad or missing token",
-                {"peer": f"{conn.addr}:{conn.port}", "conn": conn.conn_id, "app": hello.app},
-                self.loop.clock(),
-            )
-            detail = "the token is wrong, or missing for this app"
-            conn.pending.append((0, json_line({"ok": False, "error": refusal, "detail": detail})))
-            conn.finished = True
-            return False
-        conn.authorized = True
-        if conn.cert_app is not None:
-            hello = Hello(conn.cert_app, hello.ack, hello.token)
-        conn.app = hello.app
-        conn.reply_mode = hello.ack
-        conn.source = entries.encode_source(
-            conn.addr,
-            conn.port,
-            hello.app,
-            conn.conn_id,
-            authenticated=hello.token is not None or conn.cert_app is not None,
-        )
-        if hello.ack:
-            # Acks are small and latency-bound: without NODELAY, Nagle plus the
-            # peer's delayed ACK holds each reply back ~40 ms.
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reply = {
-            "ok": True,
-            "version": __version__,
-            "head_seq": self.ledger.durable.seq,
-            "conn": conn.conn_id,
-            "ack": hello.ack,
-            "max_line_bytes": self.config.max_line_bytes,
-        }
-        conn.pending.append((0, json_line({"hello": reply})))
-        return True
-
-    def _refuse_sender(self, conn: Connection, received: int) -> None:
-        """A line from a sender that may not send it: one error line, then close.
-
-        Without a required token, nothing is recorded (an unauthenticated
-        stranger must not fill the ledger); over the rate limit, the line is
-        recorded as `rejected` (one per connection: it is closed right after)
-        and the rest of its input is discarded.
-        """
-        line = conn.proto.last_line
-        if not conn.authorized:
-            code, detail = "token_required", "this gateway requires a hello with a token"
-            exc = RemoteInputError(code, detail, fatal=True)
-        elif self.disk_full:
-            # Nothing can be stored, this line included: say so and close; the
-            # client sends it again once the gateway takes events again.
-            detail = "the gateway's storage is nearly full; nothing was stored from here on"
-            exc = RemoteInputError("disk_full", detail, fatal=True)
-        else:
-            limit = self.policy.buckets
-            assert limit is not None
-            code = "rate_limited"
-            detail = f"more than {limit.rate:g} events/s from {conn.addr}; closing"
-            exc = bad_line(code, detail, line)
-            exc.fatal = True
-        self._reject(conn, exc, received)
-        conn.finished = True
-
-    def _reject(
-        self, conn: Connection, exc: RemoteInputError, received: int, *, reply: bool = True
-    ) -> None:
-        self.stats.rejected += 1
-        seq = 0
-        if exc.length is not None:
-            excerpt, digest, redacted = exc.excerpt or b"", exc.digest or b"", False
-            if self.redactor is not None:
-                excerpt, redacted = self.redactor.excerpt(excerpt)
-                if redacted:
-                    digest = self.redactor.keyed(digest)
-            seq = self.ledger.append(
-                entries.encode_rejected(
-                    received,
-                    conn.source,
-                    exc.code,
-                    exc.detail,
-                    exc.length,
-                    digest,
-                    excerpt,
-                    redacted,
-                )
-            )
-        self._security.warning(
-            "input refused",
-            {
-                "peer": f"{conn.addr}:{conn.port}",
-                "conn": conn.conn_id,
-                "error": exc.code,
-                "seq": seq,
-            },
-            self.loop.clock(),
-        )
-        # Fire-and-forget clients get no reply; a bad hello is answered anyway,
-        # since the client spoke the protocol and is about to be disconnected.
-        if reply and conn.replies and (conn.reply_mode or exc.fatal):
-            conn.pending.append((seq, exc.reply()))
-
     # ---- output
 
-    def on_durable(self) -> None:
-        """The durable head moved: send every reply that became due."""
+    def on_durable(self, batch: DurableBatch) -> None:
+        """The durable head moved (a ledger subscriber): send every reply that became due."""
         if self.waiting:
             for conn in list(self.waiting):
                 self._flush(conn)
                 if not conn.closed:
                     conn.update_interest()
-        if self.paused and self.ledger.staged_bytes < MAX_BATCH_BYTES:
+        if self.paused and not self.ledger.backpressure:
             self._resume()
 
     def _flush(self, conn: Connection) -> None:
-        durable = self.ledger.durable.seq
-        pending = conn.pending
-        out = []
-        while pending:
-            head = pending[0]
-            if type(head) is int:
-                if head > durable:
-                    break
-                out.append(b'{"ok":true,"seq":%d}\n' % head)
-            else:
-                if head[0] > durable:
-                    break
-                out.append(head[1])
-            pending.popleft()
-        if not pending:
+        data = conn.pending.take_due(self.ledger.durable.seq)
+        if not conn.pending:
             self.waiting.discard(conn)
-        if out:
-            conn.send(b"".join(out))
+        if data:
+            conn.send(data)
 
     # ---- backpressure, idleness, closing
 
@@ -801,21 +595,13 @@ class IngestServer:
             conn.update_interest()
 
     def _sweep(self) -> None:
-        now = self.loop.clock()
+        now = self.loop.time()
         limit = self.config.idle_timeout_s
         for conn in list(self.connections.values()):
             if now - conn.last_active > limit and not conn.pending:
                 self.stats.idle_closed += 1
-                if conn.reply_mode and not conn.outbuf:
-                    conn.send(
-                        json_line(
-                            {
-                                "ok": False,
-                                "error": "idle_timeout",
-                                "detail": f"no data for {limit:g} s",
-                            }
-                        )
-                    )
+                if conn.session.ack and not conn.outbuf:
+                    conn.send(wire.error("idle_timeout", f"no data for {limit:g} s"))
                 self.close(conn)
         if self.accepting:
             self.loop.call_later(self._sweep_interval, self._sweep)

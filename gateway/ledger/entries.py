@@ -34,18 +34,9 @@ _dumps = cbor2.dumps
 
 # While the system clock is not synchronised (a Raspberry Pi has no real-time
 # clock), every entry says so: events in their flags, other kinds with a
-# "clock_unsynced": true field. Process-wide, like the clock itself.
-_clock_unsynced = False
+# "clock_unsynced": true field. The caller passes the clock's state
+# (gateway/clock.py); nothing here keeps it.
 CLOCK_UNSYNCED = "clock_unsynced"
-
-
-def set_clock_unsynced(unsynced: bool) -> None:
-    global _clock_unsynced
-    _clock_unsynced = unsynced
-
-
-def clock_unsynced() -> bool:
-    return _clock_unsynced
 
 
 _K_SOURCE = _dumps("source")
@@ -59,18 +50,23 @@ _K_REDACTED = _dumps("redacted") + _dumps(True)
 _EVENT_HEAD = b"\xa5" + _dumps("kind") + _dumps(EVENT) + _dumps("received_at")
 
 
-def encode_source(
+def source_map(
     addr: str, port: int, app: str | None, conn: int, authenticated: bool = False
-) -> bytes:
-    """Pre-encode a connection's source map once; every event on it reuses the bytes.
-
-    `auth: true` is added when the hello's token was checked, so the app name
-    can be trusted; without it the name is what the client claimed.
-    """
+) -> dict[str, Any]:
+    """A connection's `source`: `auth: true` when the hello's token (or the client's
+    certificate) was checked, so the app name can be trusted; without it the name
+    is what the client claimed."""
     source: dict[str, Any] = {"addr": addr, "port": port, "app": app, "conn": conn}
     if authenticated:
         source["auth"] = True
-    return _dumps(source)
+    return source
+
+
+def encode_source(
+    addr: str, port: int, app: str | None, conn: int, authenticated: bool = False
+) -> bytes:
+    """Pre-encode a connection's source map once; every event on it reuses the bytes."""
+    return _dumps(source_map(addr, port, app, conn, authenticated))
 
 
 # The events of one read share their receive time: its encoding is remembered
@@ -102,10 +98,11 @@ def encode_rejected(
     digest: bytes,
     excerpt: bytes,
     redacted: bool = False,
+    unsynced: bool = False,
 ) -> bytes:
     """A refused line. `redacted`: its excerpt was redacted and its digest is keyed."""
     optional = []
-    if _clock_unsynced:
+    if unsynced:
         optional.append(_K_UNSYNCED)
     if redacted:
         optional.append(_K_REDACTED)
@@ -132,16 +129,45 @@ def encode_rejected(
     )
 
 
-def encode_system(received_at_us: int, name: str, detail: dict[str, Any]) -> bytes:
-    return encode_record(SYSTEM, received_at_us, {"name": name, "detail": detail})
+def encode_system(
+    received_at_us: int, name: str, detail: dict[str, Any], unsynced: bool = False
+) -> bytes:
+    return encode_record(SYSTEM, received_at_us, {"name": name, "detail": detail}, unsynced)
 
 
-def encode_record(kind: str, received_at_us: int, fields: dict[str, Any]) -> bytes:
-    """Any other kind: a flat map of `kind`, `received_at` and the kind's fields."""
+def record_value(
+    kind: str, received_at_us: int, fields: dict[str, Any], unsynced: bool = False
+) -> dict[str, Any]:
+    """The map `encode_record` stores (what decoding the entry gives back)."""
     record = {"kind": kind, "received_at": received_at_us, **fields}
-    if _clock_unsynced:
+    if unsynced:
         record[CLOCK_UNSYNCED] = True
-    return _dumps(record)
+    return record
+
+
+def encode_record(
+    kind: str, received_at_us: int, fields: dict[str, Any], unsynced: bool = False
+) -> bytes:
+    """Any other kind: a flat map of `kind`, `received_at` and the kind's fields."""
+    return _dumps(record_value(kind, received_at_us, fields, unsynced))
+
+
+def encode_value(value: dict[str, Any]) -> bytes:
+    """A map made by record_value (or event_value), as stored."""
+    return _dumps(value)
+
+
+def event_value(
+    received_at_us: int, source: dict[str, Any], event: dict, flags: list[str]
+) -> dict[str, Any]:
+    """The map encode_event stores, for subscribers that read entries as they commit."""
+    return {
+        "kind": EVENT,
+        "received_at": received_at_us,
+        "source": source,
+        "event": event,
+        "flags": flags,
+    }
 
 
 def decode(payload: bytes | memoryview) -> dict[str, Any]:

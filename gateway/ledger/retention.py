@@ -45,12 +45,11 @@ import json
 import logging
 import os
 import threading
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from blake3 import blake3
 
@@ -60,11 +59,13 @@ from gateway.ledger import format as fmt
 from gateway.ledger.store import (
     LedgerFollower,
     LedgerReader,
-    LedgerWriter,
     fsync_directory,
     list_segments,
 )
 from gateway.loop import EventLoop, Timer
+
+if TYPE_CHECKING:
+    from gateway.ledger.commit import DurableBatch, Ledger
 
 log = logging.getLogger("gateway.ops")
 
@@ -464,7 +465,7 @@ class Retention:
         config: RetentionConfig,
         state_dir: Path,
         loop: EventLoop,
-        ledger: LedgerWriter,
+        ledger: Ledger,
         keep_from: Callable[[], int],
     ) -> None:
         self.config = config
@@ -472,8 +473,6 @@ class Retention:
         self.ledger = ledger
         self.keep_from = keep_from
         self.state_path = state_dir / STATE_FILE
-        # Wall-clock time in seconds (a seam for tests): ages are by received_at.
-        self.wall_clock: Callable[[], float] = time.time
         self.passes = 0
         self.archived = 0
         self.removed = 0
@@ -507,7 +506,8 @@ class Retention:
         self._due = True
         self._maybe_start()
 
-    def on_durable(self) -> None:
+    def on_durable(self, batch: DurableBatch) -> None:
+        """A ledger subscriber: a pass may be waiting for its entries to be durable."""
         self._maybe_start()
 
     def status(self) -> dict[str, Any]:
@@ -544,7 +544,7 @@ class Retention:
             self.config,
             self.ledger.durable.seq,
             self.keep_from(),
-            int(self.wall_clock() * 1_000_000),
+            self.ledger.clock.wall_us(),  # ages are by received_at
         )
         self._thread = threading.Thread(target=self._run, args=(job,), name="retention")
         self._thread.daemon = True
@@ -580,8 +580,7 @@ class Retention:
         """On the loop: append a pass's entry; a further pass follows once it is durable."""
         if self._stop.is_set():
             return  # not recorded: the next start does the step again
-        now = int(self.wall_clock() * 1_000_000)
-        self._awaiting = self.ledger.append(entries.encode_system(now, name, detail))
+        self._awaiting = self.ledger.system(name, detail)
         self._due = True
         if name == ARCHIVED:
             self.archived += 1

@@ -8,11 +8,12 @@ The ledger is the spool's only source of truth (docs/printing.md, "The spool"):
   `report` or `status_page` entry;
 - a job ends with one `print` entry (printed, failed, cancelled, refused).
 
-After a restart the spool rescans the ledger from its floor (the lowest seq
-that may still have an unfinished job, kept in `spool.json` as a hint) and
-queues every job that has no `print` entry. A lost or stale hint only makes the
-scan longer. Delivery is at least once: a job that may have been partly
-printed is printed again in full, marked "REPRINT - delivery uncertain".
+What is owed is one pure fold over durable entries (gateway/printing/fold.py):
+live, the spool subscribes to the ledger's durable batches and folds each
+entry in; after a restart it folds the ledger again from its floor (kept in
+`spool.json` as a hint: lost or stale, it only makes the scan longer). Delivery
+is at least once: a job that may have been partly printed is printed again in
+full, marked "REPRINT - delivery uncertain".
 
 Everything here runs on the event loop, except `prepare` (rendering, ledger
 reads) and file writes, which run on one worker thread.
@@ -29,17 +30,19 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.config import Config, PrinterConfig
 from gateway.errors import LedgerError
 from gateway.ledger import entries
-from gateway.ledger.store import LedgerReader, LedgerWriter
+from gateway.ledger.commit import DurableBatch, Ledger
+from gateway.ledger.store import LedgerReader
 from gateway.logs import RateLimitedLog
 from gateway.loop import EventLoop, Timer
 from gateway.printing import reports
+from gateway.printing.fold import Job, SpoolFold, request_job
 from gateway.printing.transports import (
     Result,
     SerialDelivery,
@@ -57,30 +60,8 @@ CHECKPOINT_FILE = "spool.json"
 CHECKPOINT_INTERVAL_S = 5.0
 # While the clock is unsynchronised, look again for due reports every minute.
 CLOCK_WAIT_S = 60.0
-# Memory a job is charged beyond its entry data (its bookkeeping).
-JOB_OVERHEAD_BYTES = 256
 UNCERTAIN = "REPRINT - delivery uncertain"
 FILE_EXTENSIONS = {"text": "txt", "escpos": "escpos", "pcl": "pcl"}
-
-
-@dataclass(slots=True)
-class Job:
-    id: str  # "<origin seq>/<printer>": unique, the same after a restart
-    type: str  # receipt | reprint | report | status
-    printer: str
-    origin: int  # seq of the event (receipt) or of the entry that queued the job
-    seqs: tuple[int, ...]  # the ledger entries printed
-    request: dict[str, Any] = field(default_factory=dict)  # the queuing entry's fields
-    payload: bytes = b""  # receipt: the event entry (CBOR), until printed
-    hash_hex: str = ""  # receipt: the event's chain hash
-    uncertain: bool = False
-    attempts: int = 0
-    sent: int = 0
-    conn: int | None = None  # receipt: the ingest connection id, read from the entry once
-
-    @property
-    def size(self) -> int:
-        return len(self.payload) + JOB_OVERHEAD_BYTES
 
 
 class Router:
@@ -134,7 +115,7 @@ class Printer:
             "uri": self.config.uri,
             "state": self.state,
             "error": self.error,
-            "error_for_s": round(self.spool.loop.clock() - self.error_since, 1)
+            "error_for_s": round(self.spool.loop.time() - self.error_since, 1)
             if self.error_since is not None
             else 0,
             "alert": self.alerted,
@@ -248,7 +229,7 @@ class Printer:
         if state == self.state:
             return
         self.state = state
-        clock = self.spool.loop.clock()
+        clock = self.spool.loop.time()
         if state == "error":
             self.error_since = clock
             self.alert_timer = self.spool.loop.call_later(
@@ -366,54 +347,35 @@ def read_entry(ledger_dir: Path, seq: int) -> tuple[bytes, str]:
     raise LedgerError(f"seq {seq} is not in the ledger")
 
 
-REQUEST_KINDS = {
-    entries.REPRINT: "reprint",
-    entries.REPORT: "report",
-    entries.STATUS_PAGE: "status",
-}
-
-
-def receipt_job(seq: int, printer: str, payload: bytes, chain_hash: bytes) -> Job:
-    return Job(f"{seq}/{printer}", "receipt", printer, seq, (seq,), {}, payload, chain_hash.hex())
-
-
-def request_job(seq: int, entry: dict[str, Any]) -> Job:
-    """The job a `reprint`, `report` or `status_page` entry queued."""
-    kind = REQUEST_KINDS[entry["kind"]]
-    if kind == "reprint":
-        seqs: tuple = (int(entry["event_seq"]),)
-    elif kind == "report" and entry.get("first_seq"):
-        seqs = (int(entry["first_seq"]), int(entry["last_seq"]))
-    else:
-        seqs = ()
-    return Job(str(entry["job"]), kind, str(entry["printer"]), seq, seqs, dict(entry))
-
-
 class Spool:
-    def __init__(self, config: Config, loop: EventLoop, ledger: LedgerWriter) -> None:
+    def __init__(
+        self,
+        config: Config,
+        loop: EventLoop,
+        ledger: Ledger,
+        status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.config = config
         self.loop = loop
         self.ledger = ledger
         self.router = Router(config)
         self.context = Context(config.name or socket.gethostname(), config.ledger_dir)
         self.printers = {name: Printer(self, name, pc) for name, pc in config.printers.items()}
-        # Jobs whose queuing entry is not durable yet, in seq order.
-        self.awaiting: collections.deque[Job] = collections.deque()
-        # (seq of a print entry not yet durable, origin of its job): holds the floor down.
-        self.unsettled: collections.deque[tuple[int, int]] = collections.deque()
-        self.report_number = 0
-        self.report_date: dt.date | None = None
-        self.last_receipt: tuple[int, str] | None = None  # (seq, printer)
+        # What is owed: rebuilt from the ledger at start(), then fed durable entries.
+        self.fold = SpoolFold(self.router)
+        # Report numbers and dates handed out by requests not yet durable.
+        self._issued_number = 0
+        self._issued_date: dt.date | None = None
+        # A reprint's entry read while it was requested: printed without a second read.
+        self._prefetched: dict[str, tuple[bytes, str]] = {}
         self.running = False  # printing: between start() and stop()
         self.stopping = False
         self.refused = 0
         # A burst of refusals (a flood of events for a slow printer) logs 10
         # lines per 10 s and a count of the rest; every refusal is in the ledger.
         self._refusals = RateLimitedLog(log)
-        # The whole gateway's status, for status pages (set by the service).
-        self.status_provider: Callable[[], dict[str, Any]] = self.status
-        # Whether the system clock is synchronised (set by the service).
-        self.clock_ok: Callable[[], bool] = lambda: True
+        # The whole gateway's status, for status pages.
+        self.status_provider: Callable[[], dict[str, Any]] = status or self.status
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="print")
         self._checkpoint_dirty = True
         self._checkpoint_timer: Timer | None = None
@@ -422,7 +384,20 @@ class Spool:
     # ---- the one way to write: through the ledger's write path
 
     def append(self, kind: str, fields: dict[str, Any]) -> int:
-        return self.ledger.append(entries.encode_record(kind, time.time_ns() // 1000, fields))
+        return self.ledger.record(kind, fields)
+
+    @property
+    def report_number(self) -> int:
+        return max(self.fold.report_number, self._issued_number)
+
+    @property
+    def report_date(self) -> dt.date | None:
+        dates = [d for d in (self.fold.report_date, self._issued_date) if d is not None]
+        return max(dates) if dates else None
+
+    @property
+    def last_receipt(self) -> tuple[int, str] | None:
+        return self.fold.last_receipt
 
     def in_worker(
         self, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None]
@@ -436,22 +411,21 @@ class Spool:
 
         self._worker.submit(fn).add_done_callback(finished)
 
-    # ---- from ingest and the durability thread
+    # ---- from the ledger: durable entries only
 
-    def on_event(self, seq: int, chain_hash: bytes, payload: bytes, event: dict) -> None:
-        """An event was staged (not durable yet): queue its receipts once it is."""
-        printers = self.router(event)
-        for name in printers:
-            self.awaiting.append(receipt_job(seq, name, payload, chain_hash))
-
-    def on_durable(self) -> None:
-        durable = self.ledger.durable.seq
-        awaiting = self.awaiting
-        while awaiting and awaiting[0].origin <= durable:
-            self._queue(awaiting.popleft())
-        unsettled = self.unsettled
-        while unsettled and unsettled[0][0] <= durable:
-            unsettled.popleft()
+    def on_durable(self, batch: DurableBatch) -> None:
+        """A ledger subscriber (with entries): fold them in, queue what became owed."""
+        fold = self.fold
+        for entry in batch.entries:
+            if entry.seq <= fold.head:
+                continue  # folded already by start()'s scan
+            made = fold.apply(entry.seq, entry.hash, entry.decoded(), entry.payload)
+            for job in made:
+                prefetched = self._prefetched.pop(job.id, None)
+                if prefetched is not None:
+                    job.payload, job.hash_hex = prefetched
+                self._queue(job)
+        if batch.entries:
             self._checkpoint_dirty = True
 
     def _queue(self, job: Job) -> None:
@@ -464,14 +438,13 @@ class Spool:
             self._refusals.error(
                 "print job refused: the spool is full",
                 {"printer": job.printer, "job": job.id, "queued": len(printer.queue)},
-                self.loop.clock(),
+                self.loop.time(),
             )
             self.record_outcome(job, "refused", 0, "spool full")
 
     def record_outcome(self, job: Job, outcome: str, sent: int, detail: str) -> None:
-        if outcome == "printed" and job.type in ("receipt", "reprint"):
-            self.last_receipt = (job.seqs[0], job.printer)
-        seq = self.append(
+        """One `print` entry ends the job (the fold settles it once durable)."""
+        self.append(
             entries.PRINT,
             {
                 "job": job.id,
@@ -485,8 +458,6 @@ class Spool:
                 "detail": detail,
             },
         )
-        self.unsettled.append((seq, job.origin))
-        self._checkpoint_dirty = True
 
     # ---- requests (control socket, button, schedule)
 
@@ -502,9 +473,7 @@ class Spool:
         origin = self.ledger.next_seq
         fields = {"job": f"{origin}/{fields['printer']}", **fields}
         self.append(kind, fields)
-        job = request_job(origin, {"kind": kind, **fields})
-        self.awaiting.append(job)
-        return job
+        return request_job(origin, {"kind": kind, **fields})
 
     def request_reprint(
         self, seq: int | None, printer: str | None, by: str, reply: Callable[[dict], None]
@@ -544,7 +513,7 @@ class Spool:
             payload, hash_hex, copies = result
             fields = {"printer": name, "event_seq": seq, "copy": copies + 1, "hash": hash_hex}
             job = self._request(entries.REPRINT, {**fields, "requested_by": by})
-            job.payload, job.hash_hex = payload, hash_hex  # no second read to print it
+            self._prefetched[job.id] = (payload, hash_hex)  # no second read to print it
             reply({"ok": True, "job": job.id, "seq": seq, "copy": copies + 1})
 
         self.in_worker(find, found)
@@ -564,12 +533,12 @@ class Spool:
                 reply({"ok": False, "error": str(exc)})
                 return
             rows, first, last, last_hash = result
-            self.report_number += 1
-            if self.report_date is None or date > self.report_date:
-                self.report_date = date
+            number = self._issued_number = self.report_number + 1
+            if self._issued_date is None or date > self._issued_date:
+                self._issued_date = date
             fields = {
                 "printer": name,
-                "number": self.report_number,
+                "number": number,
                 "date": date.isoformat(),
                 "first_seq": first,
                 "last_seq": last,
@@ -579,7 +548,7 @@ class Spool:
             }
             job = self._request(entries.REPORT, fields)
             self._checkpoint_dirty = True
-            reply({"ok": True, "job": job.id, "number": self.report_number, "count": len(rows)})
+            reply({"ok": True, "job": job.id, "number": number, "count": len(rows)})
 
         self.in_worker(lambda: reports.collect_day(ledger_dir, date, to_seq=to_seq), found)
 
@@ -598,14 +567,14 @@ class Spool:
         if daily is None or self.stopping:
             return
         first = self._first_day
-        if not self.clock_ok():
+        if not self.loop.clock.synced:
             # Without a synchronised clock "yesterday" is unknown: wait for it.
             self._report_timer = self.loop.call_later(CLOCK_WAIT_S, self._schedule_reports)
             return
         if first is not None:
             for date in reports.due_dates(self.report_date, first, daily.at):
                 self.request_report(date, daily.printer, "schedule", self._log_reply)
-                self.report_date = date  # each missed day once, even before the reply
+                self._issued_date = date  # each missed day once, even before the reply
         self._report_timer = self.loop.call_later(
             reports.next_due(daily.at), self._schedule_reports
         )
@@ -625,7 +594,7 @@ class Spool:
         `print` entry; new printers start empty.
         """
         self.config = config
-        self.router = Router(config)
+        self.router = self.fold.router = Router(config)
         self.context = Context(config.name or socket.gethostname(), config.ledger_dir)
         for name in [n for n in self.printers if n not in config.printers]:
             printer = self.printers.pop(name)
@@ -652,9 +621,13 @@ class Spool:
         """Rebuild the queues from the ledger, then start printing."""
         started = time.monotonic()
         checkpoint = self._read_checkpoint()
-        floor = int(checkpoint.get("floor", 1))
+        self.fold = SpoolFold(self.router, checkpoint)
+        floor = self.fold.floor_hint
         head = self.ledger.durable.seq
-        scanned = self._scan(floor, head, from_checkpoint=bool(checkpoint))
+        scanned = self.fold.fold(LedgerReader(self.config.ledger_dir).entries(floor, head))
+        self.fold.head = max(self.fold.head, head)
+        for job in self.fold.owed.values():  # dicts keep insertion order: seq order
+            self._queue(job)
         in_flight = set()
         if clean_stop is not None and clean_stop.get("head") == head:
             in_flight = set(clean_stop.get("in_flight", []))
@@ -688,58 +661,6 @@ class Spool:
             if isinstance(received, int):
                 return dt.datetime.fromtimestamp(received / 1e6).date()
         return None
-
-    def _scan(self, floor: int, head: int, from_checkpoint: bool) -> int:
-        """Queue every job from `floor` to `head` that has no outcome entry.
-
-        Receipts are owed only for events received while routing was on, as
-        each `started` (and `reloaded`) system entry records: a ledger that
-        gains its first printer does not print its history. A floor from the
-        checkpoint was set by a running spool, so routing was on there.
-        """
-        pending: dict[str, Job] = {}
-        routing = from_checkpoint
-        n = 0
-        for seq, payload, chain_hash in LedgerReader(self.config.ledger_dir).entries(floor, head):
-            n += 1
-            entry = entries.decode(payload)
-            kind = entry.get("kind")
-            if kind == entries.SYSTEM and entry.get("name") in ("started", "reloaded"):
-                detail = entry.get("detail")
-                routing = isinstance(detail, dict) and detail.get("printing") is True
-            elif kind == entries.EVENT and routing:
-                event = entry.get("event")
-                if isinstance(event, dict):
-                    for name in self.router(event):
-                        job = receipt_job(seq, name, bytes(payload), chain_hash)
-                        pending[job.id] = job
-            elif kind == entries.PRINT:
-                pending.pop(str(entry.get("job")), None)
-                seqs = entry.get("seqs")
-                if entry.get("outcome") == "printed" and entry.get("type") in (
-                    "receipt",
-                    "reprint",
-                ):
-                    self.last_receipt = (int(seqs[0]), str(entry.get("printer")))
-            elif kind in REQUEST_KINDS:
-                job = request_job(seq, entry)
-                pending[job.id] = job
-                if job.type == "report":
-                    self.report_number = max(self.report_number, int(entry["number"]))
-                    date = dt.date.fromisoformat(str(entry["date"]))
-                    if self.report_date is None or date > self.report_date:
-                        self.report_date = date
-        checkpoint = self._read_checkpoint()
-        if self.report_number == 0:  # no report entry since the floor: take the hint's
-            self.report_number = int(checkpoint.get("report_number") or 0)
-            date = checkpoint.get("report_date")
-            self.report_date = dt.date.fromisoformat(date) if date else None
-        if self.last_receipt is None and checkpoint.get("last_receipt"):
-            seq, name = checkpoint["last_receipt"]
-            self.last_receipt = (int(seq), str(name))
-        for job in pending.values():  # dicts keep insertion order: seq order
-            self._queue(job)
-        return n
 
     def stop(self) -> list[str]:
         """Abort deliveries in flight; returns their job ids for the `stopped` entry."""
@@ -775,15 +696,8 @@ class Spool:
     # ---- the checkpoint: a hint, never the truth
 
     def floor(self) -> int:
-        candidates = [self.ledger.durable.seq + 1]
-        if self.awaiting:
-            candidates.append(self.awaiting[0].origin)
-        if self.unsettled:
-            candidates.append(min(origin for _seq, origin in self.unsettled))
-        for printer in self.printers.values():
-            if printer.queue:
-                candidates.append(min(job.origin for job in printer.queue))
-        return min(candidates)
+        """The oldest seq the spool still needs (retention keeps its segment)."""
+        return self.fold.floor()
 
     def _checkpoint_tick(self) -> None:
         if self._checkpoint_dirty:
@@ -792,14 +706,7 @@ class Spool:
 
     def _write_checkpoint(self, extra: dict[str, Any]) -> None:
         self._checkpoint_dirty = False
-        data = {
-            "version": 1,
-            "floor": self.floor(),
-            "report_number": self.report_number,
-            "report_date": self.report_date.isoformat() if self.report_date else None,
-            "last_receipt": list(self.last_receipt) if self.last_receipt else None,
-            **extra,
-        }
+        data = {**self.fold.checkpoint(), **extra}
         path = self.config.state_dir / CHECKPOINT_FILE
         tmp = path.with_suffix(".tmp")
         try:

@@ -159,7 +159,7 @@ class _Delivery(abc.ABC):
             self.timer.cancel()
             self.timer = None
         self.phase = "drain"
-        self.progress_at = self.loop.clock()
+        self.progress_at = self.loop.time()
         self._interest(READ if self.waiteof else 0)
         self._poll()
 
@@ -167,7 +167,7 @@ class _Delivery(abc.ABC):
         """The drain phase: delivered, still draining, stalled, or gone?"""
         if self.phase != "drain":
             return
-        now = self.loop.clock()
+        now = self.loop.time()
         try:
             error = self._error()
             outq = 0 if error else self._unsent()

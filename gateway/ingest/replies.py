@@ -1,0 +1,93 @@
+"""Every byte the gateway sends an ingest client: the one reply encoder.
+
+Errors carry data (a code and a detail, gateway/errors.py); this module alone
+turns them, acknowledgements and the hello answer into wire bytes. Replies
+owed to a client wait in a ReplyQueue until the ledger's durable head covers
+them (docs/protocol.md, "Replies").
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["ReplyQueue", "ack", "error", "hello", "json_line"]
+
+
+def json_line(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def ack(seq: int, flags: Iterable[str] = (), duplicate: bool = False) -> bytes:
+    """`{"ok":true,"seq":N}` and, when there are any, the event's validation flags."""
+    flags = list(flags)
+    if not flags and not duplicate:
+        return b'{"ok":true,"seq":%d}\n' % seq
+    reply: dict[str, Any] = {"ok": True, "seq": seq}
+    if duplicate:
+        reply["duplicate"] = True
+    if flags:
+        reply["flags"] = flags
+    return json_line(reply)
+
+
+def error(code: str, detail: str) -> bytes:
+    return json_line({"ok": False, "error": code, "detail": detail})
+
+
+def hello(fields: dict[str, Any]) -> bytes:
+    return json_line({"hello": {"ok": True, **fields}})
+
+
+class ReplyQueue:
+    """Replies owed to one client, in line order, each due once its seq is durable.
+
+    An int item is a plain acknowledgement of that seq (the common case, kept
+    small); a tuple is (due seq, reply bytes): errors, flagged acks, the hello
+    (seq 0: due at once).
+    """
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: collections.deque[int | tuple[int, bytes]] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def add_ack(self, seq: int) -> None:
+        self.items.append(seq)
+
+    def add(self, due_seq: int, data: bytes) -> None:
+        self.items.append((due_seq, data))
+
+    def head_due(self, durable: int) -> bool:
+        if not self.items:
+            return False
+        head = self.items[0]
+        return (head if type(head) is int else head[0]) <= durable
+
+    def take_due(self, durable: int) -> bytes:
+        """The bytes of every reply due at `durable`, in order, removed from the queue."""
+        items = self.items
+        out = []
+        while items:
+            head = items[0]
+            if type(head) is int:
+                if head > durable:
+                    break
+                out.append(b'{"ok":true,"seq":%d}\n' % head)
+            else:
+                if head[0] > durable:
+                    break
+                out.append(head[1])
+            items.popleft()
+        return b"".join(out)
+
+    def clear(self) -> None:
+        self.items.clear()
