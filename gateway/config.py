@@ -65,6 +65,20 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    # HTTP ingest (`POST /v1/events`, docs/protocol.md "HTTP"): HOST:PORT lists
+    # for plain HTTP and for HTTPS (with ingest.tls's cert and key); empty: off.
+    listen: tuple[str, ...] = ()
+    tls_listen: tuple[str, ...] = ()
+    # 8 MiB: thousands of events per request, while a request's body is held
+    # in memory whole until it ends; 64 MiB is the ceiling for the same reason.
+    max_body_bytes: int = field(default=8 * MiB, metadata=_limit(1024, 64 * MiB))
+    # A request head (request line and headers) must be complete within 10 s:
+    # a client on a LAN sends it in one packet; this bounds slow drips.
+    header_timeout_s: float = field(default=10.0, metadata=_limit(0.1, 300))
+
+
+@dataclass(frozen=True)
 class SyslogConfig:
     # HOST:PORT listeners for RFC 5424 syslog over TCP (docs/syslog.md). Empty,
     # the default: syslog carries no token, so it is on only where asked for.
@@ -108,6 +122,7 @@ class IngestConfig:
     rate_limit_eps: float = field(default=0.0, metadata=_limit(0, 1_000_000))
     rate_burst: int = field(default=0, metadata=_limit(0, 10_000_000))
     tls: TlsConfig = TlsConfig()
+    http: HttpConfig = HttpConfig()
     syslog: SyslogConfig = SyslogConfig()
 
 
@@ -384,12 +399,17 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Conf
     if config.metrics.listen:
         parse_address(config.metrics.listen, source, "metrics.listen")
     tls = config.ingest.tls
-    for i, address in enumerate(tls.listen):
-        parse_address(address, source, f"ingest.tls.listen[{i}]")
-    if tls.listen and not (tls.cert and tls.key):
+    http = config.ingest.http
+    for key, addresses in (
+        ("ingest.tls.listen", tls.listen),
+        ("ingest.http.listen", http.listen),
+        ("ingest.http.tls_listen", http.tls_listen),
+        ("ingest.syslog.listen", config.ingest.syslog.listen),
+    ):
+        for i, address in enumerate(addresses):
+            parse_address(address, source, f"{key}[{i}]")
+    if (tls.listen or http.tls_listen) and not (tls.cert and tls.key):
         raise ConfigError(source, "ingest.tls", "a TLS listener needs cert and key")
-    for i, address in enumerate(config.ingest.syslog.listen):
-        parse_address(address, source, f"ingest.syslog.listen[{i}]")
     if config.ingest.syslog.listen and config.ingest.require_token:
         raise ConfigError(
             source,

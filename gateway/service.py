@@ -31,6 +31,7 @@ from gateway.config import Config, load_config
 from gateway.control import ControlServer
 from gateway.errors import ConfigError
 from gateway.health import Health
+from gateway.ingest import http
 from gateway.ingest.intake import Intake
 from gateway.ingest.redact import Redactor
 from gateway.ingest.server import IngestServer
@@ -97,6 +98,7 @@ class Gateway:
             self.ledger.subscribe(lambda batch: indexer.notify(batch.head.seq))
         self.ledger.subscribe(self.retention.on_durable)
         self.bound: list[tuple[str, int]] = []
+        self.http_bound: list[tuple[str, int]] = []
         self._in_flight: list[str] = []
         self.stopping = False
         self.exit_code = 0
@@ -129,6 +131,7 @@ class Gateway:
         # Bind first: a port in use stops the start before recovery touches the
         # ledger, so a `recovered` entry can never be lost to a failed start.
         bound = self.bound = self.ingest.listen(config.source)
+        self.http_bound = http.listen(self.ingest, config.source)
         if self.metrics is not None:
             self.metrics_address = self.metrics.listen()
         if config.ledger.fsync == "off":

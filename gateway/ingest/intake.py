@@ -171,6 +171,18 @@ class Intake:
         )
         return True
 
+    def authenticate(self, session: Session, token: str | None) -> str:
+        """An HTTP request's bearer token: '' when accepted, else the refusal (logged)."""
+        refusal = session.bearer(None, token, self.policy)
+        if refusal:
+            self.stats.rejected += 1
+            self._security.warning(
+                "request refused: bad or missing token",
+                {"peer": session.peer, "conn": session.conn_id},
+                self.clock.monotonic(),
+            )
+        return refusal
+
     def _refuse_sender(
         self, session: Session, line: bytes, replies: ReplyQueue, received: int
     ) -> None:

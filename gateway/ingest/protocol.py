@@ -120,18 +120,23 @@ def bad_line(code: str, detail: str, line: bytes) -> RemoteInputError:
     )
 
 
-def decode_object(line: bytes) -> dict[str, Any]:
-    """One line to a JSON object, or RemoteInputError carrying the reply."""
+def decode_value(line: bytes) -> Any:
+    """UTF-8 JSON text to a value (any JSON type), or RemoteInputError for the line."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise bad_line("bad_utf8", f"invalid UTF-8 at byte {exc.start}", line) from None
     try:
-        value = _decode(text)
+        return _decode(text)
     except RecursionError:
         raise bad_line("too_deep", f"nesting deeper than {MAX_DEPTH} levels", line) from None
     except ValueError as exc:
         raise bad_line("bad_json", str(exc)[:200], line) from None
+
+
+def decode_object(line: bytes) -> dict[str, Any]:
+    """One line to a JSON object, or RemoteInputError carrying the line's evidence."""
+    value = decode_value(line)
     if not isinstance(value, dict):
         raise bad_line("not_object", f"a line must be a JSON object, not {_json_type(value)}", line)
     # A JSON escape can name a lone UTF-16 surrogate, which no UTF-8 text (and so
@@ -206,8 +211,10 @@ class IngestProtocol:
     exactly those bytes.
     """
 
-    def __init__(self, max_line_bytes: int) -> None:
+    def __init__(self, max_line_bytes: int, hellos: bool = True) -> None:
         self.max_line_bytes = max_line_bytes
+        # False (an HTTP body): no line is a hello; a {"hello": ...} line is refused.
+        self.hellos = hellos
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
@@ -339,7 +346,7 @@ class IngestProtocol:
                 continue
             self.lines += 1
             self.last_line = line
-            first = self._first_line
+            first = self._first_line and self.hellos
             self._first_line = False  # a refused first line still uses up the hello's place
             obj = decode_object(line)
             if first:

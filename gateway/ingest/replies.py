@@ -72,6 +72,13 @@ class ReplyQueue:
         head = self.items[0]
         return (head if type(head) is int else head[0]) <= durable
 
+    def all_due(self, durable: int) -> bool:
+        """Every reply owed is due (the durable head covers the last one's seq)."""
+        if not self.items:
+            return True
+        last = self.items[-1]
+        return (last if type(last) is int else last[0]) <= durable
+
     def take_due(self, durable: int) -> bytes:
         """The bytes of every reply due at `durable`, in order, removed from the queue."""
         items = self.items

@@ -84,18 +84,6 @@ def bind_tcp(address: str, backlog: int) -> socket.socket:
     return sock
 
 
-class _NoReplies(ReplyQueue):
-    """The reply queue of a syslog connection: syslog has no replies, so none is owed."""
-
-    __slots__ = ()
-
-    def add_ack(self, seq: int) -> None:
-        pass
-
-    def add(self, due_seq: int, data: bytes) -> None:
-        pass
-
-
 class Listener:
     def __init__(
         self,
@@ -104,7 +92,7 @@ class Listener:
         address: str,
         tls: ssl.SSLContext | None = None,
         protocol: Callable[[int], object] = IngestProtocol,
-        replies: bool = True,
+        connection: type[Connection] | None = None,
     ) -> None:
         self.server = server
         self.sock = sock
@@ -113,7 +101,8 @@ class Listener:
         # Makes a connection's parser from max_line_bytes: NDJSON, or another
         # front-end's line protocol with the same interface (syslog).
         self.protocol = protocol
-        self.replies = replies  # False: nothing is ever sent, errors included (syslog)
+        # The connection class: a line protocol (Connection) or HTTP.
+        self.connection = connection or Connection
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -130,7 +119,7 @@ class Listener:
             except OSError as exc:  # EMFILE and friends: log, try again next turn
                 log.error("accept failed", extra={"fields": {"error": str(exc)}})
                 return
-            self.server.accepted(sock, addr, self.tls, self.protocol, self.replies)
+            self.server.accepted(sock, addr, self)
 
     def close(self) -> None:
         self.server.loop.remove(self)
@@ -158,6 +147,8 @@ class Connection:
         "session",
         "sock",
     )
+    # Whether the client may be sent anything: error lines at accept included.
+    replies = True
 
     def __init__(
         self,
@@ -167,7 +158,6 @@ class Connection:
         conn_id: int,
         cert_app: str | None = None,
         protocol: Callable[[int], object] = IngestProtocol,
-        replies: bool = True,
     ) -> None:
         self.server = server
         self.sock = sock
@@ -177,7 +167,7 @@ class Connection:
         self.conn_id = conn_id
         self.session = Session(self.addr, self.port, conn_id, server.intake.policy, cert_app)
         self.proto = protocol(server.config.max_line_bytes)
-        self.pending = ReplyQueue() if replies else _NoReplies()  # replies owed, in line order
+        self.pending = ReplyQueue()  # replies owed, in line order
         self.nodelay = False
         self.outbuf = bytearray()
         self.events = 0  # selector interest currently registered
@@ -201,6 +191,28 @@ class Connection:
             self._read()
         if not self.closed:
             self.update_interest()
+
+    def wants_read(self) -> bool:
+        """Whether input may be read now (beyond the server's pause and backpressure)."""
+        return True
+
+    def on_durable(self, durable: int) -> None:
+        """The durable head moved: send every reply that became due."""
+        data = self.pending.take_due(durable)
+        if not self.pending:
+            self.server.waiting.discard(self)
+        if data:
+            self.send(data)
+
+    def overdue(self, now: float) -> bool:
+        """Whether a front-end's own deadline has passed (it has then answered): close it."""
+        return False
+
+    def idle_reply(self, limit: float) -> bytes:
+        """The last line for a connection closed as idle (ack-mode clients only)."""
+        if self.session.ack and not self.outbuf:
+            return wire.error("idle_timeout", f"no data for {limit:g} s")
+        return b""
 
     def _read(self) -> None:
         try:
@@ -286,12 +298,44 @@ class Connection:
             and not server.paused
             and len(self.outbuf) < OUTBUF_PAUSE_BYTES
             and self not in server.backlog
+            and self.wants_read()
         ):
             wanted = READ
         if self.outbuf:
             wanted |= WRITE
         if wanted != self.events:
             self.events = server.loop.set_interest(self, self.fd, self.events, wanted)
+
+
+class _NoReplies(ReplyQueue):
+    """The reply queue of a syslog connection: syslog has no replies, so none is owed."""
+
+    __slots__ = ()
+
+    def add_ack(self, seq: int) -> None:
+        pass
+
+    def add(self, due_seq: int, data: bytes) -> None:
+        pass
+
+
+class SyslogConnection(Connection):
+    """A syslog client (RFC 6587 over TCP): fire-and-forget, nothing is ever sent to it."""
+
+    __slots__ = ()
+    replies = False
+
+    def __init__(
+        self,
+        server: IngestServer,
+        sock: socket.socket,
+        addr: tuple,
+        conn_id: int,
+        cert_app: str | None = None,
+        protocol: Callable[[int], object] = SyslogProtocol,
+    ) -> None:
+        super().__init__(server, sock, addr, conn_id, cert_app, protocol)
+        self.pending = _NoReplies()
 
 
 class _Lingerer:
@@ -364,22 +408,39 @@ class IngestServer:
         Plain listeners first, then the TLS ones (`ingest.tls.listen`), then
         syslog's (`ingest.syslog.listen`).
         """
-        bound = []
         tls = self.config.tls
-        context = server_tls_context(tls, source) if tls.listen else None
-        plain = [(a, None, IngestProtocol) for a in self.config.listen]
-        secure = [(a, context, IngestProtocol) for a in tls.listen]
-        syslog = [(a, None, SyslogProtocol) for a in self.config.syslog.listen]
-        for address, context, protocol in [*plain, *secure, *syslog]:
-            sock = bind_tcp(address, LISTEN_BACKLOG)
-            replies = protocol is not SyslogProtocol
-            listener = Listener(self, sock, address, context, protocol, replies)
-            self.loop.add(listener, READ)
-            self.listeners.append(listener)
-            bound.append(sock.getsockname()[:2])
+        context = self.tls_context(source) if tls.listen else None
+        bound = [self.bind(address) for address in self.config.listen]
+        bound += [self.bind(address, context) for address in tls.listen]
+        bound += [
+            self.bind(address, None, SyslogProtocol, SyslogConnection)
+            for address in self.config.syslog.listen
+        ]
         self.accepting = True
         self.loop.call_later(self._sweep_interval, self._sweep)
         return bound
+
+    def tls_context(self, source: str = "-") -> ssl.SSLContext:
+        """The one certificate model of every TLS listener: `ingest.tls` cert and key."""
+        return server_tls_context(self.config.tls, source)
+
+    def bind(
+        self,
+        address: str,
+        tls: ssl.SSLContext | None = None,
+        protocol: Callable[[int], object] = IngestProtocol,
+        connection: type[Connection] | None = None,
+    ) -> tuple[str, int]:
+        """Listen on HOST:PORT for one front-end; returns the bound (host, port).
+
+        Every listener shares the admission rules (allow list, per-source and
+        total connection caps, TLS handshakes), the idle sweep and shutdown.
+        """
+        sock = bind_tcp(address, LISTEN_BACKLOG)
+        listener = Listener(self, sock, address, tls, protocol, connection)
+        self.loop.add(listener, READ)
+        self.listeners.append(listener)
+        return sock.getsockname()[:2]
 
     def stop_accepting(self) -> None:
         """Close the listeners, first taking in the connections already queued.
@@ -393,14 +454,7 @@ class IngestServer:
             listener.close()
         self.listeners.clear()
 
-    def accepted(
-        self,
-        sock: socket.socket,
-        addr: tuple,
-        tls: ssl.SSLContext | None = None,
-        protocol: Callable[[int], object] = IngestProtocol,
-        replies: bool = True,
-    ) -> None:
+    def accepted(self, sock: socket.socket, addr: tuple, listener: Listener) -> None:
         sock.setblocking(False)
         peer = str(addr[0])
         if not self.policy.allowed(peer):
@@ -424,7 +478,7 @@ class IngestServer:
                 sock,
                 "too_many_connections_from_source",
                 f"{self.policy.max_per_source} connections from {peer} are open already",
-                send=replies,
+                send=listener.connection.replies,
             )
             return
         if len(self.connections) + len(self.handshakes) >= self.config.max_connections:
@@ -438,27 +492,34 @@ class IngestServer:
                 sock,
                 "too_many_connections",
                 f"the gateway already has {self.config.max_connections} connections",
-                send=replies,
+                send=listener.connection.replies,
             )
             return
-        if tls is not None:
-            self._handshake(tls, sock, addr)
+        if listener.tls is not None:
+            self._handshake(listener, sock, addr)
             return
-        self._admit(sock, addr, None, protocol, replies)
+        self._admit(listener, sock, addr)
 
-    def _handshake(self, context: ssl.SSLContext, sock: socket.socket, addr: tuple) -> None:
+    def _handshake(self, listener: Listener, sock: socket.socket, addr: tuple) -> None:
+        assert listener.tls is not None
         try:
-            tls_sock = wrap_tls(context, sock)
+            tls_sock = wrap_tls(listener.tls, sock)
         except (OSError, ssl.SSLError) as exc:
             self._tls_failed(addr, str(exc))
             sock.close()
             return
         handshake = Handshake(
-            self.loop, tls_sock, addr, self.config.tls.handshake_timeout_s, self._tls_done
+            self.loop,
+            tls_sock,
+            addr,
+            self.config.tls.handshake_timeout_s,
+            lambda hs, app, error: self._tls_done(listener, hs, app, error),
         )
         self.handshakes.add(handshake)
 
-    def _tls_done(self, handshake: Handshake, app: str | None, error: str) -> None:
+    def _tls_done(
+        self, listener: Listener, handshake: Handshake, app: str | None, error: str
+    ) -> None:
         """A handshake ended: admit the connection, or log why it failed."""
         self.handshakes.discard(handshake)
         if error:
@@ -466,7 +527,7 @@ class IngestServer:
         elif not self.accepting:
             handshake.sock.close()
         else:
-            self._admit(handshake.sock, handshake.addr, app)
+            self._admit(listener, handshake.sock, handshake.addr, app)
 
     def _tls_failed(self, addr: tuple, reason: str) -> None:
         self._security.warning(
@@ -476,16 +537,11 @@ class IngestServer:
         )
 
     def _admit(
-        self,
-        sock: socket.socket,
-        addr: tuple,
-        cert_app: str | None = None,
-        protocol: Callable[[int], object] = IngestProtocol,
-        replies: bool = True,
+        self, listener: Listener, sock: socket.socket, addr: tuple, cert_app: str | None = None
     ) -> None:
         conn_id = self._next_conn_id
         self._next_conn_id += 1
-        conn = Connection(self, sock, addr, conn_id, cert_app, protocol, replies)
+        conn = listener.connection(self, sock, addr, conn_id, cert_app, listener.protocol)
         self.connections[conn_id] = conn
         self.policy.per_source[conn.addr] += 1
         self.stats.accepted_connections += 1
@@ -545,7 +601,7 @@ class IngestServer:
         if pending:
             self.waiting.add(conn)
             if pending.head_due(self.ledger.durable.seq):
-                self._flush(conn)
+                conn.on_durable(self.ledger.durable.seq)
         if not self.paused and self.ledger.backpressure:
             self._pause()
 
@@ -568,19 +624,13 @@ class IngestServer:
     def on_durable(self, batch: DurableBatch) -> None:
         """The durable head moved (a ledger subscriber): send every reply that became due."""
         if self.waiting:
+            durable = batch.head.seq
             for conn in list(self.waiting):
-                self._flush(conn)
+                conn.on_durable(durable)
                 if not conn.closed:
                     conn.update_interest()
         if self.paused and not self.ledger.backpressure:
             self._resume()
-
-    def _flush(self, conn: Connection) -> None:
-        data = conn.pending.take_due(self.ledger.durable.seq)
-        if not conn.pending:
-            self.waiting.discard(conn)
-        if data:
-            conn.send(data)
 
     # ---- backpressure, idleness, closing
 
@@ -598,10 +648,15 @@ class IngestServer:
         now = self.loop.time()
         limit = self.config.idle_timeout_s
         for conn in list(self.connections.values()):
+            if conn.overdue(now):
+                conn.finished = True
+                conn.update_interest()
+                continue
             if now - conn.last_active > limit and not conn.pending:
                 self.stats.idle_closed += 1
-                if conn.session.ack and not conn.outbuf:
-                    conn.send(wire.error("idle_timeout", f"no data for {limit:g} s"))
+                last = conn.idle_reply(limit)
+                if last:
+                    conn.send(last)
                 self.close(conn)
         if self.accepting:
             self.loop.call_later(self._sweep_interval, self._sweep)

@@ -368,6 +368,7 @@ class Spool:
         self._issued_date: dt.date | None = None
         # A reprint's entry read while it was requested: printed without a second read.
         self._prefetched: dict[str, tuple[bytes, str]] = {}
+        self._printed_last: tuple[int, str] | None = None
         self.running = False  # printing: between start() and stop()
         self.stopping = False
         self.refused = 0
@@ -397,7 +398,9 @@ class Spool:
 
     @property
     def last_receipt(self) -> tuple[int, str] | None:
-        return self.fold.last_receipt
+        """The receipt printed last: this run's latest outcome (its entry may not be
+        folded in yet), else what the fold found in the ledger."""
+        return self._printed_last or self.fold.last_receipt
 
     def in_worker(
         self, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None]
@@ -444,6 +447,8 @@ class Spool:
 
     def record_outcome(self, job: Job, outcome: str, sent: int, detail: str) -> None:
         """One `print` entry ends the job (the fold settles it once durable)."""
+        if outcome == "printed" and job.type in ("receipt", "reprint"):
+            self._printed_last = (job.seqs[0], job.printer)
         self.append(
             entries.PRINT,
             {
