@@ -935,3 +935,14 @@ def test_over_the_rate_limit_a_syslog_sender_is_recorded_and_closed_without_a_re
         ("rejected", "rate_limited"),
     ]
     assert stored[3]["excerpt"] == A  # the message it refused
+
+
+def test_with_the_disk_full_a_syslog_sender_is_closed_without_a_reply_or_an_entry(
+    syslog_gateway,
+):
+    gw, _, address = syslog_gateway()
+    gw.ledger.disk_full = True
+    assert send_and_read(gw, address, counted(A) * 3) == b""
+    gw.ledger.disk_full = False
+    assert entries_of(gw, "event", "rejected") == []
+    assert gw.ingest.stats.events == 0
