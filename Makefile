@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-slow test-faults lint bench bench-print bench-peers bench-micro bench-query bench-soak clean distclean wheel image image-check
+.PHONY: run test test-slow test-faults test-syslog lint bench bench-print bench-peers bench-micro bench-query bench-soak clean distclean wheel image image-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -21,7 +21,7 @@ run: $(STAMP)
 
 ## make test: the default suite (well under 15 minutes on 2 cores).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not faults"
+	$(BIN)/python -m pytest -q -m "not slow and not faults and not syslog"
 
 ## make test-slow: long soak and crash-loop tests kept out of the default suite.
 test-slow: $(STAMP)
@@ -30,6 +30,17 @@ test-slow: $(STAMP)
 ## make test-faults: the long fault, crash and abuse suite (100 kill -9 rounds, floods); about 7 minutes.
 test-faults: $(STAMP)
 	GATEWAY_FAULTS=full $(BIN)/python -m pytest -q -s tests/test_faults.py
+
+## make test-syslog: a real rsyslogd (Debian package rsyslog, installed first when root) forwarding to the gateway; fails without it.
+test-syslog: $(STAMP)
+	@if ! command -v rsyslogd >/dev/null 2>&1 && [ ! -x /usr/sbin/rsyslogd ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rsyslog; \
+	  else \
+	    echo "test-syslog: rsyslogd is missing; as root: apt-get install -y --no-install-recommends rsyslog" >&2; \
+	  fi; \
+	fi
+	$(BIN)/python -m pytest -q -m syslog tests/test_syslog_rsyslog.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway board tests bench

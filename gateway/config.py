@@ -79,6 +79,15 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class SyslogConfig:
+    # HOST:PORT listeners for RFC 5424 syslog over TCP (docs/syslog.md). Empty,
+    # the default: syslog carries no token, so it is on only where asked for.
+    # Messages are bounded by ingest.max_line_bytes like NDJSON lines, and the
+    # allow list, connection caps and rate limits of `ingest` apply too.
+    listen: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class IngestConfig:
     # Loopback only by default: `make run` must not expose a port to the LAN.
     listen: tuple[str, ...] = field(default=("127.0.0.1:50001",), metadata={"nonempty": True})
@@ -114,6 +123,7 @@ class IngestConfig:
     rate_burst: int = field(default=0, metadata=_limit(0, 10_000_000))
     tls: TlsConfig = TlsConfig()
     http: HttpConfig = HttpConfig()
+    syslog: SyslogConfig = SyslogConfig()
 
 
 @dataclass(frozen=True)
@@ -394,11 +404,18 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Conf
         ("ingest.tls.listen", tls.listen),
         ("ingest.http.listen", http.listen),
         ("ingest.http.tls_listen", http.tls_listen),
+        ("ingest.syslog.listen", config.ingest.syslog.listen),
     ):
         for i, address in enumerate(addresses):
             parse_address(address, source, f"{key}[{i}]")
     if (tls.listen or http.tls_listen) and not (tls.cert and tls.key):
         raise ConfigError(source, "ingest.tls", "a TLS listener needs cert and key")
+    if config.ingest.syslog.listen and config.ingest.require_token:
+        raise ConfigError(
+            source,
+            "ingest.syslog.listen",
+            "syslog has no hello to carry a token, so it cannot be on with ingest.require_token",
+        )
     for i, network in enumerate(config.ingest.allow):
         try:
             ipaddress.ip_network(network, strict=False)

@@ -5,7 +5,8 @@ connection has a parser (IngestProtocol, or another front-end's), a Session
 (who the client is, gateway/ingest/session.py) and a ReplyQueue; the Intake
 (gateway/ingest/intake.py) turns parsed items into ledger entries and owed
 replies. When the ledger publishes a durable head, one send per connection
-carries every reply that became due.
+carries every reply that became due. Connections on `ingest.syslog.listen`
+parse syslog (gateway/ingest/syslog.py) and are never sent a byte.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gateway.ingest.intake import DEFERRED, FINISHED, Intake
 from gateway.ingest.protocol import IngestProtocol
 from gateway.ingest.replies import ReplyQueue
 from gateway.ingest.session import Session
+from gateway.ingest.syslog import SyslogProtocol
 from gateway.ingest.tls import WOULD_BLOCK, Handshake
 from gateway.ingest.tls import server_context as server_tls_context
 from gateway.ingest.tls import wrap as wrap_tls
@@ -145,6 +147,8 @@ class Connection:
         "session",
         "sock",
     )
+    # Whether the client may be sent anything: error lines at accept included.
+    replies = True
 
     def __init__(
         self,
@@ -303,6 +307,37 @@ class Connection:
             self.events = server.loop.set_interest(self, self.fd, self.events, wanted)
 
 
+class _NoReplies(ReplyQueue):
+    """The reply queue of a syslog connection: syslog has no replies, so none is owed."""
+
+    __slots__ = ()
+
+    def add_ack(self, seq: int) -> None:
+        pass
+
+    def add(self, due_seq: int, data: bytes) -> None:
+        pass
+
+
+class SyslogConnection(Connection):
+    """A syslog client (RFC 6587 over TCP): fire-and-forget, nothing is ever sent to it."""
+
+    __slots__ = ()
+    replies = False
+
+    def __init__(
+        self,
+        server: IngestServer,
+        sock: socket.socket,
+        addr: tuple,
+        conn_id: int,
+        cert_app: str | None = None,
+        protocol: Callable[[int], object] = SyslogProtocol,
+    ) -> None:
+        super().__init__(server, sock, addr, conn_id, cert_app, protocol)
+        self.pending = _NoReplies()
+
+
 class _Lingerer:
     """A refused connection: its error line is sent; discard input until EOF or timeout."""
 
@@ -370,12 +405,17 @@ class IngestServer:
     def listen(self, source: str = "-") -> list[tuple[str, int]]:
         """Bind every configured address; returns the bound (host, port) pairs.
 
-        Plain listeners first, then the TLS ones (`ingest.tls.listen`).
+        Plain listeners first, then the TLS ones (`ingest.tls.listen`), then
+        syslog's (`ingest.syslog.listen`).
         """
         tls = self.config.tls
         context = self.tls_context(source) if tls.listen else None
         bound = [self.bind(address) for address in self.config.listen]
         bound += [self.bind(address, context) for address in tls.listen]
+        bound += [
+            self.bind(address, None, SyslogProtocol, SyslogConnection)
+            for address in self.config.syslog.listen
+        ]
         self.accepting = True
         self.loop.call_later(self._sweep_interval, self._sweep)
         return bound
@@ -438,6 +478,7 @@ class IngestServer:
                 sock,
                 "too_many_connections_from_source",
                 f"{self.policy.max_per_source} connections from {peer} are open already",
+                send=listener.connection.replies,
             )
             return
         if len(self.connections) + len(self.handshakes) >= self.config.max_connections:
@@ -451,6 +492,7 @@ class IngestServer:
                 sock,
                 "too_many_connections",
                 f"the gateway already has {self.config.max_connections} connections",
+                send=listener.connection.replies,
             )
             return
         if listener.tls is not None:
@@ -505,10 +547,14 @@ class IngestServer:
         self.stats.accepted_connections += 1
         conn.update_interest()
 
-    def refuse(self, sock: socket.socket, code: str, detail: str) -> None:
-        """One error line, then close: a refused client is never silently dropped."""
+    def refuse(self, sock: socket.socket, code: str, detail: str, *, send: bool = True) -> None:
+        """One error line, then close: a refused client is never silently dropped.
+
+        A syslog client (`send` False) reads nothing, so it gets only the close.
+        """
         try:
-            sock.send(wire.error(code, detail))
+            if send:
+                sock.send(wire.error(code, detail))
         except OSError:
             sock.close()
             return
