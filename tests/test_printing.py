@@ -655,6 +655,9 @@ class Pty:
 
 
 def test_a_serial_job_through_a_pseudo_terminal_with_rtscts(gateways):
+    """The rtscts option is accepted and a job goes through with it; a pty has no
+    RTS/CTS lines, so this cannot show that a printer dropping CTS pauses the job
+    (docs/testing.md, "Serial flow control")."""
     pty = Pty()
     try:
         uri = f"serial:{pty.path}?baud=19200&flow=rtscts&bits=8&parity=none&stop=1"
