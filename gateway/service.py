@@ -724,11 +724,13 @@ class Gateway:
         target = self.ledger.next_seq - 1
         while self.ledger.durable.seq < target or self.durability.busy:
             self.loop.run_once(max_wait=0.1)
-            if self.ledger_error is not None and self.loop.clock() > deadline:
+            # Failing writes or one that never returns: either way nothing more is coming.
+            if self.loop.clock() > deadline:
                 log.error("stopping with entries not yet durable: the ledger cannot be written")
                 self.exit_code = 1
                 break
-        flush_deadline = self.loop.clock() + SHUTDOWN_FLUSH_S
+        # After giving up no reply is coming that a client could wait to read.
+        flush_deadline = self.loop.clock() + (0 if self.exit_code else SHUTDOWN_FLUSH_S)
         while (
             self.ingest.connections or self.ingest.lingering
         ) and self.loop.clock() < flush_deadline:
@@ -742,7 +744,9 @@ class Gateway:
         if self.spool is not None:
             self.spool.close(self._in_flight)
         self.retention.close()
-        self.durability.stop()
+        if not self.durability.stop():
+            log.error("a ledger write never returned; exiting without it")
+            self.exit_code = 1
         if self.indexer is not None:
             self.indexer.stop()
         self.notifier.close()
