@@ -37,7 +37,7 @@ from gateway.ingest.server import IngestServer
 from gateway.ledger import entries
 from gateway.ledger.durability import BatchResult, DurabilityThread
 from gateway.ledger.retention import Retention
-from gateway.ledger.store import DIR_MODE, LedgerWriter
+from gateway.ledger.store import DIR_MODE, LedgerWriter, fsync_directory
 from gateway.loop import EventLoop, Timer
 from gateway.metrics import MetricsServer
 from gateway.notify import Notifier
@@ -87,9 +87,22 @@ def raise_fd_limit(connections: int) -> None:
             )
 
 
+def make_durable_dirs(path: Path) -> None:
+    """Create `path` and missing parents, syncing each new entry into its parent:
+    an unsynced directory entry can vanish in a power cut with everything under it,
+    acknowledged entries included (docs/ledger-format.md, "Power cuts")."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for new in reversed(missing):
+        new.mkdir(mode=DIR_MODE if new is missing[0] else 0o777, exist_ok=True)
+        fsync_directory(new.parent)
+
+
 def lock_state_dir(state_dir: Path) -> int:
     """Take the exclusive lock that makes this process the ledger's only writer."""
-    state_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    make_durable_dirs(state_dir)
     fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -229,6 +242,7 @@ class Gateway:
                 "ledger.fsync is off: acknowledged events can be lost on power failure; "
                 "use this for benchmarks only"
             )
+        make_durable_dirs(self.config.ledger_dir)
         self.ledger.open()
         self._check_clock(first=True)
         self._check_disk()
