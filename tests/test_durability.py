@@ -9,13 +9,16 @@ from __future__ import annotations
 import errno
 import json
 import socket
+import threading
+import time
 
 import pytest
 from inproc import pump, settle
 
 from gateway.config import Config, IngestConfig, LedgerConfig
+from gateway.ingest.server import RECV_BYTES
 from gateway.ledger import durability, entries
-from gateway.ledger.store import LedgerReader, write_batch
+from gateway.ledger.store import MAX_BATCH_BYTES, LedgerReader, write_batch
 from gateway.ledger.verify import verify_ledger
 from gateway.service import Gateway
 
@@ -289,3 +292,61 @@ def test_min_sync_interval_gathers_what_arrives_meanwhile_into_one_sync(tmp_path
     finally:
         gw.request_stop()
         gw._finish()
+
+
+class HeldWriter:
+    """Holds every commit until released, as a very slow card would; then writes."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def __call__(self, batch, fds, sync):
+        self.release.wait(60.0)
+        return write_batch(batch, fds, sync)
+
+
+def test_reading_pauses_at_the_staging_bound_while_a_commit_is_held(gateway_factory):
+    """MAX_BATCH_BYTES (8 MiB): while the disk holds a commit, the gateway stages at
+    most that much and then stops reading, so the client's sends stall; released,
+    everything is stored."""
+    writer = HeldWriter()
+    gw, address = gateway_factory(writer)
+    line = b'{"event_type":"bulk","pad":"%s","n":%%d}\n' % (b"x" * 1000)
+    total = 32 * 1024 * 1024 // len(line)  # 32 MiB: four times the bound, more than
+    payload = b"".join(line % n for n in range(total))  # the kernel buffers besides
+    sent = {"bytes": 0}
+    client = socket.create_connection(address)
+
+    def flood() -> None:
+        view = memoryview(payload)
+        try:
+            while sent["bytes"] < len(payload):
+                sent["bytes"] += client.send(view[sent["bytes"] : sent["bytes"] + 65536])
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    try:
+        # Stalled: nothing more read for a second (bounded by the test's 30 s).
+        deadline = time.monotonic() + 30.0
+        last, changed_at = -1, time.monotonic()
+        while time.monotonic() - changed_at < 1.0:
+            assert time.monotonic() < deadline, "the flood never stalled"
+            gw.loop.run_once(max_wait=0.02)
+            if sent["bytes"] != last:
+                last, changed_at = sent["bytes"], time.monotonic()
+        assert sent["bytes"] < len(payload), "the whole flood was read: no staging bound"
+        # One turn's reads past the bound at most (8 reads of 64 KiB per connection).
+        assert gw.ledger.staged_bytes <= MAX_BATCH_BYTES + 8 * RECV_BYTES + len(line) * 2
+        assert gw.ledger.staged_bytes >= MAX_BATCH_BYTES // 2  # it did read while it could
+        writer.release.set()
+        pump(gw, lambda: gw.ingest.stats.events == total, timeout=60.0)
+        settle(gw)
+    finally:
+        writer.release.set()
+        client.close()
+        thread.join(10.0)
+    assert sum(1 for _s, p, _h in LedgerReader(gw.config.ledger_dir).entries()
+               if entries.decode(p)["kind"] == "event") == total  # fmt: skip

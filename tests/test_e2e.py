@@ -31,6 +31,7 @@ from gatewayproc import (
 )
 
 import gateway as gateway_pkg
+from gateway.ledger.format import frame_header
 
 # ---------------------------------------------------------------- helpers
 
@@ -518,3 +519,32 @@ def test_unknown_config_key_refuses_to_start(tmp_path):
     stderr = result.stderr.decode()
     assert str(path) in stderr and "ingest.max_conections" in stderr, stderr
     assert not (tmp_path / "state" / "ledger").exists()
+
+
+def test_a_torn_tail_is_cut_and_always_recorded_by_a_recovered_entry(gateway):
+    """What a power cut leaves after the last acknowledged entry (here half a frame)
+    is cut at the next start, and a `recovered` entry names it, just before `started`."""
+    with AckClient(gateway.port) as c:
+        c.send_lines([event_line(n=n) for n in range(5)])
+        acked = [r["seq"] for r in c.read_replies(5)]
+    assert gateway.stop() == 0
+    segment = sorted((gateway.state_dir / "ledger").glob("*.seg"))[-1]
+    size = segment.stat().st_size
+    # A frame header (length 100, the next seq) with its CRC, and only part of its payload.
+    torn = frame_header(100, max(acked) + 2) + b"\xa1" * 40
+    with open(segment, "ab") as f:
+        f.write(torn)
+    gateway.start()
+    entries = gateway.export()
+    recovered = system_entries(entries, "recovered")
+    started = system_entries(entries, "started")
+    assert len(recovered) == 1, recovered
+    assert len(started) == 2 and recovered[0]["seq"] == started[1]["seq"] - 1
+    detail = recovered[0]["detail"]
+    assert detail["segment"] == segment.name
+    assert (detail["offset"], detail["discarded_bytes"]) == (size, len(torn))
+    assert detail["discarded_blake3"] == blake3(torn).hexdigest()
+    assert (gateway.state_dir / "ledger" / detail["quarantine_file"]).read_bytes() == torn
+    check = by_seq(entries)
+    assert all(check[s]["event"] == event(n=n) for n, s in enumerate(acked))
+    assert_verify_ok(gateway)
