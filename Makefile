@@ -39,8 +39,8 @@ test-faults: $(STAMP) test-tools
 	GATEWAY_FAULTS=full $(BIN)/python -m pytest -q -s tests/test_faults.py tests/test_crash_states.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway board tests bench
-	$(BIN)/ruff format --check gateway board tests bench
+	$(BIN)/ruff check gateway board tests bench tools
+	$(BIN)/ruff format --check gateway board tests bench tools
 
 ## make bench: the load generator against the real gateway over loopback, plus the ledger-size curves; appends to bench/RESULTS.md (~5 min).
 bench: $(STAMP)
