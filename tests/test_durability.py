@@ -7,6 +7,7 @@ durability thread's writer can be replaced by one that fails on demand.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import socket
 import threading
@@ -60,10 +61,10 @@ def gateway_factory(tmp_path, monkeypatch):
     monkeypatch.setattr(durability, "RETRY_CAP_S", 0.02)
     made = []
 
-    def make(writer=None) -> tuple[Gateway, tuple[str, int]]:
+    def make(writer=None, **ingest) -> tuple[Gateway, tuple[str, int]]:
         config = Config(
             state_dir=tmp_path / "state",
-            ingest=IngestConfig(listen=("127.0.0.1:0",)),
+            ingest=IngestConfig(listen=("127.0.0.1:0",), **ingest),
             ledger=LedgerConfig(fsync="batch"),
         )
         gw = Gateway(config)
@@ -350,3 +351,46 @@ def test_reading_pauses_at_the_staging_bound_while_a_commit_is_held(gateway_fact
         thread.join(10.0)
     assert sum(1 for _s, p, _h in LedgerReader(gw.config.ledger_dir).entries()
                if entries.decode(p)["kind"] == "event") == total  # fmt: skip
+
+
+def test_ledger_retries_back_off_doubling(gateway_factory, monkeypatch):
+    """RETRY_START_S doubling up to RETRY_CAP_S (scaled down here): a dead card is
+    not hammered. Only lower bounds are checked, so a loaded machine cannot fail it."""
+    monkeypatch.setattr(durability, "RETRY_START_S", 0.01)
+    monkeypatch.setattr(durability, "RETRY_CAP_S", 0.08)
+    calls: list[float] = []
+
+    def failing(batch, fds, sync):
+        calls.append(time.monotonic())
+        raise OSError(errno.EIO, "injected fault")
+
+    gw, _address = gateway_factory(failing)
+    pump(gw, lambda: len(calls) >= 7)
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    for gap, least in zip(gaps, [0.01, 0.02, 0.04, 0.08, 0.08, 0.08], strict=False):
+        assert gap >= least * 0.95, gaps
+    gw.durability.writer = write_batch  # let the fixture's stop commit
+
+
+def test_a_connection_waiting_for_the_disk_is_not_closed_as_idle(gateway_factory):
+    """docs/protocol.md, idle timeout: replies still waiting for the disk keep the
+    connection open past idle_timeout_s; the acknowledgement arrives once the commit does."""
+    writer = HeldWriter()
+    gw, address = gateway_factory(writer, idle_timeout_s=1.0)
+    client = socket.create_connection(address)
+    try:
+        client.sendall(b'{"hello":{"app":"slow","ack":true}}\n{"event_type":"x"}\n')
+        client.setblocking(False)
+        replies = Replies(client)
+        pump(gw, lambda: replies.poll())  # the hello's reply
+        # Three idle timeouts with the commit held (the sweep runs every 0.5 s).
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            gw.loop.run_once(max_wait=0.05)
+        assert len(gw.ingest.connections) == 1, "closed while its reply waited for the disk"
+        writer.release.set()
+        pump(gw, lambda: len(replies.poll()) >= 2)
+        assert replies.lines[1]["ok"] is True, replies.lines
+    finally:
+        writer.release.set()
+        client.close()
