@@ -306,11 +306,21 @@ class HeldWriter:
         return write_batch(batch, fds, sync)
 
 
-def test_reading_pauses_at_the_staging_bound_while_a_commit_is_held(gateway_factory):
-    """MAX_BATCH_BYTES (8 MiB): while the disk holds a commit, the gateway stages at
-    most that much and then stops reading, so the client's sends stall; released,
-    everything is stored."""
-    writer = HeldWriter()
+class FailingWriter(HeldWriter):
+    """Fails every commit with EIO until released, as a card that errors for a while."""
+
+    def __call__(self, batch, fds, sync):
+        if not self.release.is_set():
+            raise OSError(errno.EIO, "injected fault")
+        return write_batch(batch, fds, sync)
+
+
+@pytest.mark.parametrize("writer_kind", [HeldWriter, FailingWriter])
+def test_reading_pauses_at_the_staging_bound_while_a_commit_is_held(gateway_factory, writer_kind):
+    """MAX_BATCH_BYTES (8 MiB): while the disk holds a commit, or fails it, the
+    gateway stages at most that much and then stops reading, so the client's sends
+    stall (memory stays bounded); released, everything is stored."""
+    writer = writer_kind()
     gw, address = gateway_factory(writer)
     line = b'{"event_type":"bulk","pad":"%s","n":%%d}\n' % (b"x" * 1000)
     total = 32 * 1024 * 1024 // len(line)  # 32 MiB: four times the bound, more than
