@@ -414,10 +414,11 @@ def parse_trace(path: Path, ledger_dir: Path) -> Trace:
                 ino = names.pop(old)
                 names[new] = ino
                 add("rename", call, old, inode=ino, path2=new)
-        elif n in ("sendto", "sendmsg") and n == "sendto":
+        elif n in ("sendto", "sendmsg"):
             fd, label = _decorated(a[0])
             if not label.startswith("TCP"):
                 continue
+            assert n == "sendto", f"replies sent with {n} are not parsed: {call}"
             buf = sockbuf.setdefault(label, bytearray())
             buf += _string(a[1])[:res]
             *lines, rest = bytes(buf).split(b"\n")
