@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-slow test-faults test-syslog lint bench bench-print bench-peers bench-micro bench-query bench-soak clean distclean wheel image image-check
+.PHONY: run test test-tools test-slow test-faults test-syslog lint bench bench-print bench-peers bench-micro bench-query bench-soak clean distclean wheel image image-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -19,17 +19,24 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/gateway run
 
+# strace records the real syscalls for the crash-state tests (tests/crashsim.py);
+# installed here when root can, otherwise those tests fail (they never skip).
+test-tools:
+	@command -v strace >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends strace >/dev/null; } || \
+	  echo "strace is missing and cannot be installed here: the crash-state tests will fail"
+
 ## make test: the default suite (well under 15 minutes on 2 cores).
-test: $(STAMP)
+test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q -m "not slow and not faults and not syslog"
 
 ## make test-slow: long soak and crash-loop tests kept out of the default suite.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-## make test-faults: the long fault, crash and abuse suite (100 kill -9 rounds, floods); about 7 minutes.
-test-faults: $(STAMP)
-	GATEWAY_FAULTS=full $(BIN)/python -m pytest -q -s tests/test_faults.py
+## make test-faults: the long fault, crash and abuse suite (100 kill -9 rounds, floods, ~3,800 power-cut crash states); about 5 minutes (4 min 38 s measured).
+test-faults: $(STAMP) test-tools
+	GATEWAY_FAULTS=full $(BIN)/python -m pytest -q -s tests/test_faults.py tests/test_crash_states.py
 
 ## make test-syslog: a real rsyslogd (Debian package rsyslog, installed first when root) forwarding to the gateway; fails without it.
 test-syslog: $(STAMP)
@@ -43,8 +50,8 @@ test-syslog: $(STAMP)
 	$(BIN)/python -m pytest -q -m syslog tests/test_syslog_rsyslog.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway board tests bench
-	$(BIN)/ruff format --check gateway board tests bench
+	$(BIN)/ruff check gateway board tests bench tools
+	$(BIN)/ruff format --check gateway board tests bench tools
 
 ## make bench: the load generator against the real gateway over loopback, plus the ledger-size curves; appends to bench/RESULTS.md (~5 min).
 bench: $(STAMP)

@@ -42,7 +42,13 @@ from gateway.metrics import MetricsServer
 from gateway.notify import Notifier
 from gateway.panel import Panel
 from gateway.printing.spool import Spool
-from gateway.statedir import REDACT_KEY_FILE, load_or_create_key, lock_state_dir, raise_fd_limit
+from gateway.statedir import (
+    REDACT_KEY_FILE,
+    load_or_create_key,
+    lock_state_dir,
+    make_durable_dirs,
+    raise_fd_limit,
+)
 
 log = logging.getLogger("gateway.ops")
 
@@ -139,6 +145,7 @@ class Gateway:
                 "ledger.fsync is off: acknowledged events can be lost on power failure; "
                 "use this for benchmarks only"
             )
+        make_durable_dirs(config.ledger_dir)
         recovery = self.ledger.open()
         self.health.check_clock()
         self.ledger.check_space()
@@ -334,11 +341,13 @@ class Gateway:
         deadline = self.loop.time() + SHUTDOWN_FLUSH_S
         while not self.ledger.settled:
             self.loop.run_once(max_wait=0.1)
-            if self.ledger.error is not None and self.loop.time() > deadline:
+            # Failing writes or one that never returns: either way nothing more is coming.
+            if self.loop.time() > deadline:
                 log.error("stopping with entries not yet durable: the ledger cannot be written")
                 self.exit_code = 1
                 break
-        flush_deadline = self.loop.time() + SHUTDOWN_FLUSH_S
+        # After giving up no reply is coming that a client could wait to read.
+        flush_deadline = self.loop.time() + (0 if self.exit_code else SHUTDOWN_FLUSH_S)
         while (self.ingest.connections or self.ingest.lingering) and self.loop.time() < (
             flush_deadline
         ):
@@ -351,7 +360,9 @@ class Gateway:
         if self.spool is not None:
             self.spool.close(self._in_flight)
         self.retention.close()
-        self.ledger.close()
+        if not self.ledger.close():
+            log.error("a ledger write never returned; exiting without it")
+            self.exit_code = 1
         if self.indexer is not None:
             self.indexer.stop()
         self.notifier.close()

@@ -10,7 +10,7 @@ import resource
 from pathlib import Path
 
 from gateway.errors import LedgerError
-from gateway.ledger.store import DIR_MODE
+from gateway.ledger.store import DIR_MODE, fsync_directory
 
 log = logging.getLogger("gateway.ops")
 
@@ -22,7 +22,7 @@ REDACT_KEY_FILE = "redact.key"
 # the wake-up pair, printers, the control socket, lingering refused sockets.
 FD_HEADROOM = 512
 
-__all__ = ["load_or_create_key", "lock_state_dir", "raise_fd_limit"]
+__all__ = ["load_or_create_key", "lock_state_dir", "make_durable_dirs", "raise_fd_limit"]
 
 
 def raise_fd_limit(connections: int) -> None:
@@ -39,9 +39,22 @@ def raise_fd_limit(connections: int) -> None:
             )
 
 
+def make_durable_dirs(path: Path) -> None:
+    """Create `path` and missing parents, syncing each new entry into its parent:
+    an unsynced directory entry can vanish in a power cut with everything under it,
+    acknowledged entries included (docs/ledger-format.md, "Power cuts")."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for new in reversed(missing):
+        new.mkdir(mode=DIR_MODE if new is missing[0] else 0o777, exist_ok=True)
+        fsync_directory(new.parent)
+
+
 def lock_state_dir(state_dir: Path) -> int:
     """Take the exclusive lock that makes this process the ledger's only writer."""
-    state_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    make_durable_dirs(state_dir)
     fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -128,7 +128,7 @@ class GatewayProcess:
         assert not self.running, "the gateway is already running"
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
-                gateway_command("run", "--config", str(self.config_path)),
+                self.command(),
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -136,6 +136,14 @@ class GatewayProcess:
                 env={**os.environ, **self.env} if self.env else None,
             )
         self._wait_ready()
+
+    def command(self) -> list[str]:
+        """The command line started; a subclass may wrap it (tests/crashsim.py: strace)."""
+        return gateway_command("run", "--config", str(self.config_path))
+
+    def signal_pid(self) -> int:
+        """The process that signals go to: the gateway itself, not a wrapper."""
+        return self.pid
 
     def _wait_ready(self) -> None:
         """Poll until the port accepts a connection and the gateway handles it."""
@@ -176,7 +184,7 @@ class GatewayProcess:
         """Send `sig` and wait for the exit; returns the exit code."""
         assert self.proc is not None
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            os.kill(self.signal_pid(), sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

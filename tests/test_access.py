@@ -117,6 +117,13 @@ def test_token_bucket_refills_at_its_rate():
     assert b.state == {}
 
 
+def test_a_quiet_source_gets_its_burst_back_and_no_more():
+    b = TokenBuckets(rate=2.0, burst=3)
+    assert [b.take("a", 0.0) for _ in range(3)] == [True, True, True]
+    # An hour of quiet refills the bucket to its burst, not to 7,200 tokens.
+    assert [b.take("a", 3600.0) for _ in range(4)] == [True, True, True, False]
+
+
 def test_configuration_of_access_is_checked(tmp_path):
     path = tmp_path / "g.yaml"
     for text, key in {

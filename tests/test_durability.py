@@ -7,16 +7,20 @@ durability thread's writer can be replaced by one that fails on demand.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import socket
+import threading
+import time
 
 import pytest
 from inproc import pump, settle
 
 from gateway.config import Config, IngestConfig, LedgerConfig
+from gateway.ingest.server import RECV_BYTES
 from gateway.ledger import durability, entries
 from gateway.ledger.commit import Ledger
-from gateway.ledger.store import LedgerReader, write_batch
+from gateway.ledger.store import MAX_BATCH_BYTES, LedgerReader, write_batch
 from gateway.ledger.verify import verify_ledger
 from gateway.service import Gateway
 
@@ -58,10 +62,10 @@ def gateway_factory(tmp_path, monkeypatch):
     monkeypatch.setattr(durability, "RETRY_CAP_S", 0.02)
     made = []
 
-    def make(writer=None) -> tuple[Gateway, tuple[str, int]]:
+    def make(writer=None, **ingest) -> tuple[Gateway, tuple[str, int]]:
         config = Config(
             state_dir=tmp_path / "state",
-            ingest=IngestConfig(listen=("127.0.0.1:0",)),
+            ingest=IngestConfig(listen=("127.0.0.1:0",), **ingest),
             ledger=LedgerConfig(fsync="batch"),
         )
         gw = Gateway(config)
@@ -290,3 +294,114 @@ def test_min_sync_interval_gathers_what_arrives_meanwhile_into_one_sync(tmp_path
     finally:
         gw.request_stop()
         gw._finish()
+
+
+class HeldWriter:
+    """Holds every commit until released, as a very slow card would; then writes."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def __call__(self, batch, fds, sync):
+        self.release.wait(60.0)
+        return write_batch(batch, fds, sync)
+
+
+class FailingWriter(HeldWriter):
+    """Fails every commit with EIO until released, as a card that errors for a while."""
+
+    def __call__(self, batch, fds, sync):
+        if not self.release.is_set():
+            raise OSError(errno.EIO, "injected fault")
+        return write_batch(batch, fds, sync)
+
+
+@pytest.mark.parametrize("writer_kind", [HeldWriter, FailingWriter])
+def test_reading_pauses_at_the_staging_bound_while_a_commit_is_held(gateway_factory, writer_kind):
+    """MAX_BATCH_BYTES (8 MiB): while the disk holds a commit, or fails it, the
+    gateway stages at most that much and then stops reading, so the client's sends
+    stall (memory stays bounded); released, everything is stored."""
+    writer = writer_kind()
+    gw, address = gateway_factory(writer)
+    line = b'{"event_type":"bulk","pad":"%s","n":%%d}\n' % (b"x" * 1000)
+    total = 32 * 1024 * 1024 // len(line)  # 32 MiB: four times the bound, more than
+    payload = b"".join(line % n for n in range(total))  # the kernel buffers besides
+    sent = {"bytes": 0}
+    client = socket.create_connection(address)
+
+    def flood() -> None:
+        view = memoryview(payload)
+        try:
+            while sent["bytes"] < len(payload):
+                sent["bytes"] += client.send(view[sent["bytes"] : sent["bytes"] + 65536])
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    try:
+        # Stalled: nothing more read for a second (bounded by the test's 30 s).
+        deadline = time.monotonic() + 30.0
+        last, changed_at = -1, time.monotonic()
+        while time.monotonic() - changed_at < 1.0:
+            assert time.monotonic() < deadline, "the flood never stalled"
+            gw.loop.run_once(max_wait=0.02)
+            if sent["bytes"] != last:
+                last, changed_at = sent["bytes"], time.monotonic()
+        assert sent["bytes"] < len(payload), "the whole flood was read: no staging bound"
+        # One turn's reads past the bound at most (8 reads of 64 KiB per connection).
+        assert gw.ledger.staged_bytes <= MAX_BATCH_BYTES + 8 * RECV_BYTES + len(line) * 2
+        assert gw.ledger.staged_bytes >= MAX_BATCH_BYTES // 2  # it did read while it could
+        writer.release.set()
+        pump(gw, lambda: gw.ingest.stats.events == total, timeout=60.0)
+        settle(gw)
+    finally:
+        writer.release.set()
+        client.close()
+        thread.join(10.0)
+    assert sum(1 for _s, p, _h in LedgerReader(gw.config.ledger_dir).entries()
+               if entries.decode(p)["kind"] == "event") == total  # fmt: skip
+
+
+def test_ledger_retries_back_off_doubling(gateway_factory, monkeypatch):
+    """RETRY_START_S doubling up to RETRY_CAP_S (scaled down here): a dead card is
+    not hammered. Only lower bounds are checked, so a loaded machine cannot fail it."""
+    monkeypatch.setattr(durability, "RETRY_START_S", 0.01)
+    monkeypatch.setattr(durability, "RETRY_CAP_S", 0.08)
+    calls: list[float] = []
+
+    def failing(batch, fds, sync):
+        calls.append(time.monotonic())
+        raise OSError(errno.EIO, "injected fault")
+
+    gw, _address = gateway_factory(failing)
+    pump(gw, lambda: len(calls) >= 7)
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    for gap, least in zip(gaps, [0.01, 0.02, 0.04, 0.08, 0.08, 0.08], strict=False):
+        assert gap >= least * 0.95, gaps
+    gw.ledger.durability.writer = write_batch  # let the fixture's stop commit
+
+
+def test_a_connection_waiting_for_the_disk_is_not_closed_as_idle(gateway_factory):
+    """docs/protocol.md, idle timeout: replies still waiting for the disk keep the
+    connection open past idle_timeout_s; the acknowledgement arrives once the commit does."""
+    writer = HeldWriter()
+    gw, address = gateway_factory(writer, idle_timeout_s=1.0)
+    client = socket.create_connection(address)
+    try:
+        client.sendall(b'{"hello":{"app":"slow","ack":true}}\n{"event_type":"x"}\n')
+        client.setblocking(False)
+        replies = Replies(client)
+        pump(gw, lambda: replies.poll())  # the hello's reply
+        # Three idle timeouts with the commit held (the sweep runs every 0.5 s).
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            gw.loop.run_once(max_wait=0.05)
+        assert len(gw.ingest.connections) == 1, "closed while its reply waited for the disk"
+        writer.release.set()
+        pump(gw, lambda: len(replies.poll()) >= 2)
+        assert replies.lines[1]["ok"] is True, replies.lines
+    finally:
+        writer.release.set()
+        client.close()

@@ -31,6 +31,7 @@ from gatewayproc import (
 )
 
 import gateway as gateway_pkg
+from gateway.ledger.format import frame_header
 
 # ---------------------------------------------------------------- helpers
 
@@ -289,10 +290,13 @@ def test_idle_connections_are_closed(gateway):
 
 
 def test_client_not_reading_acks_gets_backpressure(gateway):
-    total = 200_000
+    # 400,000 acks are about 10 MB: far more than the reply bound (256 KiB) plus
+    # what the kernel buffers on loopback with the flooder's receive buffer kept
+    # small, so the flood can only finish if nothing holds the gateway back.
+    total = 400_000
     template = b'{"event_type":"flood","timestamp":"2026-11-23T10:00:00Z","n":%d}\n'
     payload = b"".join(template % n for n in range(total))
-    flood = AckClient(gateway.port, app="flood", timeout=60.0)
+    flood = AckClient(gateway.port, app="flood", timeout=60.0, rcvbuf=64 * 1024)
     progress = {"sent": 0, "done": False}
     stop = threading.Event()
 
@@ -314,6 +318,7 @@ def test_client_not_reading_acks_gets_backpressure(gateway):
         wait_for(lambda: progress["sent"] >= 1 << 20, 10.0, "the flood to get going")
         rounds = 0
         last_sent = -1
+        changed_at = time.monotonic()
         while True:
             # A second client is served promptly while the flood goes on.
             with AckClient(gateway.port, app="polite", timeout=10.0) as polite:
@@ -325,11 +330,15 @@ def test_client_not_reading_acks_gets_backpressure(gateway):
             assert latency < 5.0
             peak_kib = max(peak_kib, rss_kib(gateway.pid))
             rounds += 1
-            stalled = progress["sent"] == last_sent
-            last_sent = progress["sent"]
-            if rounds >= 3 and (progress["done"] or stalled):
+            # Stalled: the gateway has read nothing more for a second (a round
+            # of the polite client takes ~50 ms, so a few rounds are not enough).
+            if progress["sent"] != last_sent:
+                last_sent, changed_at = progress["sent"], time.monotonic()
+            stalled = time.monotonic() - changed_at >= 1.0
+            assert not progress["done"], "the flood was read to the end: no backpressure"
+            if rounds >= 3 and stalled:
                 break
-            assert time.monotonic() < test_deadline, "the flood neither finished nor stalled"
+            assert time.monotonic() < test_deadline, "the flood did not stall"
         peak_kib = max(peak_kib, rss_kib(gateway.pid))
         assert peak_kib < 200 * 1024, f"gateway VmRSS reached {peak_kib} KiB"
     finally:
@@ -510,3 +519,32 @@ def test_unknown_config_key_refuses_to_start(tmp_path):
     stderr = result.stderr.decode()
     assert str(path) in stderr and "ingest.max_conections" in stderr, stderr
     assert not (tmp_path / "state" / "ledger").exists()
+
+
+def test_a_torn_tail_is_cut_and_always_recorded_by_a_recovered_entry(gateway):
+    """What a power cut leaves after the last acknowledged entry (here half a frame)
+    is cut at the next start, and a `recovered` entry names it, just before `started`."""
+    with AckClient(gateway.port) as c:
+        c.send_lines([event_line(n=n) for n in range(5)])
+        acked = [r["seq"] for r in c.read_replies(5)]
+    assert gateway.stop() == 0
+    segment = sorted((gateway.state_dir / "ledger").glob("*.seg"))[-1]
+    size = segment.stat().st_size
+    # A frame header (length 100, the next seq) with its CRC, and only part of its payload.
+    torn = frame_header(100, max(acked) + 2) + b"\xa1" * 40
+    with open(segment, "ab") as f:
+        f.write(torn)
+    gateway.start()
+    entries = gateway.export()
+    recovered = system_entries(entries, "recovered")
+    started = system_entries(entries, "started")
+    assert len(recovered) == 1, recovered
+    assert len(started) == 2 and recovered[0]["seq"] == started[1]["seq"] - 1
+    detail = recovered[0]["detail"]
+    assert detail["segment"] == segment.name
+    assert (detail["offset"], detail["discarded_bytes"]) == (size, len(torn))
+    assert detail["discarded_blake3"] == blake3(torn).hexdigest()
+    assert (gateway.state_dir / "ledger" / detail["quarantine_file"]).read_bytes() == torn
+    check = by_seq(entries)
+    assert all(check[s]["event"] == event(n=n) for n, s in enumerate(acked))
+    assert_verify_ok(gateway)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 from blake3 import blake3
@@ -14,6 +15,7 @@ from gateway.ingest.protocol import (
     EXCERPT_BYTES,
     MAX_APP_NAME,
     MAX_DEPTH,
+    MAX_TOKEN,
     Hello,
     IngestProtocol,
 )
@@ -237,6 +239,39 @@ def test_bad_hello_is_fatal():
     for line in BAD_HELLOS:
         items = run([line + b'\n{"a":1}\n'])
         assert items[0] == err("bad_hello", line, fatal=True), line
+
+
+def _token_hello(hello: dict) -> bytes:
+    return json.dumps({"hello": hello}).encode()
+
+
+def test_a_token_within_its_bound_is_taken_with_its_app():
+    for token in ("t" * 16, "t" * MAX_TOKEN):
+        line = _token_hello({"app": "shop", "token": token})
+        assert run([line + b"\n"]) == [Hello("shop", False, token), "EOF"]
+
+
+def test_a_token_without_an_app_or_out_of_bounds_is_refused_and_never_kept():
+    """Refused as fatal (the server then closes) with no excerpt: the line holds a secret."""
+    hellos = [
+        {"token": "t" * 16},  # whose token would it be?
+        {"app": None, "token": "t" * 16},
+        {"app": "shop", "token": "t" * (MAX_TOKEN + 1)},
+        {"app": "shop", "token": "t" * 10_000},
+        {"app": "shop", "token": ""},
+        {"app": "shop", "token": 12345678901234567},
+    ]
+    for hello in hellos:
+        line = _token_hello(hello)
+        items = run([line + b'\n{"a":1}\n'])
+        code, length, digest, excerpt, fatal = items[0][1:]
+        assert (code, length, digest, fatal) == (
+            "bad_hello",
+            len(line),
+            blake3(line).digest(),
+            True,
+        ), hello
+        assert excerpt == b"", hello
 
 
 def test_bad_hello_is_fatal_also_after_blank_lines_and_with_crlf():

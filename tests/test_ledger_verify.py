@@ -517,3 +517,20 @@ def test_segments_checked_in_worker_processes_give_the_same_verdicts(ledger, mon
     path.write_bytes(bytes(damaged))
     result = verify_ledger(ledger, jobs=2)
     assert_bad(result, frames[0][2], path, frames[0][0], hashes)
+
+
+def test_a_seq_gap_is_found_even_with_a_valid_chain(tmp_path):
+    """A writer that skipped a seq but chained every frame correctly: the chain alone
+    verifies, so only the seq check can tell that seq 3 is missing."""
+    directory = tmp_path / "ledger"
+    directory.mkdir()
+    data = bytearray(fmt.encode_segment_header(1, fmt.GENESIS_HASH))
+    prev = fmt.GENESIS_HASH
+    for seq in (1, 2, 4, 5):
+        frame, prev = fmt.encode_frame(seq, payload(seq), prev)
+        data += frame
+    (directory / fmt.segment_name(1)).write_bytes(bytes(data))
+    result = verify_ledger(directory)
+    assert not result.ok
+    assert result.first_bad_seq == 3, result
+    assert "seq 4" in (result.reason or ""), result.reason

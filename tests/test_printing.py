@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import os
 import socket
@@ -655,6 +656,9 @@ class Pty:
 
 
 def test_a_serial_job_through_a_pseudo_terminal_with_rtscts(gateways):
+    """The rtscts option is accepted and a job goes through with it; a pty has no
+    RTS/CTS lines, so this cannot show that a printer dropping CTS pauses the job
+    (docs/testing.md, "Serial flow control")."""
     pty = Pty()
     try:
         uri = f"serial:{pty.path}?baud=19200&flow=rtscts&bits=8&parity=none&stop=1"
@@ -723,3 +727,57 @@ def test_a_slow_printer_gets_every_job_whole(gateways, emulator):
     events = [e["seq"] for e in ledger(gw) if e["kind"] == "event"]
     assert [receipt_seq(j) for j in jobs] == events
     assert not any(b"REPRINT" in j for j in jobs)
+
+
+def test_retry_backoff_doubles_up_to_its_cap_and_starts_over_after_a_success(gateways, emulator):
+    """spool.retry_start_s and retry_cap_s (docs/printing.md): 1, 2, 4, 8, 8 s between
+    attempts while the printer refuses; after a delivery the next failure waits 1 s again."""
+    from gateway.clock import FakeClock
+    from gateway.loop import EventLoop
+
+    clock = FakeClock()
+    config = gateways.config({"p": socket_printer(emulator)})
+    spool = dataclasses.replace(config.spool, retry_start_s=1.0, retry_cap_s=8.0)
+    config = dataclasses.replace(config, spool=spool)
+    emulator.set_fault(Fault("refuse"))
+    gw = Gateway(config, loop=EventLoop(clock=clock))
+    address = gw.start()[0]
+    gateways.running.append(gw)
+    printer = gw.spool.printers["p"]
+    step = 0.25  # the fake clock's resolution: intervals are measured to within it
+
+    def attempt_times(n: int) -> list[float]:
+        """Fake times of the next `n` attempts, each after the previous one failed."""
+        times = []
+        for _ in range(n):
+            pump(gw, lambda: printer.retry_timer is not None)  # the last attempt failed
+            before = printer.queue[0].attempts
+            start = clock.now
+            while printer.queue[0].attempts == before:
+                clock.now += step
+                for _turn in range(3):
+                    gw.loop.run_once(max_wait=0.005)
+                assert clock.now - start < 60, "no retry within a minute"
+            times.append(clock.now)
+        return times
+
+    send(address, [event_line(1)])
+    pump(gw, lambda: printer.queue and printer.queue[0].attempts == 1)
+    first = clock.now
+    times = [first, *attempt_times(5)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    for gap, expected in zip(gaps, [1, 2, 4, 8, 8], strict=True):
+        assert expected <= gap <= expected + step, gaps
+
+    emulator.set_fault(Fault())
+    pump(gw, lambda: printer.retry_timer is not None)
+    clock.now += 8 + step
+    printed(gw, emulator, 1)
+    pump(gw, lambda: len(outcomes(gw)) == 1 and printer.state == "ready")
+
+    emulator.set_fault(Fault("refuse"))
+    send(address, [event_line(2)])
+    pump(gw, lambda: printer.queue and printer.queue[0].attempts == 1)
+    first = clock.now
+    (again,) = attempt_times(1)
+    assert 1 <= again - first <= 1 + step, "the delay did not start over after a success"

@@ -326,8 +326,10 @@ class Ledger:
             commit_pending_s=round(self.pending_s(), 3),
         )
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Stop the durability thread; False when a write never returned (it is left)."""
         if self._timer is not None:
             self._timer.cancel()
         if self.durability.is_alive():
-            self.durability.stop()
+            return self.durability.stop()
+        return True

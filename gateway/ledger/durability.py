@@ -26,6 +26,13 @@ perf_log = logging.getLogger("gateway.perf")
 RETRY_START_S = 0.1
 RETRY_CAP_S = 5.0
 
+# How long stop() waits for the thread once the gateway has given up on the
+# commit (or has nothing left to commit). An idle thread ends at once; one that
+# is retrying wakes on the stop signal at once; only a write that never returns
+# (a card or controller that hangs) holds it, and then waiting longer would not
+# help: the thread is a daemon and the process exits without it (status 1).
+STOP_JOIN_S = 2.0
+
 # A sync slower than this is logged on the performance stream. SD cards commonly
 # show 5-50 ms; half a second means the card or the filesystem is in trouble.
 SLOW_SYNC_S = 0.5
@@ -73,6 +80,7 @@ class DurabilityThread:
         self.writer = writer
         self.extra_sync_s = simulated_sync_s()
         self._queue: queue.SimpleQueue[CommitBatch | None] = queue.SimpleQueue()
+        self._stopping = threading.Event()  # cuts a retry's back-off wait short
         self._fds: dict[Path, int] = {}
         self._thread = threading.Thread(target=self._run, name="durability", daemon=True)
         self.busy = False
@@ -91,9 +99,12 @@ class DurabilityThread:
         self.submitted_at = time.monotonic()
         self._queue.put(batch)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_JOIN_S) -> bool:
+        """End the thread; False when it is still stuck in a write after `timeout` s."""
+        self._stopping.set()
         self._queue.put(None)
-        self._thread.join()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _deliver(self, result: BatchResult) -> None:
         def done() -> None:
@@ -119,7 +130,8 @@ class DurabilityThread:
                     except OSError as exc:
                         self._close_fds()
                         self._deliver(BatchResult(batch, exc, time.monotonic() - started, 0))
-                        time.sleep(delay)
+                        if self._stopping.wait(delay):
+                            return  # the gateway gave up on this batch
                         delay = min(delay * 2, RETRY_CAP_S)
                         continue
                     elapsed = time.monotonic() - started
