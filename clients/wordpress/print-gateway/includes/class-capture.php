@@ -440,7 +440,11 @@ final class Print_Gateway_Capture
             return $out;
         }
         if (is_string($value) && strlen($value) > self::STRING_LIMIT) {
-            return mb_strcut($value, 0, self::STRING_LIMIT, 'UTF-8') . sprintf('... [cut: %d bytes]', strlen($value));
+            // mb_strcut keeps whole UTF-8 characters; without mbstring, JSON encoding later
+            // substitutes a cut character (JSON_INVALID_UTF8_SUBSTITUTE).
+            $cut = function_exists('mb_strcut') ? mb_strcut($value, 0, self::STRING_LIMIT, 'UTF-8')
+                : substr($value, 0, self::STRING_LIMIT);
+            return $cut . sprintf('... [cut: %d bytes]', strlen($value));
         }
         if (is_float($value) && !is_finite($value)) {
             return (string) $value;
