@@ -51,7 +51,17 @@ def test_capture_drain_outage_and_backlog(site: tuple[WordPress, MariaDB], tmp_p
             "configure",
             {"port": gw.port, "app": "wp-test", "backoff_base_s": 1, "backoff_max_s": 2},
         )
-        assert wp.php("test_connection")["ok"] is True
+        answer = wp.php("test_connection")
+        assert answer["ok"] is True and '"head_seq"' in answer["message"], answer
+        page = wp.php("admin_page")["html"]
+        for needle in ('name="print_gateway_settings[host]"', 'value="print_gateway_test"',
+                       "outbox depth", "last acknowledged seq", "WP-Cron"):  # fmt: skip
+            assert needle in page, needle
+        # Exponential backoff with equal jitter: half of the doubled delay fixed, half random.
+        for failures, delays in wp.php("backoff").items():
+            full = min(3600, 30 * 2 ** (int(failures) - 1))
+            assert all(full / 2 <= d <= full for d in delays), (failures, delays)
+            assert len(set(delays)) > 1 or full < 2, (failures, delays)
 
         # ---- a real scenario, drained by wp-cron.php
         ids = wp.php("scenario")
@@ -160,6 +170,9 @@ def test_capture_drain_outage_and_backlog(site: tuple[WordPress, MariaDB], tmp_p
         status = wp.php("status")
         assert status["outbox_depth"] == 2 * TIMED_CHANGES, status
         assert "connect failed" in status["last_error"], status
+        down_answer = wp.php("test_connection")
+        assert down_answer["ok"] is False
+        assert f"127.0.0.1:{gw.port}: connect failed" in down_answer["message"], down_answer
         assert status["next_attempt"] > 0
         # An old backlog shows the admin notice.
         assert wp.php("notice")["html"] == ""

@@ -153,6 +153,24 @@ switch ($command) {
         out(Print_Gateway_Admin::test_connection());
         break;
 
+    case 'admin_page':
+        require_once ABSPATH . 'wp-admin/includes/template.php';
+        wp_set_current_user(1);
+        ob_start();
+        Print_Gateway_Admin::page();
+        out(['html' => ob_get_clean()]);
+        break;
+
+    case 'backoff':
+        $samples = [];
+        foreach ([1, 2, 3, 8, 20, 40] as $failures) {
+            for ($i = 0; $i < 50; $i++) {
+                $samples[$failures][] = Print_Gateway_Drain::backoff($failures, 30, 3600);
+            }
+        }
+        out($samples);
+        break;
+
     case 'notice':
         ob_start();
         wp_set_current_user(1);
