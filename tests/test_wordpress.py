@@ -152,9 +152,10 @@ def test_capture_drain_outage_and_backlog(site: tuple[WordPress, MariaDB], tmp_p
         find("subscription_expired", object_id=602)
         custom = [e for e in got if e["event_type"] == "ticket_printed"]
         assert len(custom) == 1 and custom[0]["copies"] == 2
+        assert custom[0]["printer"] == {"name": "front desk", "license_key": "[not sent: secret]"}
         find("user_deleted", object_id=uid)
         text = json.dumps(got)
-        for secret_text in ("carol-password", "hunter2", "$P$", "$wp$"):
+        for secret_text in ("carol-password", "hunter2", "$P$", "$wp$", "sk-live"):
             assert secret_text not in text
 
         # ---- the cost of a captured event in the request, gateway up

@@ -101,7 +101,8 @@ switch ($command) {
         do_action('woocommerce_subscription_renewal_payment_complete', $sub, new Fake_Wc_Object(502));
         do_action('woocommerce_subscription_status_cancelled', $sub);
         do_action('woocommerce_subscription_status_expired', new Fake_Wc_Object(602));
-        do_action('print_gateway_event', ['event_type' => 'ticket_printed', 'object_id' => 7, 'copies' => 2]);
+        do_action('print_gateway_event', ['event_type' => 'ticket_printed', 'object_id' => 7, 'copies' => 2,
+            'printer' => ['name' => 'front desk', 'license_key' => 'sk-live-do-not-send']]);
         wp_delete_user($uid);
         out(['user' => $uid, 'post' => $post, 'ticket' => $ticket, 'gone' => $gone, 'old_blogname' => $old_name]);
         break;

@@ -97,11 +97,12 @@ final class Print_Gateway_Admin
         if (!current_user_can('manage_options')) {
             return;
         }
-        $stats = Print_Gateway_Outbox::stats();
+        $oldest = Print_Gateway_Outbox::oldest_pending();
         $limit = 60 * (int) Print_Gateway_Settings::get()['backlog_alert_minutes'];
-        if ($stats['oldest_pending'] === null || time() - $stats['oldest_pending'] < $limit) {
+        if ($oldest === null || time() - $oldest < $limit) {
             return;
         }
+        $stats = Print_Gateway_Outbox::stats();
         $state = Print_Gateway_Settings::state();
         printf(
             '<div class="notice notice-error"><p><strong>Print Gateway:</strong> %d events are waiting to be sent; the oldest is %s old. Last error: %s. <a href="%s">Status</a></p></div>',

@@ -344,7 +344,8 @@ final class Print_Gateway_Capture
         if (!is_array($event)) {
             return;
         }
-        self::enqueue($event + ['event_type' => 'custom']);
+        // The site's fields go through the same secret filter as old and new values.
+        self::enqueue(self::scrub($event) + ['event_type' => 'custom']);
     }
 
     // ---- building and storing an event

@@ -142,6 +142,14 @@ final class Print_Gateway_Outbox
         ));
     }
 
+    /** Creation time of the oldest unsent row (one index range read: cheap on every admin page). */
+    public static function oldest_pending(): ?int
+    {
+        global $wpdb;
+        $v = $wpdb->get_var($wpdb->prepare('SELECT MIN(created_at) FROM ' . self::table() . ' WHERE status = %s', self::PENDING));
+        return $v === null ? null : (int) $v;
+    }
+
     /** @return array{pending: int, refused: int, acked: int, oldest_pending: ?int} */
     public static function stats(): array
     {
