@@ -200,5 +200,20 @@ final class GatewayProcess
         if ($this->running()) {
             $this->stop(9);
         }
+        self::removeTree($this->dir);
+    }
+
+    public static function removeTree(string $dir): void
+    {
+        if (!is_dir($dir) || is_link($dir)) {
+            @unlink($dir);
+            return;
+        }
+        foreach (scandir($dir) as $name) {
+            if ($name !== '.' && $name !== '..') {
+                self::removeTree("$dir/$name");
+            }
+        }
+        @rmdir($dir);
     }
 }

@@ -15,6 +15,7 @@ final class Pki
             return self::$dir;
         }
         $d = GatewayProcess::tempDir('pgw-pki-');
+        register_shutdown_function(static fn () => GatewayProcess::removeTree($d));
         foreach (['ca', 'other-ca'] as $ca) {
             self::openssl($d, 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', "$ca.key",
                 '-out', "$ca.pem", '-days', '2', '-subj', "/CN=$ca");
