@@ -220,6 +220,43 @@ final class ClientTest extends TestCase
         $this->assertCount(201, $gw->events());
     }
 
+    public function testMutualTlsNamesTheAppByItsCertificate(): void
+    {
+        $pki = Pki::dir();
+        $gw = $this->gateway(['ingest' => ['tls' => ['cert' => "$pki/server.pem", 'key' => "$pki/server.key",
+            'client_ca' => "$pki/ca.pem"]]]);
+        $client = new Client(port: $gw->tlsPort, app: 'shop', tls: true, caFile: "$pki/ca.pem",
+            certFile: "$pki/client.pem", keyFile: "$pki/client.key");
+        $ack = $client->sendOne(self::event(0));
+        $entry = $gw->events()[0];
+        $this->assertSame($ack->seq, $entry['seq']);
+        $this->assertSame('shop', $entry['source']['app']);
+        $this->assertTrue($entry['source']['auth']);
+        // Without a client certificate the handshake fails.
+        try {
+            (new Client(port: $gw->tlsPort, app: 'shop', tls: true, caFile: "$pki/ca.pem"))->send([self::event(1)]);
+            $this->fail('accepted without a client certificate');
+        } catch (ConnectionFailed $e) {
+            $this->assertStringContainsString("127.0.0.1:{$gw->tlsPort}", $e->getMessage());
+        }
+        $this->assertCount(1, $gw->events());
+    }
+
+    public function testALargeBatchGoesThroughInWindowsWithoutStalling(): void
+    {
+        $gw = $this->gateway();
+        // 3000 events of about 2 KiB: 6 MB, twelve windows of 256 events (512 KiB each).
+        $pad = str_repeat('p', 2000);
+        $events = array_map(static fn ($n) => self::event($n) + ['pad' => $pad], range(0, 2999));
+        $t0 = microtime(true);
+        $result = (new Client(port: $gw->port, app: 'bulk'))->send($events);
+        $elapsed = microtime(true) - $t0;
+        $this->assertTrue($result->ok());
+        $this->assertCount(3000, array_unique(array_map(static fn (Ack $a) => $a->seq, $result->replies)));
+        $this->assertCount(3000, $gw->events());
+        fwrite(STDERR, sprintf("\n3000 events of 2 KiB acknowledged in %.2f s\n", $elapsed));
+    }
+
     public function testAGatewayThatIsDownFailsFast(): void
     {
         $port = GatewayProcess::freePort();

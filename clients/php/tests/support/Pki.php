@@ -8,7 +8,7 @@ final class Pki
 {
     private static ?string $dir = null;
 
-    /** The directory holding ca.pem, server.pem, server.key, other-ca.pem (made once per run). */
+    /** The directory holding ca.pem, server.pem/.key, client.pem/.key (CN=shop), other-ca.pem (made once per run). */
     public static function dir(): string
     {
         if (self::$dir !== null) {
@@ -25,6 +25,11 @@ final class Pki
         file_put_contents("$d/server.ext", "subjectAltName=IP:127.0.0.1,DNS:gateway.test\n");
         self::openssl($d, 'x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key',
             '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'server.ext');
+        self::openssl($d, 'req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'client.key', '-out',
+            'client.csr', '-subj', '/CN=shop');
+        file_put_contents("$d/client.ext", "extendedKeyUsage=clientAuth\n");
+        self::openssl($d, 'x509', '-req', '-in', 'client.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key',
+            '-CAcreateserial', '-out', 'client.pem', '-days', '2', '-extfile', 'client.ext');
         return self::$dir = $d;
     }
 
