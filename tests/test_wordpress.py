@@ -57,6 +57,16 @@ def test_capture_drain_outage_and_backlog(site: tuple[WordPress, MariaDB], tmp_p
         for needle in ('name="print_gateway_settings[host]"', 'value="print_gateway_test"',
                        "outbox depth", "last acknowledged seq", "WP-Cron"):  # fmt: skip
             assert needle in page, needle
+        # The settings form never shows the token; an empty field keeps it.
+        wp.php("configure", {"token": "stored-token-value-123"})
+        assert "stored-token-value-123" not in wp.php("admin_page")["html"]
+        assert wp.php("sanitize", {"token": ""})["token"] == "stored-token-value-123"
+        assert (
+            wp.php("sanitize", {"token": "new-token-value-456"})["token"] == "new-token-value-456"
+        )
+        assert wp.php("sanitize", {"token": "", "token_clear": "1"})["token"] == ""
+        assert wp.php("sanitize", {"port": "99999", "batch_size": "0"})["port"] == 65535
+        wp.php("configure", {"token": ""})
         # Exponential backoff with equal jitter: half of the doubled delay fixed, half random.
         for failures, delays in wp.php("backoff").items():
             full = min(3600, 30 * 2 ** (int(failures) - 1))

@@ -162,6 +162,11 @@ switch ($command) {
         out(['html' => ob_get_clean()]);
         break;
 
+    case 'sanitize':
+        // What the settings form stores for $args (the token: kept when the field is empty).
+        out(Print_Gateway_Settings::sanitize($args));
+        break;
+
     case 'backoff':
         $samples = [];
         foreach ([1, 2, 3, 8, 20, 40] as $failures) {

@@ -152,7 +152,9 @@ final class Print_Gateway_Admin
         $text('host', 'Gateway host');
         $text('port', 'Port', 'number');
         $text('app', 'App name', 'text', 'Stored in the source of every entry (1-64 characters).');
-        $text('token', 'Token', 'password', "The app's secret when the gateway has one (ingest.tokens).");
+        printf('<tr><th><label for="pgw-token">Token</label></th><td><input id="pgw-token" type="password" name="%1$s[token]" value="" autocomplete="new-password" class="regular-text" placeholder="%2$s"> <label><input type="checkbox" name="%1$s[token_clear]" value="1"> clear</label><p class="description">%3$s</p></td></tr>',
+            esc_attr($opt), $s['token'] !== '' ? esc_attr('(set: leave empty to keep)') : '',
+            esc_html("The app's secret when the gateway has one (ingest.tokens). Never shown here."));
         printf('<tr><th>TLS</th><td><label><input type="checkbox" name="%s[tls]" value="1" %s> Connect with TLS</label></td></tr>',
             esc_attr($opt), checked((bool) $s['tls'], true, false));
         $text('ca_file', 'TLS CA file', 'text', "Path to the CA that signed the gateway's certificate (pinning); empty: the system's CAs.");

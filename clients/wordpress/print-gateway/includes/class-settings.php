@@ -94,7 +94,9 @@ final class Print_Gateway_Settings
         return [
             'host' => sanitize_text_field((string) ($input['host'] ?? $d['host'])),
             'port' => (int) $num('port', 1, 65535),
-            'token' => trim((string) ($input['token'] ?? '')),
+            // The form never shows the stored token: an empty field keeps it, "clear" removes it.
+            'token' => !empty($input['token_clear']) ? ''
+                : (trim((string) ($input['token'] ?? '')) !== '' ? trim((string) $input['token']) : (string) self::get()['token']),
             'tls' => !empty($input['tls']),
             'ca_file' => sanitize_text_field((string) ($input['ca_file'] ?? '')),
             'peer_name' => sanitize_text_field((string) ($input['peer_name'] ?? '')),
