@@ -18,6 +18,7 @@ from gatewayproc import ROOT, wait_for
 WP_SOURCE = Path("/usr/share/wordpress")
 PLUGIN = ROOT / "clients" / "wordpress" / "print-gateway"
 DRIVER = ROOT / "tests" / "wordpress" / "driver.php"
+FAKE_ACTION_SCHEDULER = ROOT / "tests" / "wordpress" / "fake-action-scheduler.php"
 # MariaDB's first start creates its files and InnoDB logs: seconds on an SD card, more on a
 # loaded CI machine.
 DB_START_TIMEOUT_S = 60.0
@@ -153,6 +154,10 @@ class WordPress:
             "add_filter('pre_wp_mail', '__return_true');\n",
             encoding="utf-8",
         )
+        # A stand-in for Action Scheduler (WooCommerce is not packaged in Debian), on while the
+        # option pgw_test_fake_as is set: it records scheduled actions in a file (an option
+        # would itself be captured) and `php driver.php WPDIR as_run` runs the due ones.
+        shutil.copy(FAKE_ACTION_SCHEDULER, self.dir / "wp-content" / "mu-plugins")
         self.debug_log = base / "wp-debug.log"
         (self.dir / "wp-config.php").write_text(
             f"""<?php

@@ -167,6 +167,42 @@ switch ($command) {
         out(Print_Gateway_Settings::sanitize($args));
         break;
 
+    case 'fake_as':
+        if ($args['on']) {
+            update_option('pgw_test_fake_as', 1);
+        } else {
+            delete_option('pgw_test_fake_as');
+            @unlink(ABSPATH . 'fake-as.json');
+        }
+        out(['ok' => true]);
+        break;
+
+    case 'as_actions':
+        out(function_exists('pgw_fake_as_load') ? pgw_fake_as_load() : null);
+        break;
+
+    case 'as_run':
+        // Runs the due actions as Action Scheduler's queue runner would: single ones once.
+        $ran = [];
+        $keep = [];
+        $before = pgw_fake_as_load();
+        foreach ($before as $a) {
+            if ($a['ts'] <= time()) {
+                do_action_ref_array($a['hook'], $a['args']);
+                $ran[] = $a;
+                if ($a['interval'] > 0) {
+                    $a['ts'] = time() + $a['interval'];
+                    $keep[] = $a;
+                }
+            } else {
+                $keep[] = $a;
+            }
+        }
+        // Actions scheduled while these ran (nudges) were appended after the ones loaded.
+        pgw_fake_as_save(array_merge($keep, array_slice(pgw_fake_as_load(), count($before))));
+        out($ran);
+        break;
+
     case 'backoff':
         $samples = [];
         foreach ([1, 2, 3, 8, 20, 40] as $failures) {

@@ -25,6 +25,8 @@ final class FakeGateway
         }
         if ($pid === 0) {
             // The child: one connection, then exit without running the parent's shutdown code.
+            // 10 s: far beyond the client connecting right after the fork; a test that never
+            // connects does not leave the child waiting forever.
             $conn = @stream_socket_accept($server, 10.0);
             if ($conn !== false) {
                 stream_set_timeout($conn, 10);

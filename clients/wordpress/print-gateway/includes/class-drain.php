@@ -30,20 +30,40 @@ final class Print_Gateway_Drain
             $s[self::SCHEDULE] = ['interval' => self::INTERVAL_S, 'display' => 'Every minute (Print Gateway)'];
             return $s;
         });
-        if (self::uses_action_scheduler()) {
-            add_action('init', [self::class, 'schedule_recurring']);
-        }
+        // Once Action Scheduler is ready (init), the recurring run is kept there.
+        // Checked at most once an hour: the check is a query on Action Scheduler's table.
+        add_action('init', static function (): void {
+            if (self::uses_action_scheduler() && !get_transient('print_gateway_as_checked')) {
+                self::schedule_recurring();
+                set_transient('print_gateway_as_checked', 1, HOUR_IN_SECONDS);
+            }
+        }, 20);
     }
 
+    /**
+     * Action Scheduler (bundled with WooCommerce) is used once it is ready: its data store exists
+     * only from `init` on, so a capture earlier in a request nudges WP-Cron instead. Both run the
+     * same hook, and claims keep two runs from sending the same rows.
+     */
     public static function uses_action_scheduler(): bool
     {
-        return function_exists('as_schedule_recurring_action') && function_exists('as_enqueue_async_action');
+        return function_exists('as_schedule_recurring_action') && function_exists('as_schedule_single_action')
+            && (function_exists('as_has_scheduled_action') || function_exists('as_next_scheduled_action'))
+            && did_action('init') > 0;
+    }
+
+    private static function as_pending(array $args): bool
+    {
+        if (function_exists('as_has_scheduled_action')) {  // Action Scheduler 3.3 and newer
+            return as_has_scheduled_action(self::HOOK, $args, self::AS_GROUP);
+        }
+        return as_next_scheduled_action(self::HOOK, $args, self::AS_GROUP) !== false;
     }
 
     public static function schedule_recurring(): void
     {
         if (self::uses_action_scheduler()) {
-            if (!as_has_scheduled_action(self::HOOK, [], self::AS_GROUP)) {
+            if (!self::as_pending([])) {
                 as_schedule_recurring_action(time(), self::INTERVAL_S, self::HOOK, [], self::AS_GROUP);
             }
             return;
@@ -64,6 +84,7 @@ final class Print_Gateway_Drain
         }
         wp_clear_scheduled_hook(self::HOOK);
         wp_clear_scheduled_hook(self::HOOK, ['soon']);
+        delete_transient('print_gateway_as_checked');
     }
 
     /**
@@ -72,9 +93,16 @@ final class Print_Gateway_Drain
      */
     public static function nudge(?int $when = null): void
     {
+        static $nudged = false;  // one check per request is enough for "a run comes soon"
+        if ($when === null) {
+            if ($nudged) {
+                return;
+            }
+            $nudged = true;
+        }
         $when ??= time();
         if (self::uses_action_scheduler()) {
-            if (!as_has_scheduled_action(self::HOOK, ['soon'], self::AS_GROUP)) {
+            if (!self::as_pending(['soon'])) {
                 as_schedule_single_action($when, self::HOOK, ['soon'], self::AS_GROUP);
             }
             return;
