@@ -89,9 +89,10 @@ final class Client
      */
     public function connect(): array
     {
-        if ($this->sock !== null && $this->hello !== null) {
+        if ($this->connected()) {
             return $this->hello;
         }
+        $this->close();
         $this->open();
         $hello = ['ack' => true];
         if ($this->app !== null) {
@@ -120,6 +121,25 @@ final class Client
             throw new Refused($this->host, $this->port, $reply['error'], (string) ($reply['detail'] ?? ''), null);
         }
         throw new ProtocolError($this->host, $this->port, 'unexpected hello reply: ' . substr($line, 0, 200));
+    }
+
+    /**
+     * Whether the current connection is still usable. Between batches the gateway sends nothing,
+     * so anything readable (its idle_timeout line, or end of stream after a restart) means it has
+     * closed or is closing the connection: the next send then connects afresh.
+     */
+    public function connected(): bool
+    {
+        if ($this->sock === null || $this->hello === null) {
+            return false;
+        }
+        $read = [$this->sock];
+        $none = null;
+        if ($this->buf === '' && @stream_select($read, $none, $none, 0) === 0) {
+            return true;
+        }
+        $this->close();
+        return false;
     }
 
     public function close(): void

@@ -257,6 +257,23 @@ final class ClientTest extends TestCase
         fwrite(STDERR, sprintf("\n3000 events of 2 KiB acknowledged in %.2f s\n", $elapsed));
     }
 
+    public function testAConnectionTheGatewayClosedForIdlenessIsReplacedBeforeTheNextSend(): void
+    {
+        // idle_timeout_s 1: checked every 0.5 s, so the gateway closes within about 1.5 s.
+        $gw = $this->gateway(['ingest' => ['idle_timeout_s' => 1]]);
+        $client = new Client(port: $gw->port, app: 'shop');
+        $first = $client->sendOne(self::event(0));
+        $this->assertTrue($client->connected());
+        $deadline = microtime(true) + 10.0;
+        while ($client->connected()) {
+            $this->assertLessThan($deadline, microtime(true), 'the gateway never closed the idle connection');
+            usleep(20000);
+        }
+        $second = $client->sendOne(self::event(1));
+        $this->assertGreaterThan($first->seq, $second->seq);
+        $this->assertCount(2, $gw->events());
+    }
+
     public function testAGatewayThatIsDownFailsFast(): void
     {
         $port = GatewayProcess::freePort();
