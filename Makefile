@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-tools test-slow test-faults test-syslog lint bench bench-print bench-peers bench-micro bench-query bench-soak clean distclean wheel image image-check
+.PHONY: run test test-tools test-slow test-faults test-syslog test-php php-vendor lint bench bench-print bench-peers bench-micro bench-query bench-soak clean distclean wheel image image-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -28,7 +28,19 @@ test-tools:
 
 ## make test: the default suite (well under 15 minutes on 2 cores).
 test: $(STAMP) test-tools
-	$(BIN)/python -m pytest -q -m "not slow and not faults and not syslog"
+	$(BIN)/python -m pytest -q -m "not slow and not faults and not syslog and not php"
+
+## make test-php: the PHP client library (PHPUnit) and the WordPress plugin in a real WordPress on MariaDB, against the real gateway; installs the Debian packages it needs when run as root, fails without them (~1 min).
+test-php: $(STAMP)
+	sh clients/install-php-deps.sh
+	phpunit -c clients/php/phpunit.xml --testsuite client
+	$(BIN)/python -m pytest -q -m php tests/test_wordpress.py
+
+## make php-vendor: refresh the WordPress plugin's copy of the PHP client library (tests/test_php_vendored.py checks it).
+php-vendor:
+	rm -rf clients/wordpress/print-gateway/lib/print-gateway-client
+	mkdir -p clients/wordpress/print-gateway/lib/print-gateway-client
+	cp -r clients/php/autoload.php clients/php/src clients/wordpress/print-gateway/lib/print-gateway-client/
 
 ## make test-slow: long soak and crash-loop tests kept out of the default suite.
 test-slow: $(STAMP)
