@@ -253,6 +253,7 @@ class Gateway:
                     # Whether events from here on are routed to printers: the
                     # spool's restart scan owes receipts only for those.
                     "printing": self.ingest.on_event is not None,
+                    "timezone": self.config.zone_name,
                 },
             )
         )
@@ -654,6 +655,7 @@ class Gateway:
                     "config_hash": new.digest(),
                     "printing": self.ingest.on_event is not None,
                     "restart_needed": restart_needed,
+                    "timezone": effective.zone_name,
                 },
             )
         )

@@ -660,7 +660,7 @@ def test_verify_archive_of_a_missing_directory_is_an_error(tmp_path):
         [*_gateway(), "verify", "--archive", str(tmp_path / "nowhere"), "--state",
          str(config.state_dir)], capture_output=True, check=False,
     )  # fmt: skip
-    assert done.returncode == 1 and b"no archive directory" in done.stderr
+    assert done.returncode == 2 and b"no archive directory" in done.stderr
 
 
 def _gateway() -> list[str]:

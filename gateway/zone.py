@@ -1,0 +1,117 @@
+"""The gateway's one time zone: which it is, how the ledger records it, how times are shown.
+
+Report days, the daily schedule and every time on paper or in a table follow
+the `timezone:` setting (an IANA name; default the zone of /etc/localtime,
+else UTC). The gateway records the zone in each `started` and `reloaded`
+entry, so a command reading a copy of the ledger on another machine uses the
+box's zone, not its own (docs/audit.md, "Time zones").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import zoneinfo
+from pathlib import Path
+
+from gateway.ledger import entries
+from gateway.ledger.store import LedgerReader, list_segments
+
+UTC = "UTC"
+LOCALTIME = Path("/etc/localtime")
+# Debian's other record of the zone's name, for an /etc/localtime that is a copy.
+TIMEZONE_FILE = Path("/etc/timezone")
+# The system entries that record the zone in their detail.
+RECORDING = ("started", "reloaded")
+
+
+def valid(name: str) -> bool:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def system_name(localtime: Path = LOCALTIME, timezone_file: Path = TIMEZONE_FILE) -> str:
+    """The IANA name of the box's zone: /etc/localtime's link target, /etc/timezone, else UTC."""
+    try:
+        target = os.path.realpath(localtime)
+        if "/zoneinfo/" in target and valid(name := target.split("/zoneinfo/", 1)[1]):
+            return name
+    except OSError:
+        pass
+    try:
+        name = timezone_file.read_text(encoding="utf-8").strip()
+        if name and valid(name):
+            return name
+    except (OSError, UnicodeDecodeError):
+        pass
+    return UTC
+
+
+def get(name: str) -> dt.tzinfo:
+    return zoneinfo.ZoneInfo(name)
+
+
+def recorded(ledger_dir: Path) -> str | None:
+    """The zone named by the ledger's latest `started` or `reloaded` entry, if any.
+
+    Reads segments from the newest back and stops at the first that names one,
+    so it costs about one segment's read.
+    """
+    firsts = [first for first, _path in list_segments(ledger_dir)]
+    for i in range(len(firsts) - 1, -1, -1):
+        to_seq = firsts[i + 1] - 1 if i + 1 < len(firsts) else None
+        found = None
+        for _seq, payload, _hash in LedgerReader(ledger_dir).entries(firsts[i], to_seq):
+            entry = entries.decode(payload)
+            if entry.get("kind") == entries.SYSTEM and entry.get("name") in RECORDING:
+                detail = entry.get("detail")
+                name = detail.get("timezone") if isinstance(detail, dict) else None
+                if isinstance(name, str) and valid(name):
+                    found = name
+        if found is not None:
+            return found
+    return None
+
+
+def local_time(us: int, tz: dt.tzinfo) -> str:
+    """A receive time as printed on paper and in tables: local, to the second, with offset."""
+    moment = dt.datetime.fromtimestamp(us / 1_000_000, tz=tz)
+    return moment.strftime("%Y-%m-%d %H:%M:%S %z")
+
+
+def day_bounds_us(date: dt.date, tz: dt.tzinfo) -> tuple[int, int]:
+    """[start, end) of a calendar day in `tz`, in microseconds since the epoch."""
+    start = dt.datetime.combine(date, dt.time(), tzinfo=tz)
+    end = dt.datetime.combine(date + dt.timedelta(days=1), dt.time(), tzinfo=tz)
+    return int(start.timestamp()) * 1_000_000, int(end.timestamp()) * 1_000_000
+
+
+def parse_time(text: str, tz: dt.tzinfo, end: bool = False) -> int:
+    """RFC 3339, or a date (midnight in `tz`; with `end`, the midnight after) -> µs."""
+    try:
+        if len(text) == 10:
+            day = dt.date.fromisoformat(text) + dt.timedelta(days=1 if end else 0)
+            moment = dt.datetime.combine(day, dt.time(), tzinfo=tz)
+        else:
+            moment = dt.datetime.fromisoformat(text.replace("z", "Z"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=tz)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date (YYYY-MM-DD) or an RFC 3339 time") from None
+    return int(moment.timestamp() * 1_000_000)
+
+
+def event_time_us(value: object) -> int | None:
+    """An event's own `timestamp` (RFC 3339) in µs; None when it has none or a bad one."""
+    if not isinstance(value, str) or len(value) < 20:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("z", "Z").replace("t", "T"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return int(moment.timestamp() * 1_000_000)
