@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--language", choices=["text", "escpos", "pcl"], default="text",
                    help="with --out: the printer language (default text)")  # fmt: skip
     p.add_argument("--width", type=int, default=80, help="with --out: characters per line")
+    _add_zone_option(p)
 
     p = sub.add_parser("press-button", help="press the fake board's button (development)")
     _add_state_options(p)
@@ -295,7 +296,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from gateway.client import numbered_event_lines, send_events
+    from gateway.client import Unreachable, numbered_event_lines, send_events
 
     if args.file is None:
         numbered = numbered_event_lines(sys.stdin.buffer)
@@ -325,8 +326,11 @@ def cmd_send(args: argparse.Namespace) -> int:
             token=token,
             tls=tls,
         )
-    except OSError as exc:
+    except Unreachable as exc:  # nothing answers at host:port
         raise CannotAnswer(f"send: {exc.strerror or exc}") from None
+    except OSError as exc:  # it answered, and the exchange failed (TLS refused, reset, ...)
+        print(f"gateway send: {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     where = args.file or "stdin"
     for refusal, at in zip(result.refused, result.refused_at, strict=True):
         print(f"refused: {where} line {numbered[at][0]}: {json.dumps(refusal)}", file=sys.stderr)
@@ -555,15 +559,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         return _answer(
             reply, f"report no. {reply.get('number')} ({reply.get('count')} entries) queued"
         )
+    import socket
+
     from gateway.printing.reports import collect_day
     from gateway.render.languages import render
     from gateway.render.templates import daily_report
 
     config = _existing_state(args)
-    rows, first, last, last_hash = collect_day(config.ledger_dir, date)
-    doc = daily_report(config.name or "gateway", args.date, None, rows, first, last, last_hash)
+    _tz, name, note = _zone(args, config)
+    rows, first, last, last_hash = collect_day(config.ledger_dir, date, zone_name=name)
+    doc = daily_report(
+        config.name or socket.gethostname(), args.date, None, rows, first, last, last_hash,
+        zone_name=name,
+    )  # fmt: skip
     args.out.write_bytes(render(doc, args.language, args.width))
-    print(f"preview of {args.date}: {len(rows)} entries written to {args.out}")
+    print(f"preview of {args.date} in {note}: {len(rows)} entries written to {args.out}")
     return EXIT_OK
 
 

@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 
 from gateway.ingest.protocol import is_blank
 
+
+class Unreachable(OSError):
+    """Nothing accepted the connection at host:port (refused, no route, timed out)."""
+
+
 # Over TLS, lines are sent this many at a time between reading their replies.
 TLS_WINDOW = 1024
 
@@ -99,7 +104,7 @@ def send_events(
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
-        raise ConnectionError(
+        raise Unreachable(
             exc.errno, f"cannot connect to {host}:{port}: {exc.strerror or exc}"
         ) from None
     sock = tls.wrap_socket(raw, server_hostname=host) if tls is not None else raw

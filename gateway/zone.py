@@ -50,6 +50,13 @@ def system_name(localtime: Path = LOCALTIME, timezone_file: Path = TIMEZONE_FILE
     return UTC
 
 
+def process_name() -> str:
+    """This process's zone: $TZ when it names one (`gateway run` sets it to the
+    configured zone), else the box's."""
+    name = os.environ.get("TZ", "").removeprefix(":")
+    return name if name and valid(name) else system_name()
+
+
 def get(name: str) -> dt.tzinfo:
     return zoneinfo.ZoneInfo(name)
 
