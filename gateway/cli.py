@@ -110,6 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="check live segments in at most N processes (default: one per CPU; "
         "1 is gentlest on a running gateway)",
     )
+    p.add_argument(
+        "--expect",
+        action="append",
+        default=[],
+        metavar="SEQ:HASH",
+        help="an anchor the chain must pass through (repeatable; the 16-digit hash on paper "
+        "is enough)",
+    )
+    p.add_argument("--expect-file", type=Path, metavar="FILE", help="anchors, one a line")
+    p.add_argument(
+        "--statement",
+        type=Path,
+        metavar="FILE",
+        help="write a verification statement (HTML when FILE ends in .html, else text)",
+    )
+    _add_zone_option(p)
 
     p = sub.add_parser("export", help="print ledger entries, each checked against the chain")
     _add_state_options(p)
@@ -241,16 +257,45 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _anchors(args: argparse.Namespace) -> list:
+    from gateway.ledger.verify import parse_anchor, parse_anchor_file
+
+    try:
+        anchors = [parse_anchor(text) for text in args.expect]
+        if args.expect_file is not None:
+            try:
+                text = args.expect_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise CannotAnswer(f"cannot read {args.expect_file}: {exc.strerror}") from None
+            anchors += parse_anchor_file(text)
+    except ValueError as exc:
+        raise CannotAnswer(f"verify: {exc}") from None
+    return anchors
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    from gateway.ledger.verify import verify_ledger
+    from gateway.ledger.verify import check_anchors, verify_ledger
 
     config = _existing_state(args)
     if args.archive is not None and not args.archive.is_dir():
         raise CannotAnswer(f"no archive directory at {args.archive}")
+    anchors = _anchors(args)
     result = verify_ledger(config.ledger_dir, args.archive, args.jobs)
+    checks = check_anchors(config.ledger_dir, anchors, args.archive) if result.ok else []
+    missed = [c for c in checks if not c.ok]
+    ok = result.ok and not missed
+    if args.statement is not None:
+        _write_statement(args, config, result, checks)
     if args.json:
-        print(json.dumps(result.as_json()))
-        return EXIT_OK if result.ok else EXIT_FAILURE
+        data = result.as_json()
+        if anchors:
+            data["anchors"] = [
+                {"anchor": str(c.anchor), "ok": c.ok, "found": c.found, "reason": c.reason}
+                for c in checks
+            ]
+            data["ok"] = ok
+        print(json.dumps(data))
+        return EXIT_OK if ok else EXIT_FAILURE
     where = ""
     if result.archive is not None:
         where = f" ({result.archived_segments} from the archive, {result.overlaps} also live)"
@@ -274,7 +319,61 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"DAMAGED: first bad seq {result.first_bad_seq} in {result.file} "
             f"at offset {result.offset}: {result.reason}"
         )
-    return EXIT_OK if result.ok else EXIT_FAILURE
+    for c in checks:
+        if c.ok:
+            print(f"anchor {c.anchor}: on the chain (hash {c.found})")
+        else:
+            print(f"ANCHOR MISSED: {c.anchor}: {c.reason}" + (f" ({c.found})" if c.found else ""))
+    if anchors and not result.ok:
+        print(f"anchors not checked: the chain is damaged ({len(anchors)} given)")
+    if args.statement is not None:
+        print(f"statement written to {args.statement}")
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def _write_statement(args: argparse.Namespace, config: Config, result, checks: list) -> None:
+    import shlex
+    import socket
+
+    from gateway.audit import statement
+    from gateway.ledger.store import LedgerReader
+
+    tz, name, _note = _zone(args, config)
+    start = result.start
+    if start.seq == 0:
+        first = next(LedgerReader(config.ledger_dir).entries(1, 1), None)
+        identity = f"seq 1 hash {first[2].hex()}" if first else "empty ledger"
+    else:
+        identity = (
+            f"from the retained checkpoint at seq {start.seq} hash {start.hash.hex()} "
+            "(earlier entries removed by retention)"
+        )
+    checked = f"seq {start.seq + 1} to {result.head_seq}: {result.entries} entries in "
+    checked += f"{result.segments} segments"
+    if result.archive is not None:
+        checked += f" ({result.archived_segments} from the archive {result.archive})"
+    verdict = "INTACT" if result.ok else (
+        f"DAMAGED: first bad seq {result.first_bad_seq} in {result.file} at offset "
+        f"{result.offset}: {result.reason}"
+    )  # fmt: skip
+    anchors = [
+        f"{c.anchor}: " + ("on the chain" if c.ok else f"MISSED ({c.reason})") for c in checks
+    ]
+    now = dt.datetime.now(tz).strftime("%Y-%m-%d %H:%M:%S %z")
+    s = statement.Statement(
+        gateway=config.name or socket.gethostname(),
+        version=__version__,
+        state_dir=str(config.state_dir.resolve()),
+        identity=identity,
+        checked=checked,
+        head=f"seq {result.head_seq} hash {result.head_hash.hex()}",
+        verdict=verdict,
+        anchors=anchors or ([] if result.ok else ["not checked: the chain is damaged"]),
+        at=f"{now} {name}",
+        command=shlex.join(["gateway", *args.argv]),
+    )
+    text = statement.as_html(s) if args.statement.suffix == ".html" else statement.as_text(s)
+    args.statement.write_text(text, encoding="utf-8")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -620,6 +719,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the statement
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
