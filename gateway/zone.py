@@ -14,6 +14,8 @@ import os
 import zoneinfo
 from pathlib import Path
 
+import cbor2
+
 from gateway.ledger import entries
 from gateway.ledger.store import LedgerReader, list_segments
 
@@ -23,6 +25,9 @@ LOCALTIME = Path("/etc/localtime")
 TIMEZONE_FILE = Path("/etc/timezone")
 # The system entries that record the zone in their detail.
 RECORDING = ("started", "reloaded")
+# How a system entry's payload begins after its map header (entries.encode_record
+# puts "kind" first): other entries are skipped without decoding them.
+_SYSTEM_MARK = cbor2.dumps("kind") + cbor2.dumps(entries.SYSTEM)
 
 
 def valid(name: str) -> bool:
@@ -72,6 +77,8 @@ def recorded(ledger_dir: Path) -> str | None:
         to_seq = firsts[i + 1] - 1 if i + 1 < len(firsts) else None
         found = None
         for _seq, payload, _hash in LedgerReader(ledger_dir).entries(firsts[i], to_seq):
+            if payload[1 : 1 + len(_SYSTEM_MARK)] != _SYSTEM_MARK:
+                continue  # not a system entry: no need to decode it
             entry = entries.decode(payload)
             if entry.get("kind") == entries.SYSTEM and entry.get("name") in RECORDING:
                 detail = entry.get("detail")
