@@ -214,3 +214,23 @@ def test_the_same_report_from_a_laptop_in_another_zone(tmp_path, monkeypatch):
     assert any(line.startswith("entries 20:") for line in outputs[0])
     assert "day in Pacific/Kiritimati" in outputs[0]
     assert dt.date(2026, 12, 2)  # the day of the box, not of the laptop (UTC: 1 December)
+
+
+def test_a_numbered_reports_rows_are_its_range_and_its_system_events_the_days(tmp_path):
+    from test_audit_cli import build
+
+    from gateway.printing.reports import collect_day
+
+    state = tmp_path / "state"
+    build(state, n=20)  # seq 1: started (Europe/Berlin), 2-21: events
+    rows, first, last, _hash = collect_day(state / "ledger", dt.date(2026, 12, 1), 5, 10)
+    assert [r.seq for r in rows] == list(range(5, 11)) and (first, last) == (5, 10)
+    assert [(o.seq, o.text) for o in rows.others] == [
+        (1, "started (version t, timezone Europe/Berlin)")
+    ]
+    assert rows.zone_name == "Europe/Berlin"
+    doc = daily_report("gw", "2026-12-01", 1, rows, first, last, _hash, generated_us=NOW)
+    text = render(doc, "text", 48).decode()
+    assert "day in Europe/Berlin" in text and "1: system events (listed above)" in text
+    empty, *_ = collect_day(state / "ledger", dt.date(2026, 12, 2))
+    assert list(empty) == [] and empty.others == []

@@ -49,29 +49,35 @@ def collect_day(
 
     Returns (rows, first seq, last seq, chain hash at the last seq); `rows`
     also carries the day's other entries (system events, print records, ...)
-    and the zone's name. Without `from_seq` the scan starts at the last segment
-    that began before the day, so a report reads about one segment, not the
-    whole ledger. "Received that day" is by the gateway's clock, as recorded in
+    and the zone's name. The scan starts at the last segment that began before
+    the day, so a report reads about one segment, not the whole ledger;
+    `from_seq` and `to_seq` bound the rows (a numbered report's, as recorded). "Received that day" is by the gateway's clock, as recorded in
     each entry, in `zone_name` (default report_zone()).
     """
     zone_name = zone_name or report_zone(ledger_dir)
     start_us, end_us = zone.day_bounds_us(date, zone.get(zone_name))
-    if from_seq is None:
-        from_seq = 1
-        for first, _path in list_segments(ledger_dir):
-            received = _first_received(ledger_dir, first)
-            if received is not None and received < start_us:
-                from_seq = first
+    # Where the day begins in the ledger; the day's other entries (a start
+    # before its first event) are read from there even when `from_seq` fixes
+    # the rows of a numbered report.
+    scan_from = 1
+    for first, _path in list_segments(ledger_dir):
+        received = _first_received(ledger_dir, first)
+        if received is not None and received < start_us:
+            scan_from = first
+    if from_seq is not None:
+        scan_from = min(scan_from, from_seq)
     rows = DayEntries(zone_name=zone_name)
     first_seq = last_seq = None
     last_hash = None
-    for seq, payload, chain_hash in LedgerReader(ledger_dir).entries(from_seq, to_seq):
+    for seq, payload, chain_hash in LedgerReader(ledger_dir).entries(scan_from, to_seq):
         entry = entries.decode(payload)
         received = entry.get("received_at")
         if not isinstance(received, int) or not start_us <= received < end_us:
             continue
         if entry.get("kind") not in (entries.EVENT, entries.REJECTED):
             rows.others.append(other_row(seq, entry))
+            continue
+        if from_seq is not None and seq < from_seq:
             continue
         rows.append(report_row(seq, entry))
         if first_seq is None:
