@@ -51,8 +51,9 @@ def collect_day(
     also carries the day's other entries (system events, print records, ...)
     and the zone's name. The scan starts at the last segment that began before
     the day, so a report reads about one segment, not the whole ledger;
-    `from_seq` and `to_seq` bound the rows (a numbered report's, as recorded). "Received that day" is by the gateway's clock, as recorded in
-    each entry, in `zone_name` (default report_zone()).
+    `from_seq` and `to_seq` bound the rows (a numbered report's, as recorded).
+    "Received that day" is by the gateway's clock, as recorded in each entry,
+    in `zone_name` (default report_zone()).
     """
     zone_name = zone_name or report_zone(ledger_dir)
     start_us, end_us = zone.day_bounds_us(date, zone.get(zone_name))
