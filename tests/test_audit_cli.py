@@ -365,3 +365,18 @@ def test_query_days_are_the_gateways_whatever_the_machines_zone(tmp_path, capsys
     _, out, _ = cli(capsys, "query", "--state", str(state))
     assert out.startswith("times in Pacific/Kiritimati (the gateway's zone, from the ledger)")
     assert " 2026-12-02 02:00 " in out
+
+
+def test_rows_spread_over_segments_are_each_checked(tmp_path):
+    from gateway.audit.check import HASH_MISMATCH, Cursor
+    from gateway.audit.query import Filters, check_rows, run
+
+    state = tmp_path / "state"
+    build(state, n=2000, segment_bytes=64 * 1024)
+    assert len(list_segments(state / "ledger")) >= 10
+    rows = run(state, Filters(kind="event", limit=5000, order="asc")).rows
+    picked = [r for r in rows if r["seq"] in (2, 700, 1500, 2001)]
+    tamper(state, 1500)
+    cursor = Cursor(state / "ledger")
+    assert check_rows(cursor, picked) == {1500: HASH_MISMATCH}
+    assert check_rows(cursor, picked[:1]) == {}  # behind the cursor: it starts again

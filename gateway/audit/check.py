@@ -11,6 +11,7 @@ whether the chain's start (genesis, or a retained checkpoint) is genuine.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 from gateway.errors import LedgerCorruption
 from gateway.ledger import entries
 from gateway.ledger import format as fmt
-from gateway.ledger.store import LedgerReader
+from gateway.ledger.store import LedgerReader, list_segments
 
 # What a broken link is called wherever it is printed.
 HASH_MISMATCH = "stored bytes do not match the chain hash (hashed with the previous entry's)"
@@ -82,17 +83,22 @@ def checked_entries(
 class Cursor:
     """Walks the ledger forward, checking the entries asked for, in ascending seq.
 
-    Asked for a seq at or before the last one it read, it starts again from
-    that seq's segment: rows checked oldest first cost one pass over the
-    ledger, however many there are.
+    Asked for a seq at or before the last one it read, or in a later segment,
+    it starts again from that seq's segment: rows checked oldest first cost at
+    most one pass over the ledger, however many there are, and segments
+    without a row in them are not read.
     """
 
     def __init__(self, ledger_dir: Path) -> None:
         self.reader = LedgerReader(ledger_dir)
         self.base = self.reader.base()
+        self._firsts = [first for first, _path in list_segments(ledger_dir)]
         self._it: Iterator[tuple[int, memoryview, bytes]] | None = None
         self._pos = 0  # the last seq read
         self._prev: bytes | None = None  # its chain hash
+
+    def _segment(self, seq: int) -> int:
+        return bisect.bisect_right(self._firsts, seq)
 
     def _start(self, seq: int) -> None:
         if seq - 1 <= self.base.seq:
@@ -106,7 +112,12 @@ class Cursor:
         """The entry `seq` with its verdict; None when the live ledger does not hold it."""
         if seq <= self.base.seq:
             return None
-        if self._it is None or seq <= self._pos:
+        if (
+            self._it is None
+            or seq <= self._pos
+            or self._segment(seq - 1) > self._segment(self._pos)
+        ):
+            # Behind, or in a later segment: start there rather than read through.
             self._start(seq)
         assert self._it is not None
         try:
