@@ -234,3 +234,18 @@ def test_a_numbered_reports_rows_are_its_range_and_its_system_events_the_days(tm
     assert "day in Europe/Berlin" in text and "1: system events (listed above)" in text
     empty, *_ = collect_day(state / "ledger", dt.date(2026, 12, 2))
     assert list(empty) == [] and empty.others == []
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_tables_keep_columns_where_they_fit_and_stack_where_not(width):
+    from gateway.render.document import Document, Table
+
+    table = Table(("seq", "user", "what"), (("1", "anna", "update invoice " * 6), ("22", "b", "x")))
+    lines = render(Document("t", (table,)), "text", width).decode().rstrip("\x0c").splitlines()
+    assert all(len(line) <= width for line in lines)
+    assert lines[0] == "seq  user  what"  # columns: the header, padded
+    assert lines[1].startswith("1    anna  update invoice")
+    assert lines[2].startswith(" " * 11) and lines[2][11] != " "  # wraps under its column
+    narrow = Table(("seq", "a long column header", "x"), (("1", "v" * 40, "y"),))
+    lines = render(Document("t", (narrow,)), "text", width).decode().rstrip("\x0c").splitlines()
+    assert all(len(line) <= width for line in lines)
