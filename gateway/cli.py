@@ -495,7 +495,7 @@ def _filters(args: argparse.Namespace, tz: dt.tzinfo) -> object:
 def cmd_query(args: argparse.Namespace) -> int:
     from gateway.audit import present
     from gateway.audit.check import Cursor
-    from gateway.audit.query import FETCH_CHUNK, Session, check_rows, stream
+    from gateway.audit.query import FETCH_CHUNK, REMOVED, Session, check_rows, stream
 
     config = _existing_state(args)
     tz, _name, note = _zone(args, config)
@@ -509,12 +509,20 @@ def cmd_query(args: argparse.Namespace) -> int:
     writer = present.Writer(args.format, sys.stdout, tz, note)
     damaged = 0
 
+    unchecked = 0
+
     def emit(rows: list) -> None:
-        nonlocal damaged
+        nonlocal damaged, unchecked
         problems = check_rows(cursor, rows) if cursor is not None else {}
-        damaged += len(problems)
+        removed = {seq for seq, why in problems.items() if why == REMOVED}
+        damaged += len(problems) - len(removed)
+        unchecked += len(removed)
         for r in rows:
-            writer.row(r, problems.get(r["seq"]), check)
+            seq = r["seq"]
+            if seq in removed:
+                writer.row(r, None, check, unchecked=REMOVED)
+            else:
+                writer.row(r, problems.get(seq), check)
 
     with Session(config.state_dir) as session:
         if args.all:
@@ -542,6 +550,12 @@ def cmd_query(args: argparse.Namespace) -> int:
     where = sys.stderr if args.format != "table" else sys.stdout
     print(shown, file=sys.stderr)
     print(present.provenance(result, check), file=where)
+    if unchecked:
+        print(
+            f"NOT CHECKED: {unchecked} rows of entries {REMOVED} (gateway verify --archive "
+            "checks them; --no-check lists them from the index)",
+            file=sys.stderr,
+        )
     if damaged:
         print(f"DAMAGED: {damaged} rows failed the check (gateway verify)", file=sys.stderr)
         return EXIT_FAILURE

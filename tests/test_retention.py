@@ -519,6 +519,17 @@ def test_export_query_show_and_the_index_after_removal(tmp_path, capsys):
     ]
     assert verify_rows(config.ledger_dir, [r for r in rows if r["seq"] > base.seq]) == []
 
+    # A query checks what is live and says which rows it could not check.
+    code, out = cli("query", "--kind", "event", "--format", "jsonl", "--limit", "1000",
+                    "--state", str(config.state_dir), capsys=capsys)  # fmt: skip
+    printed = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [p["seq"] for p in printed] == [r["seq"] for r in rows]
+    assert all(
+        (p == {"seq": p["seq"], "not_checked": "removed from the live ledger by retention"})
+        == (p["seq"] <= base.seq)
+        for p in printed
+    )
+
     # Rebuilt from the live ledger, the index starts at its oldest segment.
     head = LedgerReader(config.ledger_dir).head().seq
     assert cli_main(["reindex", "--state", str(config.state_dir)]) == 0

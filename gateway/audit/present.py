@@ -72,11 +72,22 @@ class Writer:
             header = ("seq", "received", "event / action", "who", "object", "summary")
             out.write(_table_line(header) + "\n")
 
-    def row(self, r: dict[str, Any], damage: str | None = None, checked: bool = True) -> None:
+    def row(
+        self, r: dict[str, Any], damage: str | None = None, checked: bool = True,
+        unchecked: str | None = None,
+    ) -> None:  # fmt: skip
+        """One row; `damage`: what its check found; `unchecked`: why it could not be checked.
+
+        Either way its contents are not printed, only its seq and the reason.
+        """
         self.count += 1
         mark = NOT_CHECKED if not checked else (f"DAMAGED: {damage}" if damage else CHECKED)
+        if unchecked:
+            mark, damage = f"NOT CHECKED: {unchecked}", f"NOT CHECKED: {unchecked}"
         if self.form == "jsonl":
-            if damage:
+            if unchecked:
+                self.out.write(_json({"seq": r["seq"], "not_checked": unchecked}) + "\n")
+            elif damage:
                 self.out.write(_json({"seq": r["seq"], "damaged": damage}) + "\n")
             else:
                 self.out.write(_json(r["record"]) + "\n")
@@ -113,7 +124,8 @@ class Writer:
                 moment = dt.datetime.fromtimestamp(r["received_at"] / 1_000_000, tz=self.tz)
                 when = moment.strftime("%Y-%m-%d %H:%M")
             if damage:
-                self.out.write(_table_line((str(r["seq"]), when, "DAMAGED", "", "", damage)) + "\n")
+                label = "NOT CHECKED" if unchecked else "DAMAGED"
+                self.out.write(_table_line((str(r["seq"]), when, label, "", "", damage)) + "\n")
                 return
             what = (r["action"] or r["event_type"]) if r["kind"] == "event" else r["summary"]
             obj = ":".join(_cell(r[k]) for k in ("object_type", "object_id") if r[k])

@@ -297,6 +297,11 @@ def stream(session: Session, f: Filters, chunk: int = FETCH_CHUNK) -> Iterator[d
         page = dataclasses.replace(page, offset=0, after_seq=rows[-1]["seq"])
 
 
+# A row whose entry retention removed: it cannot be checked against the live
+# ledger (that is `gateway verify --archive`'s job), which is not damage.
+REMOVED = "removed from the live ledger by retention"
+
+
 def check_rows(cursor: check.Cursor, rows: list[dict[str, Any]]) -> dict[int, str]:
     """Each row checked against the ledger: {seq: what failed} for the rows that fail.
 
@@ -310,9 +315,7 @@ def check_rows(cursor: check.Cursor, rows: list[dict[str, Any]]) -> dict[int, st
         item = cursor.get(seq)
         if item is None:
             gone = seq <= cursor.base.seq
-            problems[seq] = (
-                "removed from the live ledger by retention" if gone else ("not in the ledger")
-            )
+            problems[seq] = REMOVED if gone else ("not in the ledger")
         elif item.damage:
             problems[seq] = item.damage
         elif json.loads(json.dumps(item.record)) != r["record"]:
