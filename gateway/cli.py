@@ -495,7 +495,7 @@ def _filters(args: argparse.Namespace, tz: dt.tzinfo) -> object:
 def cmd_query(args: argparse.Namespace) -> int:
     from gateway.audit import present
     from gateway.audit.check import Cursor
-    from gateway.audit.query import FETCH_CHUNK, REMOVED, Session, check_rows, stream
+    from gateway.audit.query import FETCH_CHUNK, REMOVED, QueryView, check_rows, stream
 
     config = _existing_state(args)
     tz, _name, note = _zone(args, config)
@@ -524,10 +524,10 @@ def cmd_query(args: argparse.Namespace) -> int:
             else:
                 writer.row(r, problems.get(seq), check)
 
-    with Session(config.state_dir) as session:
+    with QueryView(config.state_dir) as view:
         if args.all:
             chunk: list = []
-            for r in stream(session, filters):
+            for r in stream(view, filters):
                 chunk.append(r)
                 if len(chunk) == FETCH_CHUNK:
                     emit(chunk)
@@ -535,18 +535,18 @@ def cmd_query(args: argparse.Namespace) -> int:
             emit(chunk)
             shown = f"showing all {writer.count:,}"
         else:
-            rows = session.page(filters)
+            rows = view.page(filters)
             emit(rows)
             if len(rows) < filters.limit and (rows or not filters.offset):
                 total = filters.offset + len(rows)
             else:
-                total = session.count(filters)
+                total = view.count(filters)
             shown = f"showing {len(rows):,} of {total:,}"
             if filters.offset:
                 shown += f" from row {filters.offset + 1:,}"
             if len(rows) + filters.offset < total:
                 shown += "; --all for every row"
-        result = session.result([])
+        result = view.result([])
     where = sys.stderr if args.format != "table" else sys.stdout
     print(shown, file=sys.stderr)
     print(present.provenance(result, check), file=where)

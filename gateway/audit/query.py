@@ -207,7 +207,7 @@ def _event_us(record: str) -> int | None:
     return zone.event_time_us(event.get("timestamp")) if isinstance(event, dict) else None
 
 
-class Session:
+class QueryView:
     """One read-only view of the index plus the ledger's unindexed tail, for several pages."""
 
     def __init__(self, state_dir: Path) -> None:
@@ -237,7 +237,7 @@ class Session:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> Session:
+    def __enter__(self) -> QueryView:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -278,11 +278,11 @@ class Session:
 
 
 def run(state_dir: Path, f: Filters) -> Result:
-    with Session(state_dir) as session:
-        return session.result(session.page(f))
+    with QueryView(state_dir) as view:
+        return view.result(view.page(f))
 
 
-def stream(session: Session, f: Filters, chunk: int = FETCH_CHUNK) -> Iterator[dict[str, Any]]:
+def stream(view: QueryView, f: Filters, chunk: int = FETCH_CHUNK) -> Iterator[dict[str, Any]]:
     """Every match after f.offset, in f.order, `chunk` rows at a time (constant memory).
 
     Pages by seq (the last one returned bounds the next page), so each page
@@ -290,7 +290,7 @@ def stream(session: Session, f: Filters, chunk: int = FETCH_CHUNK) -> Iterator[d
     """
     page = dataclasses.replace(f, limit=chunk, after_seq=None)
     while True:
-        rows = session.page(page)
+        rows = view.page(page)
         yield from rows
         if len(rows) < chunk:
             return
