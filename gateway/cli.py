@@ -341,8 +341,11 @@ def _write_statement(args: argparse.Namespace, config: Config, result, checks: l
     tz, name, _note = _zone(args, config)
     start = result.start
     if start.seq == 0:
-        first = next(LedgerReader(config.ledger_dir).entries(1, 1), None)
-        identity = f"seq 1 hash {first[2].hex()}" if first else "empty ledger"
+        try:
+            first = next(LedgerReader(config.ledger_dir).entries(1, 1), None)
+            identity = f"seq 1 hash {first[2].hex()}" if first else "empty ledger"
+        except LedgerCorruption as exc:
+            identity = f"unreadable: {exc.reason}"
     else:
         identity = (
             f"from the retained checkpoint at seq {start.seq} hash {start.hash.hex()} "
@@ -507,9 +510,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     check = not args.no_check
     cursor = Cursor(config.ledger_dir) if check else None
     writer = present.Writer(args.format, sys.stdout, tz, note)
-    damaged = 0
-
-    unchecked = 0
+    damaged = unchecked = 0
 
     def emit(rows: list) -> None:
         nonlocal damaged, unchecked
@@ -740,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateway: configuration refused: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except LedgerCorruption as exc:
-        print(f"gateway: ledger damaged: {exc}", file=sys.stderr)
+        print(f"gateway: DAMAGED: ledger damaged at {exc} (gateway verify)", file=sys.stderr)
         return EXIT_FAILURE
     except LedgerError as exc:
         print(f"gateway: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cbor2
 
+from gateway.errors import LedgerCorruption
 from gateway.ledger import entries
 from gateway.ledger.store import LedgerReader, list_segments
 
@@ -76,15 +77,20 @@ def recorded(ledger_dir: Path) -> str | None:
     for i in range(len(firsts) - 1, -1, -1):
         to_seq = firsts[i + 1] - 1 if i + 1 < len(firsts) else None
         found = None
-        for _seq, payload, _hash in LedgerReader(ledger_dir).entries(firsts[i], to_seq):
-            if payload[1 : 1 + len(_SYSTEM_MARK)] != _SYSTEM_MARK:
-                continue  # not a system entry: no need to decode it
-            entry = entries.decode(payload)
-            if entry.get("kind") == entries.SYSTEM and entry.get("name") in RECORDING:
-                detail = entry.get("detail")
-                name = detail.get("timezone") if isinstance(detail, dict) else None
-                if isinstance(name, str) and valid(name):
-                    found = name
+        try:
+            for _seq, payload, _hash in LedgerReader(ledger_dir).entries(firsts[i], to_seq):
+                if payload[1 : 1 + len(_SYSTEM_MARK)] != _SYSTEM_MARK:
+                    continue  # not a system entry: no need to decode it
+                entry = entries.decode(payload)
+                if entry.get("kind") == entries.SYSTEM and entry.get("name") in RECORDING:
+                    detail = entry.get("detail")
+                    name = detail.get("timezone") if isinstance(detail, dict) else None
+                    if isinstance(name, str) and valid(name):
+                        found = name
+        except (LedgerCorruption, ValueError):
+            # Damage is for the command's own check to report; the zone comes
+            # from what could be read before it, or from an earlier segment.
+            pass
         if found is not None:
             return found
     return None

@@ -92,3 +92,11 @@ def test_the_statement_says_what_was_checked(state, tmp_path, capsys, suffix):
         assert expected in text, expected
     if suffix == ".html":
         assert text.startswith("<!DOCTYPE html>") and "@page" in text and "174mm" in text
+
+
+def test_a_statement_of_a_damaged_ledger_says_so(state, tmp_path, capsys):
+    tamper(state, 9)
+    out_file = tmp_path / "statement.txt"
+    code, _ = cli(capsys, "verify", "--statement", str(out_file), "--state", str(state))
+    text = out_file.read_text(encoding="utf-8")
+    assert code == 1 and "DAMAGED: first bad seq 9" in text and "INTACT" not in text

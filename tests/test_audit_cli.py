@@ -380,3 +380,23 @@ def test_rows_spread_over_segments_are_each_checked(tmp_path):
     cursor = Cursor(state / "ledger")
     assert check_rows(cursor, picked) == {1500: HASH_MISMATCH}
     assert check_rows(cursor, picked[:1]) == {}  # behind the cursor: it starts again
+
+
+def test_a_frame_the_reader_cannot_parse_is_damaged_too(state, capsys):
+    """A broken frame header (CRC) stops the reader: every command says DAMAGED, exit 1."""
+    for _s, payload, _h in LedgerReader(state / "ledger").entries(9, 9):
+        original = bytes(payload)
+    path = list_segments(state / "ledger")[0][1]
+    data = bytearray(path.read_bytes())
+    at = data.find(original) - 1  # the last byte of the frame header's CRC
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    code, out, err = cli(capsys, "export", "--state", str(state))
+    assert code == 1 and [json.loads(line)["seq"] for line in out.splitlines()] == list(
+        range(1, 10)
+    )
+    assert "damaged" in json.loads(out.splitlines()[-1]) and "DAMAGED: seq 9" in err
+    code, out, _ = cli(capsys, "show", "12", "--state", str(state))
+    assert code == 1 and out.startswith("DAMAGED: seq 9")
+    code, _, err = cli(capsys, "query", "--state", str(state))
+    assert code == 1 and "DAMAGED" in err
