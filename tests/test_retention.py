@@ -702,3 +702,23 @@ def test_the_documented_verifier_starts_from_a_checkpoint_or_reads_the_archive(r
     for _first, path in list_segments(config.ledger_dir):
         (whole / path.name).write_bytes(path.read_bytes())
     assert verify(str(whole)) == head
+
+
+def test_anchors_at_removed_seqs_are_found_in_the_archive(retained, tmp_path, capsys):
+    config, originals = retained
+    base = LedgerReader(config.ledger_dir).base()
+    copy = tmp_path / "original-first-segment"
+    copy.mkdir()
+    first = sorted(originals)[0]
+    (copy / first).write_bytes(originals[first])
+    (_seq, _payload, digest), *_ = LedgerReader(copy).entries(2, 2)
+    anchor = f"2:{digest.hex()[:16]}"
+    assert 2 <= base.seq  # removed from the live ledger
+    state = ["--state", str(config.state_dir)]
+    assert cli_main(["verify", "--expect", anchor, *state]) == 1
+    assert "not in the ledger (or in an archive: --archive)" in capsys.readouterr().out
+    archive = str(config.retention.archive_dir)
+    assert cli_main(["verify", "--archive", archive, "--expect", anchor, *state]) == 0
+    assert f"anchor {anchor}: on the chain" in capsys.readouterr().out
+    wrong = f"2:{'0' * 16}"
+    assert cli_main(["verify", "--archive", archive, "--expect", wrong, *state]) == 1
