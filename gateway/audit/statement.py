@@ -8,7 +8,11 @@ the verdict, the anchors and when, in the gateway's zone.
 from __future__ import annotations
 
 import html
+import textwrap
 from dataclasses import dataclass
+
+# The plain text statement's paragraphs fit a terminal and a printed page.
+TEXT_WIDTH = 78
 
 # What a statement proves and does not, printed on every one (docs/audit.md).
 PROVES = (
@@ -59,7 +63,8 @@ def as_text(s: Statement) -> str:
         first, *rest = value.splitlines() or [""]
         lines.append(f"{label:<16} {first}")
         lines += [" " * 17 + more for more in rest]
-    lines += ["", "What this proves", PROVES, "", "What it does not", DOES_NOT, ""]
+    lines += ["", "What this proves", *textwrap.wrap(PROVES, TEXT_WIDTH)]
+    lines += ["", "What it does not", *textwrap.wrap(DOES_NOT, TEXT_WIDTH), ""]
     lines += ["Received by (name, signature, date):", "", "_" * 40, ""]
     return "\n".join(lines)
 
