@@ -100,3 +100,15 @@ def test_a_statement_of_a_damaged_ledger_says_so(state, tmp_path, capsys):
     code, _ = cli(capsys, "verify", "--statement", str(out_file), "--state", str(state))
     text = out_file.read_text(encoding="utf-8")
     assert code == 1 and "DAMAGED: first bad seq 9" in text and "INTACT" not in text
+
+
+def test_the_html_statement_escapes_what_it_quotes():
+    from gateway.audit import statement
+
+    s = statement.Statement(
+        gateway="<script>alert(1)</script>", version="1", state_dir="/s", identity="seq 1",
+        checked="seq 1 to 1", head="seq 1", verdict="INTACT", anchors=["1:&"], at="now",
+        command="gateway verify --statement 'a<b>.html'",
+    )  # fmt: skip
+    page = statement.as_html(s)
+    assert "<script>" not in page and "&lt;script&gt;" in page and "1:&amp;" in page
