@@ -66,7 +66,9 @@ def _add_zone_option(parser: argparse.ArgumentParser) -> None:
 
 def _zone(args: argparse.Namespace, config: Config) -> tuple[dt.tzinfo, str, str]:
     """(zone, its name, how it was chosen): --tz, else the ledger's, else this machine's."""
-    recorded = zone.recorded(config.ledger_dir) if config.ledger_dir.is_dir() else None
+    recorded = None
+    if config.ledger_dir.is_dir():
+        recorded = zone.recorded(config.ledger_dir, config.state_dir / "index.sqlite3")
     if getattr(args, "tz", None):
         if not zone.valid(args.tz):
             raise CannotAnswer(f"--tz {args.tz!r} is not an IANA time zone name")

@@ -10,7 +10,9 @@ box's zone, not its own (docs/audit.md, "Time zones").
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import sqlite3
 import zoneinfo
 from pathlib import Path
 
@@ -74,32 +76,74 @@ def get(name: str) -> dt.tzinfo:
         raise
 
 
-def recorded(ledger_dir: Path) -> str | None:
+def _named(detail: object) -> str | None:
+    name = detail.get("timezone") if isinstance(detail, dict) else None
+    return name if isinstance(name, str) and valid(name) else None
+
+
+def _in_segment(ledger_dir: Path, first: int, to_seq: int | None) -> str | None:
+    """The zone of the last recording entry in one segment's range."""
+    found = None
+    try:
+        for _seq, payload, _hash in LedgerReader(ledger_dir).entries(first, to_seq):
+            if payload[1 : 1 + len(_SYSTEM_MARK)] != _SYSTEM_MARK:
+                continue  # not a system entry: no need to decode it
+            entry = entries.decode(payload)
+            if entry.get("kind") == entries.SYSTEM and entry.get("name") in RECORDING:
+                found = _named(entry.get("detail")) or found
+    except (LedgerCorruption, ValueError):
+        # Damage is for the command's own check to report; the zone comes from
+        # what could be read before it, or from an earlier segment.
+        pass
+    return found
+
+
+def _in_index(index_path: Path, below: int) -> str | None:
+    """The zone of the latest recording entry before seq `below`, from the query index.
+
+    The index is not a source of truth, but the zone only decides how times
+    are shown, and commands say which zone they used.
+    """
+    try:
+        db = sqlite3.connect(f"file:{index_path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        # Walks the (kind, seq) index backwards over system entries only.
+        cursor = db.execute(
+            "SELECT r.record FROM filters AS f JOIN entries AS r USING (seq) "
+            "WHERE f.kind = 'system' AND f.seq < ? ORDER BY f.seq DESC",
+            (below,),
+        )
+        for (record,) in cursor:
+            entry = json.loads(record)
+            if entry.get("name") in RECORDING and (name := _named(entry.get("detail"))):
+                return name
+    except (sqlite3.Error, ValueError):
+        return None
+    finally:
+        db.close()
+    return None
+
+
+def recorded(ledger_dir: Path, index_path: Path | None = None) -> str | None:
     """The zone named by the ledger's latest `started` or `reloaded` entry, if any.
 
-    Reads segments from the newest back and stops at the first that names one,
-    so it costs about one segment's read.
+    Reads the newest segment (a recent start or reload is there); then asks
+    the query index, when given, for an older one; else reads segments further
+    back until one names a zone.
     """
     firsts = [first for first, _path in list_segments(ledger_dir)]
     for i in range(len(firsts) - 1, -1, -1):
         to_seq = firsts[i + 1] - 1 if i + 1 < len(firsts) else None
-        found = None
-        try:
-            for _seq, payload, _hash in LedgerReader(ledger_dir).entries(firsts[i], to_seq):
-                if payload[1 : 1 + len(_SYSTEM_MARK)] != _SYSTEM_MARK:
-                    continue  # not a system entry: no need to decode it
-                entry = entries.decode(payload)
-                if entry.get("kind") == entries.SYSTEM and entry.get("name") in RECORDING:
-                    detail = entry.get("detail")
-                    name = detail.get("timezone") if isinstance(detail, dict) else None
-                    if isinstance(name, str) and valid(name):
-                        found = name
-        except (LedgerCorruption, ValueError):
-            # Damage is for the command's own check to report; the zone comes
-            # from what could be read before it, or from an earlier segment.
-            pass
+        found = _in_segment(ledger_dir, firsts[i], to_seq)
         if found is not None:
             return found
+        if index_path is not None and index_path.exists():
+            found = _in_index(index_path, firsts[i])
+            if found is not None:
+                return found
+            index_path = None  # asked once: it has nothing older either
     return None
 
 

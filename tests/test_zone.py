@@ -40,3 +40,28 @@ def test_days_and_times_in_a_zone():
     assert zone.parse_time("2026-12-01T12:00:00Z", tokyo) == NOON_US
     assert zone.event_time_us("2026-12-01T13:00:00+01:00") == NOON_US
     assert zone.event_time_us("2026-12-01") is None and zone.event_time_us(5) is None
+
+
+def test_an_older_zone_comes_from_the_index_without_reading_old_segments(tmp_path, monkeypatch):
+    from gateway.audit import index
+
+    ledger = tmp_path / "ledger"
+    event = entries.encode_event(NOON_US, SOURCE, {"event_type": "x"}, [])
+    write(ledger, [entries.encode_system(NOON_US, "started", {"timezone": "Asia/Tokyo"})])
+    write(ledger, [event] * 40)
+    db = index.open_index(tmp_path / index.INDEX_FILE)
+    index.catch_up(db, ledger)
+    db.close()
+    newest = list_segments(ledger)[-1][0]
+    read_from = []
+    real = zone.LedgerReader.entries
+
+    def entries_spy(self, from_seq=1, to_seq=None):
+        read_from.append(from_seq)
+        return real(self, from_seq, to_seq)
+
+    monkeypatch.setattr(zone.LedgerReader, "entries", entries_spy)
+    assert zone.recorded(ledger, tmp_path / index.INDEX_FILE) == "Asia/Tokyo"
+    assert read_from == [newest]  # the newest segment only; the index had the rest
+    read_from.clear()
+    assert zone.recorded(ledger) == "Asia/Tokyo" and read_from[-1] == 1  # without: read back
