@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
-from gateway import __version__
+from gateway import __version__, zone
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError, LedgerCorruption, LedgerError
 
+# Rows `gateway query` prints without --limit or --all: a screenful.
+DEFAULT_LIMIT = 50
+
+# Exit codes, the same in every command (README, "Exit codes"): 0 the answer
+# is yes; 1 it is no (damage found, an anchor missed, events or a configuration
+# refused, the state lock held by another gateway); 2 there is no answer (bad
+# arguments, a missing directory or file, the gateway unreachable, permission
+# denied).
 EXIT_OK = 0
-EXIT_FAILURE = 1  # verification failed, events refused, the gateway could not start
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+
+class CannotAnswer(Exception):
+    """The command cannot run here as asked (exit 2): a path, a permission, a peer."""
 
 
 def _add_state_options(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +51,38 @@ def _existing_state(args: argparse.Namespace) -> Config:
     """
     config = _config(args)
     if not config.state_dir.is_dir():
-        raise LedgerError(f"no state directory at {config.state_dir}")
+        raise CannotAnswer(f"no state directory at {config.state_dir}")
     return config
+
+
+def _add_zone_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tz",
+        metavar="ZONE",
+        help="show times and days in this IANA zone instead of the gateway's (recorded in "
+        "the ledger)",
+    )
+
+
+def _zone(args: argparse.Namespace, config: Config) -> tuple[dt.tzinfo, str, str]:
+    """(zone, its name, how it was chosen): --tz, else the ledger's, else this machine's."""
+    recorded = None
+    if config.ledger_dir.is_dir():
+        recorded = zone.recorded(config.ledger_dir, config.state_dir / "index.sqlite3")
+    if getattr(args, "tz", None):
+        if not zone.valid(args.tz):
+            raise CannotAnswer(f"--tz {args.tz!r} is not an IANA time zone name")
+        name = args.tz
+        note = f"{name} (--tz; the gateway's zone is {recorded or 'not recorded'})"
+    elif recorded:
+        name, note = recorded, f"{recorded} (the gateway's zone, from the ledger)"
+    else:
+        name = config.zone_name
+        note = f"{name} (no zone recorded in the ledger: the configuration's)"
+    return zone.get(name), name, note
+
+
+NO_CHECK_HELP = "do not check entries against the hash chain (faster; said in the output)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the gateway in the foreground")
     _add_state_options(p)
+
+    p = sub.add_parser("check-config", help="validate a configuration file without starting")
+    p.add_argument("file", type=Path, help="configuration file (YAML)")
 
     p = sub.add_parser("verify", help="re-derive the ledger's hash chain")
     _add_state_options(p)
@@ -65,12 +112,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="check live segments in at most N processes (default: one per CPU; "
         "1 is gentlest on a running gateway)",
     )
+    p.add_argument(
+        "--expect",
+        action="append",
+        default=[],
+        metavar="SEQ:HASH",
+        help="an anchor the chain must pass through (repeatable; the 16-digit hash on paper "
+        "is enough)",
+    )
+    p.add_argument("--expect-file", type=Path, metavar="FILE", help="anchors, one a line")
+    p.add_argument(
+        "--statement",
+        type=Path,
+        metavar="FILE",
+        help="write a verification statement (HTML when FILE ends in .html, else text)",
+    )
+    _add_zone_option(p)
 
-    p = sub.add_parser("export", help="print ledger entries")
+    p = sub.add_parser("export", help="print ledger entries, each checked against the chain")
     _add_state_options(p)
     p.add_argument("--from-seq", type=int, default=1)
     p.add_argument("--to-seq", type=int)
     p.add_argument("--format", choices=["jsonl"], default="jsonl")
+    p.add_argument("--no-check", action="store_true", help=NO_CHECK_HELP)
 
     p = sub.add_parser("send", help="send NDJSON events from a file or stdin")
     p.add_argument("--host", default="127.0.0.1")
@@ -94,19 +158,33 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("event-type", "action", "user-id", "username", "object-type", "object-id"):
         p.add_argument(f"--{name}")
     p.add_argument("--kind", help="event, rejected, system, print, ...")
-    p.add_argument("--since", help="RFC 3339 time or YYYY-MM-DD (local midnight)")
-    p.add_argument("--until", help="RFC 3339 time, or YYYY-MM-DD (that whole day included)")
+    received = "on the gateway's receive time: "
+    p.add_argument("--since", help=received + "RFC 3339, or YYYY-MM-DD (midnight)")
+    p.add_argument("--until", help=received + "RFC 3339, or YYYY-MM-DD (that day included)")
+    own = "on the event's own timestamp: "
+    p.add_argument("--event-since", help=own + "RFC 3339, or YYYY-MM-DD (midnight)")
+    p.add_argument("--event-until", help=own + "RFC 3339, or YYYY-MM-DD (that day included)")
     p.add_argument("--flagged", action="store_true", help="only events with flags")
     p.add_argument("--text", help="full text over the event's content")
-    p.add_argument("--limit", type=int, default=50)
+    many = p.add_mutually_exclusive_group()
+    many.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="rows to print (default 50)")
+    many.add_argument("--all", action="store_true", help="every matching row (streamed)")
     p.add_argument("--offset", type=int, default=0)
-    p.add_argument("--order", choices=["asc", "desc"], default="desc")
+    p.add_argument(
+        "--order",
+        choices=["asc", "desc"],
+        help="by seq (default: newest first in a table, oldest first in csv and jsonl)",
+    )
     p.add_argument("--format", choices=["table", "jsonl", "csv"], default="table")
-    p.add_argument("--verify", action="store_true", help="re-hash every row against the ledger")
+    p.add_argument("--no-check", action="store_true", help=NO_CHECK_HELP)
+    p.add_argument("--verify", action="store_true", help="the default (kept for old scripts)")
+    _add_zone_option(p)
 
-    p = sub.add_parser("show", help="one entry in full, with a diff of old/new values")
+    p = sub.add_parser("show", help="one entry in full, checked, with a diff of old/new values")
     _add_state_options(p)
     p.add_argument("seq", type=int)
+    p.add_argument("--no-check", action="store_true", help=NO_CHECK_HELP)
+    _add_zone_option(p)
 
     p = sub.add_parser("reindex", help="rebuild the query index from the ledger")
     _add_state_options(p)
@@ -133,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--language", choices=["text", "escpos", "pcl"], default="text",
                    help="with --out: the printer language (default text)")  # fmt: skip
     p.add_argument("--width", type=int, default=80, help="with --out: characters per line")
+    _add_zone_option(p)
 
     p = sub.add_parser("press-button", help="press the fake board's button (development)")
     _add_state_options(p)
@@ -154,6 +233,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     setup_logging(config.log.level)
+    # The process runs in the configured zone, so that every local day and time
+    # it computes (the daily report's schedule and days) is the zone's.
+    os.environ["TZ"] = config.zone_name
+    time.tzset()
     gateway = Gateway(config)
     try:
         gateway.start()
@@ -163,16 +246,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     return gateway.run()
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        raise CannotAnswer(f"no configuration file at {args.file}")
+    config = load_config(args.file)  # a ConfigError says file, key and reason (exit 1)
+    printers = ", ".join(config.printers) or "none: nothing will be printed"
+    print(f"ok: {args.file}")
+    print(f"state_dir   {config.state_dir}")
+    print(f"listen      {', '.join(config.ingest.listen)}")
+    print(f"printers    {printers}")
+    print(f"timezone    {config.zone_name}" + ("" if config.timezone else " (the box's)"))
+    return EXIT_OK
+
+
+def _anchors(args: argparse.Namespace) -> list:
+    from gateway.ledger.verify import parse_anchor, parse_anchor_file
+
+    try:
+        anchors = [parse_anchor(text) for text in args.expect]
+        if args.expect_file is not None:
+            try:
+                text = args.expect_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise CannotAnswer(f"cannot read {args.expect_file}: {exc.strerror}") from None
+            anchors += parse_anchor_file(text)
+    except ValueError as exc:
+        raise CannotAnswer(f"verify: {exc}") from None
+    return anchors
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    from gateway.ledger.verify import verify_ledger
+    from gateway.ledger.verify import check_anchors, verify_ledger
 
     config = _existing_state(args)
     if args.archive is not None and not args.archive.is_dir():
-        raise LedgerError(f"no archive directory at {args.archive}")
+        raise CannotAnswer(f"no archive directory at {args.archive}")
+    anchors = _anchors(args)
     result = verify_ledger(config.ledger_dir, args.archive, args.jobs)
+    checks = check_anchors(config.ledger_dir, anchors, args.archive) if result.ok else []
+    missed = [c for c in checks if not c.ok]
+    ok = result.ok and not missed
+    if args.statement is not None:
+        _write_statement(args, config, result, checks)
     if args.json:
-        print(json.dumps(result.as_json()))
-        return EXIT_OK if result.ok else EXIT_FAILURE
+        data = result.as_json()
+        if anchors:
+            data["anchors"] = [
+                {"anchor": str(c.anchor), "ok": c.ok, "found": c.found, "reason": c.reason}
+                for c in checks
+            ]
+            data["ok"] = ok
+        print(json.dumps(data))
+        return EXIT_OK if ok else EXIT_FAILURE
     where = ""
     if result.archive is not None:
         where = f" ({result.archived_segments} from the archive, {result.overlaps} also live)"
@@ -196,30 +321,96 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"DAMAGED: first bad seq {result.first_bad_seq} in {result.file} "
             f"at offset {result.offset}: {result.reason}"
         )
-    return EXIT_OK if result.ok else EXIT_FAILURE
+    for c in checks:
+        if c.ok:
+            print(f"anchor {c.anchor}: on the chain (hash {c.found})")
+        else:
+            print(f"ANCHOR MISSED: {c.anchor}: {c.reason}" + (f" ({c.found})" if c.found else ""))
+    if anchors and not result.ok:
+        print(f"anchors not checked: the chain is damaged ({len(anchors)} given)")
+    if args.statement is not None:
+        print(f"statement written to {args.statement}")
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def _write_statement(args: argparse.Namespace, config: Config, result, checks: list) -> None:
+    import shlex
+    import socket
+
+    from gateway.audit import statement
+    from gateway.ledger.store import LedgerReader
+
+    tz, name, _note = _zone(args, config)
+    start = result.start
+    if start.seq == 0:
+        try:
+            first = next(LedgerReader(config.ledger_dir).entries(1, 1), None)
+            identity = f"seq 1 hash {first[2].hex()}" if first else "empty ledger"
+        except LedgerCorruption as exc:
+            identity = f"unreadable: {exc.reason}"
+    else:
+        identity = (
+            f"from the retained checkpoint at seq {start.seq} hash {start.hash.hex()} "
+            "(earlier entries removed by retention)"
+        )
+    checked = f"seq {start.seq + 1} to {result.head_seq}: {result.entries} entries in "
+    checked += f"{result.segments} segments"
+    if result.archive is not None:
+        checked += f" ({result.archived_segments} from the archive {result.archive})"
+    verdict = "INTACT" if result.ok else (
+        f"DAMAGED: first bad seq {result.first_bad_seq} in {result.file} at offset "
+        f"{result.offset}: {result.reason}"
+    )  # fmt: skip
+    anchors = [
+        f"{c.anchor}: " + ("on the chain" if c.ok else f"MISSED ({c.reason})") for c in checks
+    ]
+    now = dt.datetime.now(tz).strftime("%Y-%m-%d %H:%M:%S %z")
+    s = statement.Statement(
+        gateway=config.name or socket.gethostname(),
+        version=__version__,
+        state_dir=str(config.state_dir.resolve()),
+        identity=identity,
+        checked=checked,
+        head=f"seq {result.head_seq} hash {result.head_hash.hex()}",
+        verdict=verdict,
+        anchors=anchors or ([] if result.ok else ["not checked: the chain is damaged"]),
+        at=f"{now} {name}",
+        command=shlex.join(["gateway", *args.argv]),
+    )
+    text = statement.as_html(s) if args.statement.suffix == ".html" else statement.as_text(s)
+    args.statement.write_text(text, encoding="utf-8")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from gateway.ledger import entries
-    from gateway.ledger.store import LedgerReader
+    from gateway.audit.check import checked_entries, damaged_line
 
     config = _existing_state(args)
-    reader = LedgerReader(config.ledger_dir)
     out = sys.stdout
-    for seq, payload, digest in reader.entries(args.from_seq, args.to_seq):
-        record = entries.export_record(seq, digest, entries.decode(payload))
-        out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
-    return EXIT_OK
+    damaged = 0
+    for item in checked_entries(config.ledger_dir, args.from_seq, args.to_seq, not args.no_check):
+        if item.damage:
+            damaged += 1
+            out.write(json.dumps({"seq": item.seq, "damaged": item.damage}) + "\n")
+            print(damaged_line(item), file=sys.stderr)
+        else:
+            out.write(json.dumps(item.record, ensure_ascii=False, separators=(",", ":")) + "\n")
+    if args.no_check:
+        print("entries not checked against the chain (--no-check)", file=sys.stderr)
+    return EXIT_FAILURE if damaged else EXIT_OK
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from gateway.client import event_lines, send_events
+    from gateway.client import Unreachable, numbered_event_lines, send_events
 
     if args.file is None:
-        lines = event_lines(sys.stdin.buffer)
+        numbered = numbered_event_lines(sys.stdin.buffer)
     else:
-        with open(args.file, "rb") as f:
-            lines = event_lines(f)
+        try:
+            with open(args.file, "rb") as f:
+                numbered = numbered_event_lines(f)
+        except OSError as exc:
+            raise CannotAnswer(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    lines = [line for _n, line in numbered]
     try:
         token = args.token or os.environ.get("GATEWAY_TOKEN") or None
         if args.token_file is not None:
@@ -239,11 +430,14 @@ def cmd_send(args: argparse.Namespace) -> int:
             token=token,
             tls=tls,
         )
-    except OSError as exc:
-        print(f"gateway send: {exc}", file=sys.stderr)
+    except Unreachable as exc:  # nothing answers at host:port
+        raise CannotAnswer(f"send: {exc.strerror or exc}") from None
+    except OSError as exc:  # it answered, and the exchange failed (TLS refused, reset, ...)
+        print(f"gateway send: {args.host}:{args.port}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    for refusal in result.refused:
-        print(f"refused: {json.dumps(refusal)}", file=sys.stderr)
+    where = args.file or "stdin"
+    for refusal, at in zip(result.refused, result.refused_at, strict=True):
+        print(f"refused: {where} line {numbered[at][0]}: {json.dumps(refusal)}", file=sys.stderr)
     if result.error:
         print(f"gateway send: {result.error}", file=sys.stderr)
     if args.ack:
@@ -260,7 +454,7 @@ def _control(args: argparse.Namespace, command: dict) -> dict:
     try:
         return request(config.control_path, command)
     except OSError as exc:
-        raise LedgerError(
+        raise CannotAnswer(
             f"no running gateway answers on {config.control_path}: {exc.strerror or exc}"
         ) from None
 
@@ -273,58 +467,126 @@ def _answer(reply: dict, text: str) -> int:
     return EXIT_OK
 
 
+def _filters(args: argparse.Namespace, tz: dt.tzinfo) -> object:
+    from gateway.audit.query import Filters
+
+    def moment(text: str | None, end: bool = False) -> int | None:
+        return None if text is None else zone.parse_time(text, tz, end)
+
+    if not args.all and args.limit < 1:
+        raise ValueError("--limit must be 1 or more (--all prints every row)")
+    if args.offset < 0:
+        raise ValueError("--offset must be 0 or more")
+    return Filters(
+        event_type=args.event_type,
+        action=args.action,
+        user_id=args.user_id,
+        username=args.username,
+        object_type=args.object_type,
+        object_id=args.object_id,
+        kind=args.kind,
+        since_us=moment(args.since),
+        until_us=moment(args.until, end=True),
+        event_since_us=moment(args.event_since),
+        event_until_us=moment(args.event_until, end=True),
+        flagged=args.flagged,
+        text=args.text,
+        limit=args.limit,
+        offset=args.offset,
+        order=args.order or ("desc" if args.format == "table" else "asc"),
+    )
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from gateway.audit import present
-    from gateway.audit.query import Filters, parse_time, run, verify_rows
+    from gateway.audit.check import Cursor
+    from gateway.audit.query import FETCH_CHUNK, REMOVED, QueryView, check_rows, stream
 
     config = _existing_state(args)
+    tz, _name, note = _zone(args, config)
     try:
-        filters = Filters(
-            event_type=args.event_type,
-            action=args.action,
-            user_id=args.user_id,
-            username=args.username,
-            object_type=args.object_type,
-            object_id=args.object_id,
-            kind=args.kind,
-            since_us=parse_time(args.since) if args.since else None,
-            until_us=parse_time(args.until, end=True) if args.until else None,
-            flagged=args.flagged,
-            text=args.text,
-            limit=args.limit,
-            offset=args.offset,
-            order=args.order,
-        )
+        filters = _filters(args, tz)
     except ValueError as exc:
         print(f"gateway query: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    result = run(config.state_dir, filters)
-    present.write(result.rows, args.format, sys.stdout)
-    note = present.provenance(result)
-    if args.verify:
-        problems = verify_rows(config.ledger_dir, result.rows)
-        for problem in problems:
-            print(f"NOT VERIFIED: {problem}", file=sys.stderr)
-        if problems:
-            return EXIT_FAILURE
-        note = f"verified: each of the {len(result.rows)} rows re-hashed against the ledger"
-    print(note, file=sys.stderr if args.format != "table" else sys.stdout)
+    check = not args.no_check
+    cursor = Cursor(config.ledger_dir) if check else None
+    writer = present.Writer(args.format, sys.stdout, tz, note)
+    damaged = unchecked = 0
+
+    def emit(rows: list) -> None:
+        nonlocal damaged, unchecked
+        problems = check_rows(cursor, rows) if cursor is not None else {}
+        removed = {seq for seq, why in problems.items() if why == REMOVED}
+        damaged += len(problems) - len(removed)
+        unchecked += len(removed)
+        for r in rows:
+            seq = r["seq"]
+            if seq in removed:
+                writer.row(r, None, check, unchecked=REMOVED)
+            else:
+                writer.row(r, problems.get(seq), check)
+
+    with QueryView(config.state_dir) as view:
+        if args.all:
+            chunk: list = []
+            for r in stream(view, filters):
+                chunk.append(r)
+                if len(chunk) == FETCH_CHUNK:
+                    emit(chunk)
+                    chunk = []
+            emit(chunk)
+            shown = f"showing all {writer.count:,}"
+        else:
+            rows = view.page(filters)
+            emit(rows)
+            if len(rows) < filters.limit and (rows or not filters.offset):
+                total = filters.offset + len(rows)
+            else:
+                total = view.count(filters)
+            shown = f"showing {len(rows):,} of {total:,}"
+            if filters.offset:
+                shown += f" from row {filters.offset + 1:,}"
+            if len(rows) + filters.offset < total:
+                shown += "; --all for every row"
+        result = view.result([])
+    where = sys.stderr if args.format != "table" else sys.stdout
+    print(shown, file=sys.stderr)
+    print(present.provenance(result, check), file=where)
+    if unchecked:
+        print(
+            f"NOT CHECKED: {unchecked} rows of entries {REMOVED} (gateway verify --archive "
+            "checks them; --no-check lists them from the index)",
+            file=sys.stderr,
+        )
+    if damaged:
+        print(f"DAMAGED: {damaged} rows failed the check (gateway verify)", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from gateway.audit import present
-    from gateway.audit.query import read_entry
+    from gateway.audit.check import checked_entries, damaged_line
     from gateway.ledger.store import LedgerReader
 
     config = _existing_state(args)
-    record = read_entry(config.ledger_dir, args.seq)
-    if record is None:
+    tz, _name, note = _zone(args, config)
+    item = next(checked_entries(config.ledger_dir, args.seq, args.seq, not args.no_check), None)
+    if item is None or (item.seq != args.seq and not item.damage):
         gone = 0 < args.seq <= LedgerReader(config.ledger_dir).base().seq
         why = "was removed from the live ledger by retention" if gone else "does not exist"
         print(f"gateway show: entry {args.seq} {why}", file=sys.stderr)
         return EXIT_FAILURE
-    sys.stdout.write(present.detail(record))
+    if item.damage:
+        print(damaged_line(item))
+        return EXIT_FAILURE
+    assert item.record is not None
+    sys.stdout.write(present.detail(item.record, tz, note))
+    if args.no_check:
+        print("check       not checked against the chain (--no-check)")
+    else:
+        print("check       ok: its stored bytes and the previous entry's hash give its hash")
     return EXIT_OK
 
 
@@ -413,15 +675,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         return _answer(
             reply, f"report no. {reply.get('number')} ({reply.get('count')} entries) queued"
         )
+    import socket
+
     from gateway.printing.reports import collect_day
     from gateway.render.languages import render
     from gateway.render.templates import daily_report
 
     config = _existing_state(args)
-    rows, first, last, last_hash = collect_day(config.ledger_dir, date)
-    doc = daily_report(config.name or "gateway", args.date, None, rows, first, last, last_hash)
+    _tz, name, note = _zone(args, config)
+    rows, first, last, last_hash = collect_day(config.ledger_dir, date, zone_name=name)
+    doc = daily_report(
+        config.name or socket.gethostname(), args.date, None, rows, first, last, last_hash,
+        zone_name=name,
+    )  # fmt: skip
     args.out.write_bytes(render(doc, args.language, args.width))
-    print(f"preview of {args.date}: {len(rows)} entries written to {args.out}")
+    print(f"preview of {args.date} in {note}: {len(rows)} entries written to {args.out}")
     return EXIT_OK
 
 
@@ -450,6 +718,7 @@ def cmd_emulate_printer(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run,
+    "check-config": cmd_check_config,
     "verify": cmd_verify,
     "export": cmd_export,
     "send": cmd_send,
@@ -467,24 +736,28 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the statement
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"gateway: configuration refused: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except LedgerCorruption as exc:
-        print(f"gateway: ledger damaged: {exc}", file=sys.stderr)
+        print(f"gateway: DAMAGED: ledger damaged at {exc} (gateway verify)", file=sys.stderr)
         return EXIT_FAILURE
     except LedgerError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except BrokenPipeError:
         return EXIT_OK
+    except CannotAnswer as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except PermissionError as exc:
         # A user outside the service's group (docs/audit.md, read-only access).
         where = exc.filename or "the state directory"
         print(f"gateway: permission denied: {where}", file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILURE
 

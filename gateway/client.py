@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 
 from gateway.ingest.protocol import is_blank
 
+
+class Unreachable(OSError):
+    """Nothing accepted the connection at host:port (refused, no route, timed out)."""
+
+
 # Over TLS, lines are sent this many at a time between reading their replies.
 TLS_WINDOW = 1024
 
@@ -24,8 +29,11 @@ class SendResult:
     sent: int = 0
     acked: int = 0
     refused: list[dict] = field(default_factory=list)
+    # For each refusal, the index of its line among those sent (replies come in order).
+    refused_at: list[int] = field(default_factory=list)
     hello: dict | None = None
     error: str | None = None
+    replies: int = 0  # event replies read so far
 
     @property
     def ok(self) -> bool:
@@ -34,13 +42,18 @@ class SendResult:
 
 def event_lines(stream: Iterable[bytes]) -> list[bytes]:
     """The non-blank lines of the input, each ending in a newline."""
+    return [line for _number, line in numbered_event_lines(stream)]
+
+
+def numbered_event_lines(stream: Iterable[bytes]) -> list[tuple[int, bytes]]:
+    """The non-blank lines of the input with their line numbers in it (from 1)."""
     lines = []
-    for raw in stream:
+    for number, raw in enumerate(stream, 1):
         line = raw.rstrip(b"\n")
         if line.endswith(b"\r"):
             line = line[:-1]
         if not is_blank(line):
-            lines.append(line + b"\n")
+            lines.append((number, line + b"\n"))
     return lines
 
 
@@ -60,6 +73,8 @@ def _read_replies(reader, n: int, result: SendResult) -> bool:
             result.acked += 1
         else:
             result.refused.append(reply)
+            result.refused_at.append(result.replies)
+        result.replies += 1
     return True
 
 
@@ -86,7 +101,12 @@ def send_events(
     tls: ssl.SSLContext | None = None,
 ) -> SendResult:
     result = SendResult()
-    raw = socket.create_connection((host, port), timeout=timeout)
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise Unreachable(
+            exc.errno, f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+        ) from None
     sock = tls.wrap_socket(raw, server_hostname=host) if tls is not None else raw
     with sock:
         if not ack and app is None and token is None:

@@ -296,6 +296,9 @@ class Config:
     state_dir: Path = Path("./var")
     # The gateway's name on paper; empty: the host name.
     name: str = ""
+    # The IANA time zone of report days and of every time on paper (docs/audit.md,
+    # "Time zones"); empty: the box's zone (/etc/localtime), else UTC.
+    timezone: str = ""
     ingest: IngestConfig = IngestConfig()
     ledger: LedgerConfig = LedgerConfig()
     log: LogConfig = LogConfig()
@@ -311,6 +314,13 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     # Where the configuration came from (a file path, or "<defaults>"); not a YAML key.
     source: str = field(default="<defaults>", metadata={"internal": True})
+
+    @property
+    def zone_name(self) -> str:
+        """The zone in effect: `timezone`, else the box's."""
+        from gateway import zone
+
+        return self.timezone or zone.system_name()
 
     @property
     def ledger_dir(self) -> Path:
@@ -383,7 +393,13 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Conf
         try:
             data = yaml.load(text, Loader=_Loader)
         except yaml.YAMLError as exc:
-            raise ConfigError(source, "-", f"not valid YAML: {exc}") from None
+            # Where the parser stopped, as an editor counts (from 1), and what it found.
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "-"
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            context = getattr(exc, "context", None)
+            reason = f"not valid YAML: {problem}" + (f" ({context})" if context else "")
+            raise ConfigError(source, where, reason) from None
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -429,6 +445,13 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Conf
         if not 16 <= len(secret) <= 256:
             raise ConfigError(
                 source, f"ingest.tokens.{app}", "a token is 16 to 256 characters (use a random one)"
+            )
+    if config.timezone:
+        from gateway import zone
+
+        if not zone.valid(config.timezone):
+            raise ConfigError(
+                source, "timezone", f"{config.timezone!r} is not an IANA time zone name"
             )
     _check_printing(config, source)
     _check_retention(config.retention, source)

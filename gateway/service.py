@@ -167,6 +167,7 @@ class Gateway:
                 # Whether events from here on are routed to printers: the
                 # spool's restart scan owes receipts only for those.
                 "printing": self._routing(),
+                "timezone": config.zone_name,
             },
         )
         self.ledger.start()
@@ -276,6 +277,7 @@ class Gateway:
                 "config_hash": new.digest(),
                 "printing": self._routing(),
                 "restart_needed": restart_needed,
+                "timezone": effective.zone_name,
             },
         )
         log.info(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -271,6 +272,45 @@ def test_invalid_yaml_refused(tmp_path):
     for text in ["ingest: [unclosed\n", "a: b: c\n", "ingest:\n\tlisten: x\n", "key: 'open\n"]:
         exc = refused(tmp_path, text)
         assert "not valid YAML" in exc.reason, text
+
+
+def test_yaml_errors_keep_file_line_and_column(tmp_path):
+    exc = refused(tmp_path, "ingest:\n  listen: ['127.0.0.1:1'\nname: x\n")
+    assert exc.file.endswith(".yaml") and re.fullmatch(r"line \d+, column \d+", exc.key), exc
+    assert "<unicode string>" not in str(exc)
+    exc = refused(tmp_path, "a: b: c\n")
+    assert exc.key == "line 1, column 5", exc
+
+
+def test_timezone_is_an_iana_name_defaulting_to_the_boxs(tmp_path):
+    assert load_config(write(tmp_path, "timezone: Europe/Berlin\n")).zone_name == "Europe/Berlin"
+    assert refused(tmp_path, "timezone: Mars/Olympus\n").key == "timezone"
+    from gateway import zone
+
+    assert load_config(write(tmp_path, "name: x\n")).zone_name == zone.system_name()
+    link = tmp_path / "localtime"
+    link.symlink_to("/usr/share/zoneinfo/America/Sao_Paulo")
+    assert zone.system_name(link, tmp_path / "none") == "America/Sao_Paulo"
+    (tmp_path / "timezone").write_text("Asia/Tokyo\n")
+    assert zone.system_name(tmp_path / "none", tmp_path / "timezone") == "Asia/Tokyo"
+    assert zone.system_name(tmp_path / "none", tmp_path / "none") == "UTC"
+
+
+def test_check_config_validates_without_starting(tmp_path, capsys):
+    from gateway.cli import main
+
+    good = write(tmp_path, f"state_dir: {tmp_path / 'state'}\ntimezone: Asia/Tokyo\n")
+    assert main(["check-config", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"ok: {good}") and "timezone    Asia/Tokyo" in out
+    assert "printers    none: nothing will be printed" in out
+    assert not (tmp_path / "state").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ingest:\n  listen: [x\n", encoding="utf-8")
+    assert main(["check-config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "line " in err and "column " in err
+    assert main(["check-config", str(tmp_path / "absent.yaml")]) == 2
 
 
 def test_top_level_must_be_a_mapping(tmp_path):

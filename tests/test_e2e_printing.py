@@ -107,7 +107,7 @@ def test_cli_reprint_status_page_and_report(tmp_path):
 def test_status_without_a_running_gateway_says_so(tmp_path):
     (tmp_path / "state").mkdir()
     done = run_gateway_command("status", "--state", str(tmp_path / "state"))
-    assert done.returncode == 1 and b"no running gateway" in done.stderr
+    assert done.returncode == 2 and b"no running gateway" in done.stderr
 
 
 def test_press_button_on_the_fake_board(tmp_path):

@@ -26,22 +26,36 @@ SMALL = Document(
 )
 
 
+RULE = b"-" * 32
+
+
 def test_golden_text():
-    assert render(SMALL, "text", 16) == (
-        b"Shop\nhello\nuser: anna\n----------------\nseq 7  hash abababababababab\n\x0c"
+    assert render(SMALL, "text", 32) == (
+        b"Shop\nhello\nuser: anna\n" + RULE + b"\nseq 7  hash abababababababab\n\x0c"
     )
+
+
+def test_the_anchor_splits_where_it_does_not_fit():
+    assert render(SMALL, "text", 16).splitlines()[-3:-1] == [b"seq 7  hash", b"abababababababab"]
+    assert render(SMALL, "text", 8).splitlines()[-6:-1] == [
+        b"seq 7",
+        b"hash",
+        b"abababa\\",
+        b"bababab\\",
+        b"ab",
+    ]
 
 
 def test_golden_escpos():
     qr_data = b"7:" + HASH.encode()
     store = len(qr_data) + 3
-    assert render(SMALL, "escpos", 16) == b"".join(
+    assert render(SMALL, "escpos", 32) == b"".join(
         [
             b"\x1b@",  # initialise
             b"\x1b!\x18Shop\n\x1b!\x00",  # heading: bold + double height
             b"\x1bE\x01hello\n\x1bE\x00",  # bold
             b"user: anna\n",
-            b"----------------\n",
+            RULE + b"\n",
             b"\x1bE\x01seq 7  hash abababababababab\n\x1bE\x00",
             b"\x1ba\x01",  # centre
             b"\x1d(k\x04\x001A2\x00",  # QR model 2
@@ -57,7 +71,7 @@ def test_golden_escpos():
 
 def test_golden_pcl():
     uel = b"\x1b%-12345X"
-    assert render(SMALL, "pcl", 16) == b"".join(
+    assert render(SMALL, "pcl", 32) == b"".join(
         [
             uel,
             b'@PJL JOB NAME="job _1_"\r\n',
@@ -66,7 +80,7 @@ def test_golden_pcl():
             b"\x1b(s3BShop\x1b(s0B\r\n",
             b"\x1b(s3Bhello\x1b(s0B\r\n",
             b"user: anna\r\n",
-            b"----------------\r\n",
+            RULE + b"\r\n",
             b"\x1b(s3Bseq 7  hash abababababababab\x1b(s0B\r\n",
             b"\x0c",
             b"\x1bE",
@@ -171,27 +185,33 @@ def test_receipt_carries_the_anchor_and_key_fields():
         },
         "flags": ["missing_timestamp"],
     }
-    text = render(receipt("branch-7", 12, HASH, entry, "COPY 2"), "text", 42).decode()
+    doc = receipt("branch-7", 12, HASH, entry, "COPY 2", zone_name="Europe/Berlin")
+    text = render(doc, "text", 42).decode()
     lines = text.splitlines()
     assert lines[0] == "branch-7"
     assert "*** COPY 2 ***" in lines
+    assert entries.format_time_us(entry["received_at"]) == "2025-11-30T10:00:00.000000Z"
     for expected in (
         "audit",
+        "event time: 2026-11-30T10:00:00Z",
         "user: anna",
         "action: update",
         "object_id: 17",
-        'old: {"total":10}',
-        'new: {"total":12}',
+        "changes (old -> new):",
+        "  ~ total: 10 -> 12",  # the diff `gateway show` prints, not raw JSON
         "flags: missing_timestamp",
         "app: shop",
-        f"received: {entries.format_time_us(entry['received_at'])}",
+        "received: 2025-11-30 11:00:00 +0100",  # in the gateway's zone, named
+        "  Europe/Berlin",
         f"seq 12  hash {HASH[:16]}",
+        f"chain hash: {HASH[:29]}\\",  # the whole hash, split with a visible mark
+        f"  {HASH[29:]}",
     ):
         assert expected in lines, (expected, lines)
     assert all(len(line.rstrip("\x0c")) <= 42 for line in lines)
 
 
-def test_report_rows_are_never_wrapped_and_fields_hold_no_tabs():
+def test_report_rows_wrap_at_fields_and_hold_no_tabs():
     entry = {
         "kind": "event",
         "received_at": 1_764_496_800_000_000,
@@ -209,18 +229,21 @@ def test_report_rows_are_never_wrapped_and_fields_hold_no_tabs():
         "length": 12,
     }
     rows = [report_row(5, entry), report_row(6, rejected)]
-    text = render(daily_report("gw", "2026-11-30", 3, rows, 5, 6, HASH), "text", 40).decode()
+    doc = daily_report("gw", "2026-11-30", 3, rows, 5, 6, HASH, zone_name="UTC",
+                       generated_us=1_764_550_000_000_000)  # fmt: skip
+    text = render(doc, "text", 40).decode()
     lines = text.replace("\x0c", "").splitlines()
-    header = lines.index("seq\treceived_at\tevent_type\tids\tstatus\tflags")
-    row5 = lines[header + 1].split("\t")
-    assert len(row5) == 6 and row5[0] == "5"
-    assert row5[2] == "subscription_cancelled with tab"
-    assert row5[4] == "line break" and row5[5] == "bad_timestamp"
-    row6 = lines[header + 2].split("\t")
-    assert row6[0] == "6" and row6[2] == "(rejected line)" and row6[4] == "bad_json"
-    assert "entries 2: seq 5 to 6" in lines
+    assert "\t" not in text and all(len(line) <= 40 for line in lines)
+    assert "5  10:00:00  subscription_cancelled with" in lines  # seq, time, what
+    assert " " * 13 + "tab" in lines  # wrapped under the column it began in
+    assert "  status line break" in lines and "  flags bad_timestamp" in lines
+    ids = [line for line in lines if "subscription_id=" in line or line.startswith("    xxx")]
+    assert ids[0].startswith("  subscription_id=") and ids[0].endswith("\\")  # split, marked
+    assert "6  10:00:00  (refused line)" in lines and "  status bad_json" in lines
+    assert "entries 2: seq 5 to 6 (events and" in lines
     assert f"seq 6  hash {HASH[:16]}" in lines
-    assert lines[-1] == "gw 2026-11-30 report no. 3  page 1 of 1"
+    assert "generated: 2025-12-01 00:46:40 +0000 UTC" in lines and "day in UTC" in lines
+    assert lines[-2:] == ["gw 2026-11-30 report no. 3", "page 1 of 1"]
 
 
 def test_report_paginates_with_page_numbers():

@@ -527,6 +527,17 @@ def test_export_query_show_and_the_index_after_removal(tmp_path, capsys):
     ]
     assert verify_rows(config.ledger_dir, [r for r in rows if r["seq"] > base.seq]) == []
 
+    # A query checks what is live and says which rows it could not check.
+    code, out = cli("query", "--kind", "event", "--format", "jsonl", "--limit", "1000",
+                    "--state", str(config.state_dir), capsys=capsys)  # fmt: skip
+    printed = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [p["seq"] for p in printed] == [r["seq"] for r in rows]
+    assert all(
+        (p == {"seq": p["seq"], "not_checked": "removed from the live ledger by retention"})
+        == (p["seq"] <= base.seq)
+        for p in printed
+    )
+
     # Rebuilt from the live ledger, the index starts at its oldest segment.
     head = LedgerReader(config.ledger_dir).head().seq
     assert cli_main(["reindex", "--state", str(config.state_dir)]) == 0
@@ -668,7 +679,7 @@ def test_verify_archive_of_a_missing_directory_is_an_error(tmp_path):
         [*_gateway(), "verify", "--archive", str(tmp_path / "nowhere"), "--state",
          str(config.state_dir)], capture_output=True, check=False,
     )  # fmt: skip
-    assert done.returncode == 1 and b"no archive directory" in done.stderr
+    assert done.returncode == 2 and b"no archive directory" in done.stderr
 
 
 def _gateway() -> list[str]:
@@ -699,3 +710,23 @@ def test_the_documented_verifier_starts_from_a_checkpoint_or_reads_the_archive(r
     for _first, path in list_segments(config.ledger_dir):
         (whole / path.name).write_bytes(path.read_bytes())
     assert verify(str(whole)) == head
+
+
+def test_anchors_at_removed_seqs_are_found_in_the_archive(retained, tmp_path, capsys):
+    config, originals = retained
+    base = LedgerReader(config.ledger_dir).base()
+    copy = tmp_path / "original-first-segment"
+    copy.mkdir()
+    first = sorted(originals)[0]
+    (copy / first).write_bytes(originals[first])
+    (_seq, _payload, digest), *_ = LedgerReader(copy).entries(2, 2)
+    anchor = f"2:{digest.hex()[:16]}"
+    assert base.seq >= 2  # removed from the live ledger
+    state = ["--state", str(config.state_dir)]
+    assert cli_main(["verify", "--expect", anchor, *state]) == 1
+    assert "not in the ledger (or in an archive: --archive)" in capsys.readouterr().out
+    archive = str(config.retention.archive_dir)
+    assert cli_main(["verify", "--archive", archive, "--expect", anchor, *state]) == 0
+    assert f"anchor {anchor}: on the chain" in capsys.readouterr().out
+    wrong = f"2:{'0' * 16}"
+    assert cli_main(["verify", "--archive", archive, "--expect", wrong, *state]) == 1

@@ -16,16 +16,18 @@ one in seq order.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.audit import index
+from gateway import zone
+from gateway.audit import check, index
 from gateway.ledger import entries
-from gateway.ledger import format as fmt
 from gateway.ledger.store import LedgerReader
 
 # Default page size of `gateway query`: a screenful.
@@ -68,6 +70,11 @@ class Filters:
     limit: int = DEFAULT_LIMIT
     offset: int = 0
     order: str = "desc"
+    # The event's own `timestamp` (RFC 3339, as the app sent it) in [since, until).
+    event_since_us: int | None = None
+    event_until_us: int | None = None
+    # Keyset paging (stream()): only seqs after this one in the order asked for.
+    after_seq: int | None = None
 
 
 @dataclass
@@ -146,7 +153,20 @@ def _select(f: Filters, schema: str, seqs: tuple[int, int] | None) -> tuple[str,
         params.append(f.until_us)
     if f.flagged:
         clauses.append("e.flagged = 1")
+    if f.after_seq is not None:
+        clauses.append(f"{key} {'<' if f.order == 'desc' else '>'} ?")
+        params.append(f.after_seq)
     source = f"{schema}.filters AS e"
+    if f.event_since_us is not None or f.event_until_us is not None:
+        # The event's own time is not a column of the index: it is read from
+        # each candidate's record (docs/audit.md, "Speed": narrow it first).
+        source += f" JOIN {schema}.entries AS r ON r.seq = e.seq"
+        if f.event_since_us is not None:
+            clauses.append("event_us(r.record) >= ?")
+            params.append(f.event_since_us)
+        if f.event_until_us is not None:
+            clauses.append("event_us(r.record) < ?")
+            params.append(f.event_until_us)
     if f.text:
         # The tail's in-memory tables have no indexes (nor need them).
         probe = next((i for cols, i in PROBES if all(getattr(f, c) for c in cols)), None)
@@ -181,30 +201,57 @@ def _rows(db: sqlite3.Connection, seqs: list[int], indexed_to: int) -> list[dict
     return [found[s] for s in seqs]
 
 
-def run(state_dir: Path, f: Filters) -> Result:
-    path = state_dir / index.INDEX_FILE
-    db = sqlite3.connect(":memory:")
-    try:
-        db.executescript(index.SCHEMA)
-        known: dict[str, str] = {}
-        if path.exists():
-            db.execute("ATTACH DATABASE ? AS idx", (f"file:{path}?mode=ro",))
-            known = index.meta(db, "idx")
-            if known.get("version") != index.SCHEMA_VERSION:  # the gateway is rebuilding it
-                known = {}
-        present = bool(known)
-        indexed_to = int(known.get("last_seq", 0))
-        tail = list(index.read_rows(state_dir / "ledger", indexed_to + 1, index.position(known)))
-        with db:
-            index.insert(db, tail, index.TIME_MIN)
+def _event_us(record: str) -> int | None:
+    """SQL function: the event's own timestamp in µs, from an export record's JSON."""
+    event = json.loads(record).get("event")
+    return zone.event_time_us(event.get("timestamp")) if isinstance(event, dict) else None
+
+
+class QueryView:
+    """One read-only view of the index plus the ledger's unindexed tail, for several pages."""
+
+    def __init__(self, state_dir: Path) -> None:
+        path = state_dir / index.INDEX_FILE
+        self.db = db = sqlite3.connect(":memory:")
+        try:
+            db.create_function("event_us", 1, _event_us, deterministic=True)
+            db.executescript(index.SCHEMA)
+            known: dict[str, str] = {}
+            if path.exists():
+                db.execute("ATTACH DATABASE ? AS idx", (f"file:{path}?mode=ro",))
+                known = index.meta(db, "idx")
+                if known.get("version") != index.SCHEMA_VERSION:  # the gateway is rebuilding it
+                    known = {}
+            self.present = bool(known)
+            self.indexed_to = int(known.get("last_seq", 0))
+            tail = list(
+                index.read_rows(state_dir / "ledger", self.indexed_to + 1, index.position(known))
+            )
+            with db:
+                index.insert(db, tail, index.TIME_MIN)
+            self.from_ledger = len(tail)
+        except BaseException:
+            db.close()
+            raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> QueryView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _matches(self, f: Filters) -> tuple[str, list[Any]]:
         parts, params = [], []
-        if present:
+        if self.present:
             # Up to indexed_to only: the indexer may commit more meanwhile, read
             # from the ledger above. A time window narrows the range further.
-            seqs: tuple[int, int] | None = (1, indexed_to)
+            seqs: tuple[int, int] | None = (1, self.indexed_to)
             if f.since_us is not None or f.until_us is not None:
-                window = _window(db, f)
-                seqs = (window[0], min(window[1], indexed_to)) if window else None
+                window = _window(self.db, f)
+                seqs = (window[0], min(window[1], self.indexed_to)) if window else None
             if seqs is not None:
                 sql, p = _select(f, "idx", seqs)
                 parts.append(sql)
@@ -212,47 +259,74 @@ def run(state_dir: Path, f: Filters) -> Result:
         sql, p = _select(f, "main", None)
         parts.append(sql)
         params += p
+        return " UNION ALL ".join(parts), params
+
+    def page(self, f: Filters) -> list[dict[str, Any]]:
+        sql, params = self._matches(f)
         order = "DESC" if f.order == "desc" else "ASC"
-        sql = f"{' UNION ALL '.join(parts)} ORDER BY seq {order} LIMIT ? OFFSET ?"
-        page = [seq for (seq,) in db.execute(sql, [*params, f.limit, f.offset])]
-        return Result(_rows(db, page, indexed_to), indexed_to, len(tail), present)
-    finally:
-        db.close()
+        sql = f"{sql} ORDER BY seq {order} LIMIT ? OFFSET ?"
+        seqs = [seq for (seq,) in self.db.execute(sql, [*params, f.limit, f.offset])]
+        return _rows(self.db, seqs, self.indexed_to)
+
+    def count(self, f: Filters) -> int:
+        """How many entries match: an index-only count, without reading the rows."""
+        sql, params = self._matches(f)
+        return self.db.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()[0]
+
+    def result(self, rows: list[dict[str, Any]]) -> Result:
+        return Result(rows, self.indexed_to, self.from_ledger, self.present)
+
+
+def run(state_dir: Path, f: Filters) -> Result:
+    with QueryView(state_dir) as view:
+        return view.result(view.page(f))
+
+
+def stream(view: QueryView, f: Filters, chunk: int = FETCH_CHUNK) -> Iterator[dict[str, Any]]:
+    """Every match after f.offset, in f.order, `chunk` rows at a time (constant memory).
+
+    Pages by seq (the last one returned bounds the next page), so each page
+    costs what the first did, however deep into the matches it is.
+    """
+    page = dataclasses.replace(f, limit=chunk, after_seq=None)
+    while True:
+        rows = view.page(page)
+        yield from rows
+        if len(rows) < chunk:
+            return
+        page = dataclasses.replace(page, offset=0, after_seq=rows[-1]["seq"])
+
+
+# A row whose entry retention removed: it cannot be checked against the live
+# ledger (that is `gateway verify --archive`'s job), which is not damage.
+REMOVED = "removed from the live ledger by retention"
+
+
+def check_rows(cursor: check.Cursor, rows: list[dict[str, Any]]) -> dict[int, str]:
+    """Each row checked against the ledger: {seq: what failed} for the rows that fail.
+
+    A row passes when its entry's link in the chain holds (check.py) and the
+    row says exactly what the entry's bytes say. (`gateway verify` checks the
+    whole chain.)
+    """
+    problems = {}
+    for r in sorted(rows, key=lambda r: r["seq"]):
+        seq = r["seq"]
+        item = cursor.get(seq)
+        if item is None:
+            gone = seq <= cursor.base.seq
+            problems[seq] = REMOVED if gone else ("not in the ledger")
+        elif item.damage:
+            problems[seq] = item.damage
+        elif json.loads(json.dumps(item.record)) != r["record"]:
+            problems[seq] = "the index differs from the ledger"
+    return problems
 
 
 def verify_rows(ledger_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
-    """Re-hash each returned entry against the ledger; returns the problems found.
-
-    For each row: the ledger's stored bytes at that seq hash, with the previous
-    entry's chain hash, to the chain hash the ledger holds, and the row says
-    exactly what those bytes say. (`gateway verify` checks the whole chain.)
-    """
-    wanted = {r["seq"]: r["record"] for r in rows}
-    if not wanted:
-        return []
-    problems = []
-    first, last = min(wanted), max(wanted)
-    begin = max(1, first - 1)  # the entry before the first row gives its chain input
-    reader = LedgerReader(ledger_dir)
-    base = reader.base()  # where the live ledger starts (genesis, or after retention)
-    prev: bytes | None = base.hash if begin <= base.seq + 1 else None
-    seen = set()
-    for seq, payload, chain_hash in reader.entries(begin, last):
-        if seq in wanted:
-            seen.add(seq)
-            stored = fmt.frame_header(len(payload), seq) + bytes(payload)
-            if prev is None or fmt.chain_hash(prev, stored) != chain_hash:
-                problems.append(f"seq {seq}: stored bytes do not match the chain hash")
-            record = entries.export_record(seq, chain_hash, entries.decode(payload))
-            if json.loads(json.dumps(record)) != wanted[seq]:
-                problems.append(f"seq {seq}: the index differs from the ledger")
-        prev = chain_hash
-    for seq in sorted(set(wanted) - seen):
-        if seq <= base.seq:
-            problems.append(f"seq {seq}: removed from the live ledger by retention")
-        else:
-            problems.append(f"seq {seq}: not in the ledger")
-    return problems
+    """check_rows as lines (`seq N: what failed`), in seq order."""
+    problems = check_rows(check.Cursor(ledger_dir), rows)
+    return [f"seq {seq}: {problems[seq]}" for seq in sorted(problems)]
 
 
 def read_entry(ledger_dir: Path, seq: int) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -465,3 +466,102 @@ def _check_start(result: VerifyResult, records: _Records) -> tuple[Head, int, st
             f"{start.seq + 1} and no retention checkpoint records their removal"
         ),
     )
+
+
+# ---- anchors from paper: does the verified chain pass through a seq and hash?
+
+# The shortest hash accepted in an anchor: the 16 hex digits (64 bits) that
+# receipts, reports and the status page print beside the seq. Shorter would
+# let a forged chain match by chance too easily.
+ANCHOR_MIN_HEX = 16
+# An anchor as typed from paper: "SEQ:HASH", "SEQ HASH" or "seq SEQ  hash HASH".
+_ANCHOR = re.compile(r"\s*(?:seq\s+)?(\d+)\s*(?::|\s)\s*(?:hash\s+)?([0-9a-fA-F]+)\s*")
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedAnchor:
+    seq: int
+    hash_hex: str  # lower case, ANCHOR_MIN_HEX to 64 digits: a prefix of the chain hash
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.hash_hex}"
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorCheck:
+    anchor: ExpectedAnchor
+    ok: bool
+    found: str | None  # the chain hash the ledger holds at that seq (None: not held)
+    reason: str = ""
+
+
+def parse_anchor(text: str) -> ExpectedAnchor:
+    """An anchor as typed; ValueError says what is wrong with it."""
+    m = _ANCHOR.fullmatch(text)
+    if m is None:
+        raise ValueError(f"{text.strip()!r} is not an anchor (SEQ:HASH, as printed on paper)")
+    digits = m.group(2).lower()
+    if not ANCHOR_MIN_HEX <= len(digits) <= 2 * fmt.HASH_BYTES:
+        raise ValueError(
+            f"{text.strip()!r}: the hash needs {ANCHOR_MIN_HEX} to {2 * fmt.HASH_BYTES} hex "
+            "digits (paper prints 16)"
+        )
+    return ExpectedAnchor(int(m.group(1)), digits)
+
+
+def parse_anchor_file(text: str) -> list[ExpectedAnchor]:
+    """One anchor a line; blank lines and `#` comments skipped. Errors name the line."""
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0]
+        if line.strip():
+            try:
+                out.append(parse_anchor(line))
+            except ValueError as exc:
+                raise ValueError(f"line {number}: {exc}") from None
+    return out
+
+
+def check_anchors(
+    directory: Path, anchors: list[ExpectedAnchor], archive_dir: Path | None = None
+) -> list[AnchorCheck]:
+    """Whether the ledger's chain hash at each anchor's seq begins with the anchor's hash.
+
+    Meaningful after verify_ledger found the chain intact over the same
+    segments: the stored hashes are then the chain's. Seqs removed by
+    retention are found in `archive_dir` when given; the retained checkpoint's
+    own seq is checked against the hash it records.
+    """
+    wanted: dict[int, list[ExpectedAnchor]] = {}
+    for anchor in anchors:
+        wanted.setdefault(anchor.seq, []).append(anchor)
+    found: dict[int, str] = {}
+    sources = _sources(directory, archive_dir)
+    for i, source in enumerate(sources):
+        end = sources[i + 1].first if i + 1 < len(sources) else None
+        inside = [s for s in wanted if s >= source.first - 1 and (end is None or s < end)]
+        if not inside:
+            continue
+        reader, _stream = source.open(False)
+        with reader:
+            try:
+                header = reader.read_header()
+            except (EOFError, fmt.HeaderDamaged):
+                continue
+            found.setdefault(source.first - 1, header.prev_hash.hex())
+            for _offset, seq, _stored, digest in reader.frames():
+                if seq in wanted:
+                    found[seq] = bytes(digest).hex()
+                if seq >= max(inside):
+                    break
+    results = []
+    for anchor in anchors:
+        held = found.get(anchor.seq)
+        if held is None:
+            where = "not in the ledger" + ("" if archive_dir else " (or in an archive: --archive)")
+            results.append(AnchorCheck(anchor, False, None, where))
+        elif held.startswith(anchor.hash_hex):
+            results.append(AnchorCheck(anchor, True, held))
+        else:
+            results.append(AnchorCheck(anchor, False, held, "the chain has another hash there"))
+    return results
