@@ -67,7 +67,8 @@ lint: $(STAMP)
 
 ## make bench: the load generator against the real gateway over loopback, plus the ledger-size curves; appends to bench/RESULTS.md (~5 min).
 bench: $(STAMP)
-	$(BIN)/python -m bench.run --curves
+	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.curves
 
 ## make bench-print: printing benchmarks (first byte, queued drain, ingest while printing); appends to bench/RESULTS.md.
 bench-print: $(STAMP)

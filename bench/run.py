@@ -32,9 +32,9 @@ make every sync that much longer, as a slow SD card would.
 
   f  `verify_ledger` over each gateway's ledger (entries/s; MB/s for information)
 
-`--curves` adds bench.curves: verify speed, start-up recovery and gateway start
-against ledger size (64 MiB, 512 MiB, 2 GiB by default; a few more minutes and
-2 GiB of disk, removed afterwards).
+`make bench` then runs bench.curves on its own: verify speed, start-up recovery
+and gateway start against ledger size (64 MiB, 512 MiB, 2 GiB by default; a
+few more minutes and 2 GiB of disk, removed afterwards).
 
 The machine is shared: before each scenario the runner waits (up to --wait-quiet s)
 for other processes to go quiet, and reports in "other load" how many cores other
@@ -814,9 +814,6 @@ def report(
             f"{ver['entries_per_s']:,.0f} entries/s ({ver['mb_per_s']:.0f} MB/s), ok={ver['ok']}",
         ),
     ]
-    curves = res.get("curves")
-    if curves is not None:
-        targets.append(curves["target"])
     peak_reset = all(r["gw"]["peak_reset"] for r in res["load"]) and idle["peak_reset"]
     lines = [
         f"## {info['date']}: {info['rev']}{' (quick)' if args.quick else ''}",
@@ -893,8 +890,6 @@ def report(
         + ", ".join(f"{part} {seconds:.0f} s" for part, seconds in res["parts"].items())
         + "."
     )
-    if curves is not None:
-        lines += ["", *curves["lines"]]
     lines.append("")
     return lines, targets
 
@@ -991,18 +986,6 @@ def main(argv: list[str] | None = None) -> int:
         metavar="S",
         help="before each scenario wait up to S s for other processes to go quiet (0: never)",
     )
-    p.add_argument(
-        "--curves",
-        action="store_true",
-        help="also the ledger size curves of bench.curves (verify, recovery, start-up)",
-    )
-    p.add_argument(
-        "--sizes",
-        default=None,
-        metavar="MIB,...",
-        help="with --curves: ledger sizes in MiB (default: bench.curves' 64,512,2048)",
-    )
-    p.add_argument("--no-cold", action="store_true", help="with --curves: no cold-cache runs")
     args = p.parse_args(argv)
     QUIET_WAIT_S = args.wait_quiet
 
@@ -1082,14 +1065,6 @@ def run_all(
                 res["slow"][ms, n] = r
                 res["load"].append(r)
     part_done("s (slow flash)")
-
-    if args.curves:
-        from bench import curves  # imports this module: loaded only when asked for
-
-        sizes = curves.parse_sizes(args.sizes) if args.sizes else curves.SIZES_MIB
-        c = curves.run_curves(root / "curves", sizes, not args.no_cold, QUIET_WAIT_S)
-        res["curves"] = {"target": curves.target_line(c), "lines": curves.report_lines(c)}
-        part_done("curves")
 
     section, targets = report(info, args, res)
     print()

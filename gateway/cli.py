@@ -12,7 +12,8 @@ from pathlib import Path
 
 from gateway import __version__, zone
 from gateway.config import Config, load_config
-from gateway.errors import ConfigError, LedgerCorruption, LedgerError
+from gateway.errors import ConfigError, GatewayError, LedgerCorruption, LedgerError
+from gateway.render.languages import LANGUAGES
 
 # Rows `gateway query` prints without --limit or --all: a screenful.
 DEFAULT_LIMIT = 50
@@ -27,7 +28,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-class CannotAnswer(Exception):
+class CannotAnswer(GatewayError):
     """The command cannot run here as asked (exit 2): a path, a permission, a peer."""
 
 
@@ -208,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--printer", help="make a numbered report and print it there")
     where.add_argument("--out", type=Path, help="write an unnumbered preview to this file")
-    p.add_argument("--language", choices=["text", "escpos", "pcl"], default="text",
+    p.add_argument("--language", choices=sorted(LANGUAGES), default="text",
                    help="with --out: the printer language (default text)")  # fmt: skip
     p.add_argument("--width", type=int, default=80, help="with --out: characters per line")
     _add_zone_option(p)

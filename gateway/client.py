@@ -13,10 +13,11 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gateway.errors import GatewayError
 from gateway.ingest.protocol import is_blank
 
 
-class Unreachable(OSError):
+class Unreachable(GatewayError, OSError):
     """Nothing accepted the connection at host:port (refused, no route, timed out)."""
 
 

@@ -158,7 +158,8 @@ class PrinterConfig:
     # socket://HOST:PORT[?contimeout=S&waiteof=true|false], serial:DEVICE[?baud=...],
     # or file:DIRECTORY (docs/printing.md, "Printers").
     uri: str
-    language: Literal["text", "escpos", "pcl"] = "text"
+    # A name in gateway/render/languages.py LANGUAGES (text, escpos, pcl).
+    language: str = "text"
     # 42 characters: an 80 mm receipt roll in the printer's standard font.
     width: int = field(default=42, metadata=_limit(16, 255))
 
@@ -487,7 +488,9 @@ def _check_retention(retention: RetentionConfig, source: str) -> None:
 
 
 def _check_printing(config: Config, source: str) -> None:
-    from gateway.printing.uri import parse_uri  # the one parser of printer URIs
+    # The registries of printer URI schemes and languages (declared once each).
+    from gateway.printing.uri import parse_uri
+    from gateway.render.languages import LANGUAGES
 
     for name, printer in config.printers.items():
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", name):
@@ -496,6 +499,10 @@ def _check_printing(config: Config, source: str) -> None:
             parse_uri(printer.uri)
         except ValueError as exc:
             raise ConfigError(source, f"printers.{name}.uri", str(exc)) from None
+        if printer.language not in LANGUAGES:
+            raise ConfigError(
+                source, f"printers.{name}.language", f"must be one of {', '.join(LANGUAGES)}"
+            )
     for i, route in enumerate(config.routes):
         if not route.printer:
             raise ConfigError(source, f"routes[{i}].printer", "required")

@@ -1,12 +1,12 @@
-"""The exception hierarchy: every error says who is at fault."""
+"""The exception hierarchy: every error says who is at fault, and carries data, not bytes.
+
+Every exception the gateway raises on purpose derives from GatewayError. An
+error from remote input carries a code and a detail (and the refused line's
+evidence); the reply encoder (gateway/ingest/replies.py) alone turns them into
+wire bytes.
+"""
 
 from __future__ import annotations
-
-import json
-
-
-def _json_line(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 class GatewayError(Exception):
@@ -26,7 +26,7 @@ class ConfigError(GatewayError):
 class RemoteInputError(GatewayError):
     """A client sent something we refuse; carries what the reply and the ledger need.
 
-    `code` and `detail` form the error reply. For a refused line, `length`,
+    `code` and `detail` are what the reply says. For a refused line, `length`,
     `digest` (BLAKE3 of the whole line) and `excerpt` (its first bytes) go into
     the `rejected` ledger entry. `fatal` means the connection closes after the reply.
     """
@@ -49,12 +49,13 @@ class RemoteInputError(GatewayError):
         self.excerpt = excerpt
         self.fatal = fatal
 
-    def reply(self) -> bytes:
-        return _json_line({"ok": False, "error": self.code, "detail": self.detail})
-
 
 class LedgerError(GatewayError):
     """The ledger cannot be used as asked (locked, missing, not writable)."""
+
+
+class StorageError(GatewayError):
+    """Retention or an archive store cannot do its work now (logged, shown, retried)."""
 
 
 class LedgerCorruption(LedgerError):

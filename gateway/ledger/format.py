@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
+from gateway.errors import GatewayError
+
 MAGIC = b"PGWLEDGR"
 VERSION = 1
 HASH_BYTES = 32
@@ -50,7 +52,7 @@ class SegmentHeader:
     prev_hash: bytes
 
 
-class HeaderDamaged(ValueError):
+class HeaderDamaged(GatewayError, ValueError):
     """A segment or frame header fails its check: damage, not a torn write."""
 
 

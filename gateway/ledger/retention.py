@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from blake3 import blake3
 
 from gateway.config import RetentionConfig
+from gateway.errors import GatewayError, StorageError
 from gateway.ledger import entries
 from gateway.ledger import format as fmt
 from gateway.ledger.store import (
@@ -92,11 +93,11 @@ DAY_US = 86_400 * 1_000_000
 RECORD_PREFIX_BYTES = 32
 
 
-class RetentionError(Exception):
+class RetentionError(StorageError):
     """A pass cannot go on: the reason is logged, shown in the status, and retried next pass."""
 
 
-class _Stopped(Exception):
+class _Stopped(GatewayError):
     """The gateway is stopping: the pass gives up where it is."""
 
 

@@ -43,15 +43,10 @@ from gateway.logs import RateLimitedLog
 from gateway.loop import EventLoop, Timer
 from gateway.printing import reports
 from gateway.printing.fold import Job, SpoolFold, request_job
-from gateway.printing.transports import (
-    Result,
-    SerialDelivery,
-    SocketDelivery,
-    write_job_file,
-)
+from gateway.printing.transports import TRANSPORTS, Result
 from gateway.printing.uri import PrinterURI, parse_uri
 from gateway.render import templates
-from gateway.render.languages import render
+from gateway.render.languages import LANGUAGES, render
 
 log = logging.getLogger("gateway.print")
 
@@ -61,7 +56,6 @@ CHECKPOINT_INTERVAL_S = 5.0
 # While the clock is unsynchronised, look again for due reports every minute.
 CLOCK_WAIT_S = 60.0
 UNCERTAIN = "REPRINT - delivery uncertain"
-FILE_EXTENSIONS = {"text": "txt", "escpos": "escpos", "pcl": "pcl"}
 
 
 class Router:
@@ -103,7 +97,7 @@ class Printer:
         self.alerted = False
         self.busy = False  # a job is being prepared or delivered
         self.stopped = False  # the gateway is stopping, or a reload removed this printer
-        self.delivery: SocketDelivery | SerialDelivery | None = None
+        self.delivery: Any = None  # the attempt in progress (a transport's delivery)
         self.retry_timer: Timer | None = None
         self.alert_timer: Timer | None = None
         self.delay = spool.config.spool.retry_start_s
@@ -162,28 +156,15 @@ class Printer:
             )
             self._finished(job, "failed", 0, f"cannot prepare: {exc!r}")
             return
-        if self.uri.scheme == "file":
-            name = f"{job.origin:012d}-{job.type}.{FILE_EXTENSIONS[self.config.language]}"
-            directory = Path(self.uri.path)
-
-            def write() -> int:
-                write_job_file(directory, name, data)
-                return len(data)
-
-            self.spool.in_worker(
-                write,
-                lambda n, e: self._delivered(
-                    job, Result(e is None, n or 0, "" if e is None else f"write: {e}")
-                ),
-            )
-            return
-        kind = SocketDelivery if self.uri.scheme == "socket" else SerialDelivery
-        self.delivery = kind(
+        extension = LANGUAGES[self.config.language].extension
+        self.delivery = TRANSPORTS[self.uri.scheme](
             self.spool.loop,
             self.uri,
             data,
             lambda result: self._delivered(job, result),
             self.spool.config.spool.stall_timeout_s,
+            name=f"{job.origin:012d}-{job.type}.{extension}",
+            worker=self.spool.in_worker,
         )
         self.delivery.start()
 

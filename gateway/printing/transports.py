@@ -1,4 +1,8 @@
-"""Delivering one job's bytes: raw TCP (AppSocket / port 9100) and files.
+"""Delivering one job's bytes: raw TCP (AppSocket / port 9100), serial, files, memory.
+
+Transports are looked up by URI scheme in TRANSPORTS, as pyserial's
+serial_for_url does; each presents the same small interface to the spool:
+`start()`, `abort()`, `sent`, and exactly one `on_done(Result)`.
 
 A delivery is one attempt. The event loop owns its socket; the spool gets
 exactly one `Result` per attempt through `on_done`, and decides about retries.
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.loop import READ, WRITE, EventLoop, Timer
-from gateway.printing.uri import WAITEOF_S, PrinterURI
+from gateway.printing.uri import SCHEMES, WAITEOF_S, PrinterURI
 
 # Hand the kernel at most 64 KiB per send: keeps each loop turn short.
 SEND_CHUNK = 64 * 1024
@@ -60,6 +64,7 @@ class _Delivery(abc.ABC):
         data: bytes,
         on_done: Callable[[Result], None],
         stall_timeout_s: float,
+        **_context: object,  # what other transports need (file name, worker): unused here
     ) -> None:
         self.loop = loop
         self.uri = uri
@@ -392,3 +397,93 @@ def write_job_file(directory: Path, name: str, data: bytes) -> Path:
     finally:
         os.close(dfd)
     return final
+
+
+# Runs a function on the spool's worker thread; the callback gets (result, exception) on the loop.
+Worker = Callable[[Callable[[], object], Callable[[object, BaseException | None], None]], None]
+
+
+class FileDelivery:
+    """file:DIRECTORY: one job, one file, written by the spool's worker thread."""
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        uri: PrinterURI,
+        data: bytes,
+        on_done: Callable[[Result], None],
+        stall_timeout_s: float,
+        *,
+        name: str,
+        worker: Callable[
+            [Callable[[], object], Callable[[object, BaseException | None], None]], None
+        ],
+    ) -> None:
+        self.uri = uri
+        self.data = data
+        self.on_done = on_done
+        self.name = name
+        self.worker = worker
+        self.sent = 0
+        self.aborted = False
+
+    def start(self) -> None:
+        directory, name, data = Path(self.uri.path), self.name, self.data
+
+        def write() -> int:
+            write_job_file(directory, name, data)
+            return len(data)
+
+        self.worker(write, self._written)
+
+    def _written(self, n: object, exc: BaseException | None) -> None:
+        if self.aborted:
+            return
+        self.sent = int(n) if isinstance(n, int) else 0
+        self.on_done(Result(exc is None, self.sent, "" if exc is None else f"write: {exc}"))
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+# memory:NAME printers: every job delivered, in order, per name (tests read them).
+MEMORY_PRINTERS: dict[str, list[bytes]] = {}
+
+
+class MemoryDelivery:
+    """memory:NAME: an in-memory printer for tests; takes every job at once."""
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        uri: PrinterURI,
+        data: bytes,
+        on_done: Callable[[Result], None],
+        stall_timeout_s: float,
+        **_context: object,
+    ) -> None:
+        self.loop = loop
+        self.uri = uri
+        self.data = data
+        self.on_done = on_done
+        self.sent = 0
+        self.timer: Timer | None = None
+
+    def start(self) -> None:
+        MEMORY_PRINTERS.setdefault(self.uri.path, []).append(bytes(self.data))
+        self.sent = len(self.data)
+        self.timer = self.loop.call_later(0, lambda: self.on_done(Result(True, self.sent)))
+
+    def abort(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+# Transports by URI scheme: the spool looks a printer's delivery up here.
+TRANSPORTS: dict[str, type] = {
+    "socket": SocketDelivery,
+    "serial": SerialDelivery,
+    "file": FileDelivery,
+    "memory": MemoryDelivery,
+}
+assert TRANSPORTS.keys() == SCHEMES.keys(), "every URI scheme needs its transport"

@@ -6,6 +6,9 @@ document has already been through document.clean().
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from gateway.render.document import QR, Document, Line, PageBreak, clean, layout
 
 ESC = b"\x1b"
@@ -13,7 +16,6 @@ GS = b"\x1d"
 FF = b"\x0c"
 UEL = b"\x1b%-12345X"  # PJL Universal Exit Language
 
-LANGUAGES = ("text", "escpos", "pcl")
 
 # Lines per page for paginated documents on page printers: 60 lines at 6 lines
 # per inch fits A4 and Letter with margins. Receipt rolls are not paginated.
@@ -21,13 +23,11 @@ PAGE_LINES = 60
 
 
 def render(doc: Document, language: str, width: int) -> bytes:
-    if language == "text":
-        return render_text(doc, width)
-    if language == "escpos":
-        return render_escpos(doc, width)
-    if language == "pcl":
-        return render_pcl(doc, width)
-    raise ValueError(f"unknown printer language {language!r}")
+    try:
+        spec = LANGUAGES[language]
+    except KeyError:
+        raise ValueError(f"unknown printer language {language!r}") from None
+    return spec.render(doc, width)
 
 
 def _encode(text: str, charset: str) -> bytes:
@@ -127,3 +127,20 @@ def render_pcl(doc: Document, width: int) -> bytes:
     out += PCL_RESET + UEL
     out += b'@PJL EOJ NAME="' + name + b'"\r\n' + UEL
     return bytes(out)
+
+
+@dataclass(frozen=True)
+class Language:
+    """A printer language: how a document becomes bytes, and the file extension of a job."""
+
+    render: Callable[[Document, int], bytes]
+    extension: str
+
+
+# Printer languages by name, declared once: configuration (printers.*.language),
+# the CLI's --language and file printers' job names all read this table.
+LANGUAGES: dict[str, Language] = {
+    "text": Language(render_text, "txt"),
+    "escpos": Language(render_escpos, "escpos"),
+    "pcl": Language(render_pcl, "pcl"),
+}
