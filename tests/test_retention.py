@@ -35,6 +35,7 @@ from gateway.config import (
     load_config,
 )
 from gateway.errors import ConfigError
+from gateway.ledger import archive as archive_store
 from gateway.ledger import entries, retention
 from gateway.ledger import format as fmt
 from gateway.ledger.store import (
@@ -171,7 +172,7 @@ def test_archive_then_remove_records_both_and_verifies_from_the_checkpoint(retai
         detail = archived[name]["detail"]
         assert detail["blake3"] == blake3(data).hexdigest() and detail["bytes"] == len(data)
         path = Path(detail["archive_dir"]) / detail["archive_file"]
-        assert path == archive / retention.archive_name(name)
+        assert path == archive / archive_store.archive_name(name)
         with gzip.open(path, "rb") as f:
             assert f.read() == data
         assert detail["archive_bytes"] == path.stat().st_size
@@ -190,7 +191,7 @@ def test_archive_then_remove_records_both_and_verifies_from_the_checkpoint(retai
         data = originals[c["segment"]]
         assert c["hash"] == data[-32:].hex()
         assert c["archived_seq"] == archived[c["segment"]]["seq"]
-        assert c["archive_file"] == retention.archive_name(c["segment"])
+        assert c["archive_file"] == archive_store.archive_name(c["segment"])
     first_live = fmt.parse_segment_name(live[0])
     assert found[0]["seq"] == first_live  # export reads from the oldest live segment
 
@@ -315,7 +316,7 @@ def test_verify_archive_finds_an_altered_archive(retained):
     data = bytearray(originals[name])
     _length, seq = fmt.parse_frame_header(data, fmt.SEGMENT_HEADER_BYTES)
     data[fmt.SEGMENT_HEADER_BYTES + fmt.FRAME_HEADER_BYTES + 2] ^= 0x01
-    path = archive / retention.archive_name(name)
+    path = archive / archive_store.archive_name(name)
     path.write_bytes(gzip.compress(bytes(data), mtime=0))
     result = verify_ledger(config.ledger_dir, archive)
     assert not result.ok
@@ -342,11 +343,11 @@ def test_verify_archive_compares_a_segment_archived_and_live(retained):
     config, originals = retained
     archive = config.retention.archive_dir
     _first, live = list_segments(config.ledger_dir)[0]
-    assert (archive / retention.archive_name(live.name)).exists()
+    assert (archive / archive_store.archive_name(live.name)).exists()
     # The live copy is read for the chain; the archived one must be the same bytes.
     data = bytearray(originals[live.name])
     data[fmt.SEGMENT_HEADER_BYTES + fmt.FRAME_HEADER_BYTES + 2] ^= 0x01
-    path = archive / retention.archive_name(live.name)
+    path = archive / archive_store.archive_name(live.name)
     path.write_bytes(gzip.compress(bytes(data), mtime=0))
     result = verify_ledger(config.ledger_dir, archive)
     assert not result.ok and result.file == str(path)
@@ -360,11 +361,11 @@ def test_verify_archive_reports_a_missing_archive_as_a_gap(retained):
     removed = [c["detail"]["segment"] for c in system(config.ledger_dir, "checkpoint")]
     assert len(removed) >= 3
     middle = removed[1]
-    (archive / retention.archive_name(middle)).unlink()
+    (archive / archive_store.archive_name(middle)).unlink()
     result = verify_ledger(config.ledger_dir, archive)
     assert not result.ok
     assert result.first_bad_seq == fmt.parse_segment_name(middle)
-    assert result.file == str(archive / retention.archive_name(removed[2]))
+    assert result.file == str(archive / archive_store.archive_name(removed[2]))
     assert f"expected {fmt.parse_segment_name(middle)}" in result.reason
 
 
@@ -372,7 +373,7 @@ def test_verify_archive_starts_from_the_earliest_checkpoint_of_a_pruned_archive(
     config, _originals = retained
     archive = config.retention.archive_dir
     checkpoints = [c["detail"] for c in system(config.ledger_dir, "checkpoint")]
-    (archive / retention.archive_name(checkpoints[0]["segment"])).unlink()
+    (archive / archive_store.archive_name(checkpoints[0]["segment"])).unlink()
     result = verify_ledger(config.ledger_dir, archive)
     assert result.ok, result.as_json()
     assert result.start.seq == checkpoints[0]["last_seq"]
@@ -389,7 +390,7 @@ def test_verify_archive_checks_bytes_against_the_archived_entry(retained):
     data = bytearray(originals[name])
     data[10:12] = b"\x00\x01"
     data[56:64] = blake3(bytes(data[:56])).digest()[:8]
-    path = archive / retention.archive_name(name)
+    path = archive / archive_store.archive_name(name)
     path.write_bytes(gzip.compress(bytes(data), mtime=0))
     result = verify_ledger(config.ledger_dir, archive)
     assert not result.ok, result.as_json()
@@ -598,14 +599,14 @@ def test_ingest_goes_on_while_a_pass_is_archiving(tmp_path, monkeypatch):
     gw = Gateway(config)
     address = gw.start()[0]
     in_pass, release = threading.Event(), threading.Event()
-    write_archive = retention.write_archive
+    write_archive = archive_store.write_archive
 
     def held(segment: Path, archive_dir: Path, stop: threading.Event) -> dict:
         in_pass.set()
         assert release.wait(30), "the test never released the pass"
         return write_archive(segment, archive_dir, stop)
 
-    monkeypatch.setattr(retention, "write_archive", held)
+    monkeypatch.setattr(archive_store, "write_archive", held)
 
     def feed(first: int, n: int) -> None:
         before = gw.ingest.stats.events
@@ -704,9 +705,9 @@ def test_the_documented_verifier_starts_from_a_checkpoint_or_reads_the_archive(r
     # The archive decompressed beside copies of the live segments: from genesis again.
     whole = tmp_path / "whole"
     whole.mkdir()
-    for _first, path in retention.list_archives(config.retention.archive_dir):
+    for _first, path in archive_store.list_archives(config.retention.archive_dir):
         with gzip.open(path, "rb") as f:
-            (whole / path.name[: -len(retention.ARCHIVE_SUFFIX)]).write_bytes(f.read())
+            (whole / path.name[: -len(archive_store.ARCHIVE_SUFFIX)]).write_bytes(f.read())
     for _first, path in list_segments(config.ledger_dir):
         (whole / path.name).write_bytes(path.read_bytes())
     assert verify(str(whole)) == head

@@ -20,12 +20,8 @@ ledger's one write path, as `system` entries (docs/ledger-format.md,
 `gateway verify` starts the chain at that checkpoint when the oldest live
 segment starts after seq 1 (gateway/ledger/verify.py).
 
-Why gzip rather than lzma: it streams in 256 KiB of memory at any size, takes
-about 2 s per 64 MiB segment on a desktop core (lzma's fastest preset takes
-twice as long for files 15 % smaller; its default 20 times as long and 94 MiB
-for 30 % smaller), and every system reads it. On a Raspberry Pi, whose cores
-ingest shares, the time matters more than the space. Each archive's BLAKE3 is
-in the ledger, so gzip's CRC-32 is not what it is trusted by.
+Archives are written and read through gateway/ledger/archive.py (one store
+interface; the reasons for gzip are there).
 
 Threads: the gateway's loop decides when a pass is due and records its
 results; a pass runs on a thread of its own (reading, hashing, compressing and
@@ -39,24 +35,25 @@ read again).
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import json
 import logging
 import os
 import threading
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
-
-from blake3 import blake3
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import RetentionConfig
-from gateway.errors import GatewayError, StorageError
+from gateway.errors import StorageError
 from gateway.ledger import entries
 from gateway.ledger import format as fmt
+from gateway.ledger.archive import (
+    DirectoryArchive,
+    Stopped,
+    segment_digest,
+)
 from gateway.ledger.store import (
     LedgerFollower,
     LedgerReader,
@@ -75,13 +72,6 @@ ARCHIVED = "archived"
 CHECKPOINT = "checkpoint"
 
 STATE_FILE = "retention.json"
-ARCHIVE_SUFFIX = ".gz"
-# gzip's default level: on ledger data within 2 % of level 9's size at twice its speed.
-GZIP_LEVEL = 6
-ARCHIVE_MODE = 0o640  # as segments: group-readable for auditors
-# Segments are copied, hashed and compared in 1 MiB pieces: memory stays flat
-# whatever the segment size, and a stop request is noticed within one piece.
-COPY_CHUNK_BYTES = 1024 * 1024
 # Entries read per step while catching up with the ledger (as the query index).
 SCAN_BATCH = 2000
 # At shutdown, wait this long for a pass to notice the stop (it checks between
@@ -95,118 +85,6 @@ RECORD_PREFIX_BYTES = 32
 
 class RetentionError(StorageError):
     """A pass cannot go on: the reason is logged, shown in the status, and retried next pass."""
-
-
-class _Stopped(GatewayError):
-    """The gateway is stopping: the pass gives up where it is."""
-
-
-# --------------------------------------------------------------------------- archive files
-
-
-def archive_name(segment_name: str) -> str:
-    return segment_name + ARCHIVE_SUFFIX
-
-
-def parse_archive_name(name: str) -> int | None:
-    """The first seq of an archive named `<segment name>.gz`; None for any other file."""
-    if not name.endswith(ARCHIVE_SUFFIX):
-        return None
-    return fmt.parse_segment_name(name[: -len(ARCHIVE_SUFFIX)])
-
-
-def list_archives(directory: Path) -> list[tuple[int, Path]]:
-    """Archived segments sorted by first seq. Missing directory: none."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    found = [(first, directory / n) for n in names if (first := parse_archive_name(n)) is not None]
-    return sorted(found)
-
-
-def open_archive(path: Path) -> BinaryIO:
-    """The segment's bytes, decompressed while they are read."""
-    return gzip.open(path, "rb")  # type: ignore[return-value]
-
-
-# Decompressing a damaged or cut archive raises one of these.
-ARCHIVE_ERRORS = (OSError, EOFError, zlib.error)
-
-
-def _digest(stream: BinaryIO, stop: threading.Event | None = None) -> tuple[str, int]:
-    hasher = blake3()
-    size = 0
-    while chunk := stream.read(COPY_CHUNK_BYTES):
-        if stop is not None and stop.is_set():
-            raise _Stopped
-        hasher.update(chunk)
-        size += len(chunk)
-    return hasher.hexdigest(), size
-
-
-def segment_digest(path: Path, stop: threading.Event | None = None) -> tuple[str, int]:
-    """(BLAKE3 hex, size) of a segment file."""
-    with open(path, "rb") as f:
-        return _digest(f, stop)
-
-
-def archive_digest(path: Path, stop: threading.Event | None = None) -> tuple[str, int]:
-    """(BLAKE3 hex, size) of an archive's decompressed bytes; RetentionError if unreadable."""
-    try:
-        with open_archive(path) as f:
-            return _digest(f, stop)
-    except ARCHIVE_ERRORS as exc:
-        raise RetentionError(f"archive {path} cannot be read: {exc}") from None
-
-
-def write_archive(segment: Path, archive_dir: Path, stop: threading.Event) -> dict[str, Any]:
-    """Compress `segment` into archive_dir and check the copy; returns what `archived` records.
-
-    Written under a temporary name, synced, renamed over any earlier copy, the
-    directory synced; then the file is dropped from the page cache and read
-    back from the storage, and must decompress to the segment's BLAKE3.
-    """
-    name = archive_name(segment.name)
-    final = archive_dir / name
-    tmp = archive_dir / (name + ".tmp")
-    hasher = blake3()
-    size = 0
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, ARCHIVE_MODE)
-    try:
-        with open(fd, "wb") as raw:
-            # The segment's name in the gzip header (`gunzip -N` restores it);
-            # mtime 0: the same segment always compresses to the same bytes.
-            with (
-                open(segment, "rb") as src,
-                gzip.GzipFile(segment.name, "wb", GZIP_LEVEL, raw, mtime=0) as gz,
-            ):
-                while chunk := src.read(COPY_CHUNK_BYTES):
-                    if stop.is_set():
-                        raise _Stopped
-                    hasher.update(chunk)
-                    size += len(chunk)
-                    gz.write(chunk)
-            raw.flush()
-            os.fsync(raw.fileno())
-            os.posix_fadvise(raw.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_directory(archive_dir)
-    digest = hasher.hexdigest()
-    if archive_digest(final, stop) != (digest, size):
-        final.unlink()  # never leave a copy that does not match where it could be trusted
-        raise RetentionError(f"{final} does not read back as {segment.name}")
-    return {
-        "segment": segment.name,
-        "bytes": size,
-        "blake3": digest,
-        "archive_dir": str(archive_dir.absolute()),
-        "archive_file": name,
-        "archive_bytes": final.stat().st_size,
-    }
 
 
 def remove_segment(path: Path) -> None:
@@ -305,7 +183,7 @@ class LedgerRecords:
             self._follower = LedgerFollower(ledger_dir, self.seq + 1)
         while items := self._follower.read(SCAN_BATCH, durable):
             if stop.is_set():
-                raise _Stopped
+                raise Stopped
             for seq, payload, _hash in items:
                 record = record_of(payload)
                 if record is not None:
@@ -381,7 +259,7 @@ class Pass:
                 if segment.path.name not in self.state.archived and self._old(
                     segment, cfg.archive_after_days, job.now_us
                 ):
-                    detail = write_archive(segment.path, cfg.archive_dir, self.stop)
+                    detail = DirectoryArchive(cfg.archive_dir).put(segment.path, self.stop)
                     self.record(
                         ARCHIVED, {**detail, "first_seq": segment.first, "last_seq": segment.last}
                     )
@@ -442,7 +320,7 @@ class Pass:
                     f"{archived['seq']}): run `gateway verify`"
                 )
             directory, name = str(archived.get("archive_dir")), str(archived.get("archive_file"))
-            if archive_digest(Path(directory) / name, self.stop) != recorded:
+            if DirectoryArchive(Path(directory)).digest(segment.path.name, self.stop) != recorded:
                 raise RetentionError(
                     f"archive {Path(directory) / name} does not match {segment.path.name}"
                 )
@@ -564,9 +442,9 @@ class Retention:
             state.save(self.state_path, live)
             for name in set(self._received) - live:
                 del self._received[name]
-        except _Stopped:
+        except Stopped:
             pass
-        except (RetentionError, OSError) as exc:
+        except (StorageError, OSError) as exc:
             report.error = str(exc)
         except Exception as exc:  # a damaged entry or a bug: logged, shown, tried again
             log.exception("retention pass failed unexpectedly")

@@ -29,8 +29,16 @@ from typing import Any, BinaryIO
 
 from blake3 import blake3
 
+from gateway.errors import StorageError
 from gateway.ledger import format as fmt
 from gateway.ledger import retention
+from gateway.ledger.archive import (
+    ARCHIVE_ERRORS,
+    COPY_CHUNK_BYTES,
+    DirectoryArchive,
+    archive_name,
+    open_archive,
+)
 from gateway.ledger.store import (
     READ_CHUNK_BYTES,
     Head,
@@ -107,7 +115,7 @@ class _Source:
     def open(self, hashing: bool) -> tuple[SegmentReader, _Stream | None]:
         """A reader, and the stream that hashes what it reads when `hashing` or archived."""
         if self.archived:
-            stream = _Stream(retention.open_archive(self.path))
+            stream = _Stream(open_archive(self.path))
         elif hashing:
             stream = _Stream(open(self.path, "rb"))  # noqa: SIM115 - closed with the reader
         else:
@@ -133,7 +141,7 @@ class _Stream:
             return b""
         try:
             data = self.raw.read(n)
-        except retention.ARCHIVE_ERRORS as exc:
+        except ARCHIVE_ERRORS as exc:
             self.error = f"archive cannot be decompressed: {exc}"
             return b""
         self.hasher.update(data)
@@ -142,7 +150,7 @@ class _Stream:
 
     def digest(self) -> tuple[str, int]:
         """BLAKE3 and size of the whole segment (reads what the frames left)."""
-        while self.read(retention.COPY_CHUNK_BYTES):
+        while self.read(COPY_CHUNK_BYTES):
             pass
         return self.hasher.hexdigest(), self.size
 
@@ -186,7 +194,12 @@ def _is_checkpoint(detail: dict[str, Any]) -> bool:
 
 def _sources(directory: Path, archive_dir: Path | None) -> list[_Source]:
     live = dict(list_segments(directory))
-    archived = dict(retention.list_archives(archive_dir)) if archive_dir is not None else {}
+    store = DirectoryArchive(archive_dir) if archive_dir is not None else None
+    archived = (
+        {first: store.directory / archive_name(name) for first, name in store.list()}
+        if store
+        else {}
+    )
     return [
         _Source(first, live[first], False, archived.get(first))
         if first in live
@@ -403,8 +416,8 @@ def verify_ledger(
             if src.twin is not None:
                 result.overlaps += 1
                 try:
-                    twin = retention.archive_digest(src.twin)
-                except retention.RetentionError as exc:
+                    twin = DirectoryArchive(src.twin.parent).digest(fmt.segment_name(first))
+                except StorageError as exc:
                     return bad(src.twin, 0, first, str(exc))
                 if twin != seen[fmt.segment_name(first)][1]:
                     return bad(src.twin, 0, first, "archived copy differs from the live segment")
