@@ -4,3 +4,5 @@
 the kernel's LED class (/sys/class/leds); `fake` makes a FIFO and an LED-shaped
 directory so that development machines and tests have a front panel too.
 """
+
+__all__ = ["button", "evdev", "fake", "leds"]

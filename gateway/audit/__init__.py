@@ -1,1 +1,3 @@
-"""The audit trail: the derived query index, queries, entry details with diffs."""
+"""The audit trail: the derived query index, queries, checks, details and statements."""
+
+__all__ = ["check", "index", "present", "query", "statement"]

@@ -4,3 +4,5 @@
 ever becoming printer commands; `languages` turns a laid-out document into text,
 ESC/POS or PCL bytes; `templates` builds the documents.
 """
+
+__all__ = ["document", "languages", "templates"]
