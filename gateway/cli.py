@@ -229,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # From the first instruction a SIGTERM or SIGINT is a request for a clean
+    # stop, never the default action (gateway/earlysignals.py).
+    from gateway import earlysignals
+
+    earlysignals.catch()
     from gateway.logs import setup_logging
     from gateway.service import Gateway
 
@@ -244,6 +249,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    if earlysignals.caught:
+        gateway.loop.post(gateway.request_stop)
     return gateway.run()
 
 

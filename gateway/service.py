@@ -131,6 +131,12 @@ class Gateway:
 
     def _start(self) -> list[tuple[str, int]]:
         config = self.config
+        # Signals first: a SIGTERM at any moment of start-up is taken in and
+        # handled once the loop runs (a clean stop, exit 0), never by the default
+        # action. Until then it only queues request_stop.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, self.request_stop)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         self._lock_fd = lock_state_dir(config.state_dir)
         self.intake.reconfigure(config.ingest, self._redactor(config))
         raise_fd_limit(config.ingest.max_connections)
@@ -181,9 +187,6 @@ class Gateway:
         self.panel.start()
         # Recovery is done and every listener is bound: now systemd may count us up.
         self.health.start()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(signum, self.request_stop)
-        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         log.info(
             "gateway ready",
             extra={

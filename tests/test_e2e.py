@@ -548,3 +548,35 @@ def test_a_torn_tail_is_cut_and_always_recorded_by_a_recovered_entry(gateway):
     check = by_seq(entries)
     assert all(check[s]["event"] == event(n=n) for n, s in enumerate(acked))
     assert_verify_ok(gateway)
+
+
+def test_sigterm_at_any_moment_of_start_up_is_a_clean_stop(tmp_path):
+    """Signals are taken from the first instruction: a SIGTERM during start-up
+    (imports, recovery, binding) stops the gateway cleanly, exit 0."""
+    import subprocess
+
+    import yaml
+    from gatewayproc import ROOT, free_port, gateway_command
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "state_dir": str(tmp_path / "state"),
+                "ingest": {"listen": [f"127.0.0.1:{free_port()}"]},
+                "clock": {"check_sync": False},
+            }
+        )
+    )
+    # From 0.1 s on, our code runs (before that, the interpreter itself starts).
+    for delay in (0.1, 0.2, 0.3, 0.45, 0.7):
+        proc = subprocess.Popen(
+            gateway_command("run", "--config", str(config)),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(delay)  # the moment of the signal, not a wait for anything
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, (delay, err.decode()[-2000:])

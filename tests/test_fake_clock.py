@@ -92,3 +92,31 @@ def test_the_daily_report_is_made_at_its_time_on_the_clock(tmp_path):
     finally:
         gw.request_stop()
         gw._finish()
+
+
+def test_a_connection_with_unread_bytes_is_not_idle(tmp_path):
+    """After a stall (here: reading paused) bytes wait in the socket: not idle."""
+    clock = FakeClock()
+    config = Config(
+        state_dir=tmp_path / "state",
+        ingest=IngestConfig(listen=("127.0.0.1:0",), idle_timeout_s=30),
+    )
+    gw = Gateway(config, clock=clock)
+    address = gw.start()[0]
+    client = socket.create_connection(address, timeout=10)
+    try:
+        pump(gw, lambda: len(gw.ingest.connections) == 1)
+        gw.ingest._pause()  # as while a slow disk holds a commit: nothing is read
+        client.sendall(b'{"event_type":"waiting"}\n')
+        (conn,) = gw.ingest.connections.values()
+        pump(gw, conn.has_unread)
+        clock.advance(60)  # far past the idle timeout, with the bytes still unread
+        for _ in range(20):
+            gw.loop.run_once(max_wait=0.01)
+        assert len(gw.ingest.connections) == 1
+        gw.ingest._resume()
+        pump(gw, lambda: gw.intake.stats.events == 1)
+    finally:
+        client.close()
+        gw.request_stop()
+        gw._finish()

@@ -201,3 +201,51 @@ def test_reply_encoder_and_queue_order():
     assert not queue.all_due(8) and queue.head_due(5)
     assert queue.take_due(8) == b'{"ok":true,"seq":5}\n' + wire.error("x", "y")
     assert len(queue) == 1 and queue.all_due(9)
+
+
+def test_a_stranger_garbage_first_line_stores_nothing_and_is_closed(make):
+    intake, session, _ = make(tokens={"shop": SECRET}, require_token=True)
+    outcome, replies, _ = feed(intake, session, b"G" * 300 + b"\n" + b'{"event_type":"a"}\n' * 5)
+    assert outcome == FINISHED and session.state == "closed"
+    assert [r["error"] for r in replies] == ["token_required"]
+    assert staged(intake) == []
+
+
+def test_with_the_disk_full_refused_lines_are_counted_not_written(make):
+    intake, session, _ = make()
+    intake.ledger.disk_full = True
+    feed(intake, session, b"not json\n" * 3)
+    assert staged(intake) == [] and intake.stats.unstored == 3
+
+
+HELLO = json.dumps({"hello": {"app": "shop", "token": SECRET}}).encode() + b"\n"
+
+
+@pytest.mark.parametrize(
+    ("before", "line"),
+    [
+        # an extra key next to hello on the first line (bad_hello)
+        (b"", json.dumps({"hello": {"app": "shop", "token": SECRET}, "v": 1}).encode()),
+        # a second valid hello (unexpected_hello)
+        (HELLO, HELLO.rstrip(b"\n")),
+        # any refused line whose bytes hold a configured token
+        (b"", b'{"note": "' + SECRET.encode() + b'"'),
+    ],
+)
+def test_no_hello_refusal_stores_a_secret_even_with_redaction_off(make, before, line):
+    intake, session, _ = make(tokens={"shop": SECRET})
+    assert intake.redactor is None
+    feed(intake, session, before + line + b"\n")
+    rejected = [e for e in staged(intake) if e["kind"] == "rejected"]
+    assert len(rejected) == 1 and rejected[0]["excerpt"] == b""
+    assert rejected[0]["length"] == len(line)
+
+
+def test_redaction_of_an_excerpt_matches_keys_after_json_unescaping():
+    from gateway.config import RedactConfig
+    from gateway.ingest.redact import Redactor
+
+    config = RedactConfig()
+    redactor = Redactor(config.keys, config.cards, b"k" * 32, False)
+    excerpt, redacted = redactor.excerpt(b'{"tok\\u0065n": "hunter2-secret", "x": 1')
+    assert redacted and b"hunter2" not in excerpt

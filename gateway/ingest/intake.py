@@ -42,10 +42,15 @@ DEFERRED = 1
 FINISHED = 2
 
 
+# Refusals of lines that are, or may be, a hello: they keep no excerpt.
+HELLO_REFUSALS = frozenset({"bad_hello", "unexpected_hello"})
+
+
 @dataclass(slots=True)
 class IngestStats:
     events: int = 0
     rejected: int = 0
+    unstored: int = 0  # refused lines not written because the ledger took nothing (disk full)
     accepted_connections: int = 0
     refused_connections: int = 0
     idle_closed: int = 0
@@ -74,14 +79,17 @@ class Intake:
         `budget` items were handled; returns MORE, FINISHED or DEFERRED."""
         next_event = proto.next_event
         ledger = self.ledger
-        append = ledger.append
+        values = ledger.wants_values
+        # The writer's own append when no subscriber reads entries: one call less
+        # per event on the hottest path (Ledger.append adds only the entry list).
+        append = ledger.append if values else ledger.writer.append
+        ack_seq = replies.items.append  # a plain ack is its seq (ReplyQueue.add_ack)
         encode = entries.encode_event
         validate = validate_event
         clock = self.clock
         unsynced = not clock.synced
         buckets = self.policy.buckets
         redactor = self.redactor
-        values = ledger.wants_values
         blocked = ledger.refusal() is not None  # cannot change within one call
         received = self.clock.wall_us()
         source = session.source
@@ -97,6 +105,11 @@ class Intake:
             try:
                 item = next_event()
             except RemoteInputError as exc:
+                if not session.authorized:
+                    # A stranger's line, whatever it is: nothing stored, one refusal, closed.
+                    self._refuse_sender(session, b"", replies, received)
+                    outcome = FINISHED
+                    break
                 self.refuse(session, exc, replies, received)
                 if exc.fatal:
                     session.close()
@@ -131,7 +144,7 @@ class Intake:
                     if flags:
                         replies.add(seq, wire.ack(seq, flags))
                     else:
-                        replies.add_ack(seq)
+                        ack_seq(seq)
                 continue
             if item is EOF:
                 outcome = FINISHED
@@ -170,6 +183,20 @@ class Intake:
             ),
         )
         return True
+
+    def _evidence(self, exc: RemoteInputError) -> tuple[bytes, bytes, bool]:
+        """(excerpt, digest, redacted) of a refused line, with no room for a secret.
+
+        A line that is or could be a hello keeps no excerpt (its token would be
+        in it), nor does one whose bytes hold a configured token; the length
+        and digest still identify it.
+        """
+        excerpt = exc.excerpt or b""
+        if exc.code in HELLO_REFUSALS or any(
+            excerpt.find(secret) >= 0 for secret in self.policy.tokens.values()
+        ):
+            excerpt = b""
+        return excerpt, exc.digest or b"", False
 
     def authenticate(self, session: Session, token: str | None) -> str:
         """An HTTP request's bearer token: '' when accepted, else the refusal (logged)."""
@@ -224,8 +251,11 @@ class Intake:
         """
         self.stats.rejected += 1
         seq = 0
-        if exc.length is not None:
-            excerpt, digest, redacted = exc.excerpt or b"", exc.digest or b"", False
+        if exc.length is not None and self.ledger.refusal() is not None:
+            # The ledger takes nothing now (disk full): refusals are counted, not written.
+            self.stats.unstored += 1
+        elif exc.length is not None:
+            excerpt, digest, redacted = self._evidence(exc)
             if self.redactor is not None:
                 excerpt, redacted = self.redactor.excerpt(excerpt)
                 if redacted:

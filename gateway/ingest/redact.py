@@ -49,6 +49,14 @@ _DIGIT_RUN_TABLE = bytes(0x30 if chr(b) in "0123456789 -" else 0x2E for b in ran
 _RUN = b"0" * 13
 
 
+# A JSON \uXXXX escape of a character that may appear in a key name.
+_KEY_ESCAPE = re.compile(rb"\\u00(?:[46][1-9a-fA-F]|[57][0-9aA]|3[0-9]|5[fF]|2[dD])")
+
+
+def _unescape(m: re.Match) -> bytes:
+    return bytes([int(m.group(0)[2:], 16)])
+
+
 def has_digit_run(line: bytes) -> bool:
     return line.translate(_DIGIT_RUN_TABLE).find(_RUN) >= 0
 
@@ -232,7 +240,13 @@ class Redactor:
         return _CARD.sub(replace, text)
 
     def excerpt(self, excerpt: bytes) -> tuple[bytes, bool]:
-        """A refused line's excerpt, as text: sensitive "key": value pairs and card numbers."""
+        """A refused line's excerpt, as text: sensitive "key": value pairs and card numbers.
+
+        Keys are matched as JSON reads them: `\\uXXXX` escapes of letters, digits,
+        `_` and `-` are undone first (`"tok\\u0065n"` is the key `token`).
+        """
+        if excerpt.find(b"\\u") >= 0:
+            excerpt = _KEY_ESCAPE.sub(_unescape, excerpt)
         if not self.key_literal_in_line(excerpt) and not (self.cards and has_digit_run(excerpt)):
             return excerpt, False  # nothing that could need it (most garbage)
         text = excerpt.decode("utf-8", "replace")

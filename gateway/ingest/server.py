@@ -11,9 +11,12 @@ parse syslog (gateway/ingest/syslog.py) and are never sent a byte.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import socket
 import ssl
+import struct
+import termios
 from collections.abc import Callable
 
 from gateway.config import IngestConfig, parse_address
@@ -203,6 +206,19 @@ class Connection:
             self.server.waiting.discard(self)
         if data:
             self.send(data)
+
+    def has_unread(self) -> bool:
+        """Input waits for us: lines set aside for a later turn, in the TLS layer, or in
+        the socket. (A partial line already read is not: a client that stops in the
+        middle of a line is idle, as a slow drip is.)"""
+        if self in self.server.backlog:
+            return True
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True
+        try:
+            return struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"))[0] > 0
+        except OSError:
+            return False
 
     def overdue(self, now: float) -> bool:
         """Whether a front-end's own deadline has passed (it has then answered): close it."""
@@ -653,6 +669,11 @@ class IngestServer:
                 conn.update_interest()
                 continue
             if now - conn.last_active > limit and not conn.pending:
+                if conn.has_unread():
+                    # Idle means no bytes: a client whose input waits unread (the
+                    # gateway stalled, or paused reading) is not idle.
+                    conn.last_active = now
+                    continue
                 self.stats.idle_closed += 1
                 last = conn.idle_reply(limit)
                 if last:
