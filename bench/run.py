@@ -67,6 +67,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.harness import free_port, gateway_command, stop_process
 from gateway import control
 from gateway.ledger.durability import SIMULATE_SYNC_ENV
 from gateway.ledger.store import list_segments
@@ -195,12 +196,6 @@ def wait_quiet(limit_s: float, busy_cores: float = 0.25) -> float:
             return load
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def device_written(path: Path) -> int | None:
     """Bytes written since boot by the block device holding `path`: every process's
     writes and the filesystem's journal; None where /sys does not say."""
@@ -267,10 +262,9 @@ class GatewayProcess:
             "clock:\n"
             "  check_sync: false\n" + self.extra_config
         )
-        cmd = [sys.executable]
+        cmd = gateway_command("run", "--config", str(self.config))
         if self.profile_out is not None:
-            cmd += ["-m", "cProfile", "-o", str(self.profile_out)]
-        cmd += ["-m", "gateway", "run", "--config", str(self.config)]
+            cmd[1:1] = ["-m", "cProfile", "-o", str(self.profile_out)]
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
@@ -355,15 +349,10 @@ class GatewayProcess:
 
     def stop(self) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:  # a clean stop drains and commits in seconds; the indexer may take 30 s
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        # A clean stop drains and commits in seconds; the indexer may take 30 s.
+        code = stop_process(self.proc, signal.SIGTERM, 60.0)
         self._log.close()
-        return self.proc.returncode
+        return code
 
     def log_summary(self) -> collections.Counter:
         """Log lines above info, by level and message."""

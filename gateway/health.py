@@ -73,6 +73,8 @@ class Health:
             health = "disk full: new events refused"
         elif spool is not None and not spool.healthy:
             health = "printer alert"
+        elif not self.clock.synced and spool is not None and gw.config.reports.daily is not None:
+            health = "degraded: the clock is not synchronised; the daily report waits"
         indexer = gw.indexer
         return {
             "version": __version__,

@@ -37,6 +37,11 @@ def exposition(status: dict[str, Any]) -> str:
            [("", 1 if status["health"] == "ok" else 0)])  # fmt: skip
     metric("ledger_head_seq", "gauge", "seq of the last durable entry", [("", ledger["head_seq"])])
     metric("events_total", "counter", "events stored since start", [("", status["events"])])
+    clock = status["clock"]
+    metric("clock_synced", "gauge", "1 while the system clock is synchronised (NTP)",
+           [("", 1 if clock["synced"] else 0)])  # fmt: skip
+    metric("clock_unsynced_seconds", "gauge", "how long the clock has been unsynchronised",
+           [("", clock["unsynced_for_s"])])  # fmt: skip
     metric("rejected_total", "counter", "lines refused since start", [("", status["rejected"])])
     metric("connections", "gauge", "open ingest connections", [("", status["connections"])])
     metric("acks_pending", "gauge", "replies not yet sent", [("", status["acks_pending"])])

@@ -146,6 +146,8 @@ class Gateway:
         self.http_bound = http.listen(self.ingest, config.source)
         if self.metrics is not None:
             self.metrics_address = self.metrics.listen()
+        if not config.printers:
+            log.warning("no printer is configured: events are stored, nothing is printed")
         if config.ledger.fsync == "off":
             log.warning(
                 "ledger.fsync is off: acknowledged events can be lost on power failure; "

@@ -16,14 +16,16 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
+
+# Shared with the benchmarks; re-exported for the tests that import them from here.
+from bench.harness import free_port, gateway_command, wait_for  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,18 +33,6 @@ START_TIMEOUT_S = 15.0
 COMMAND_TIMEOUT_S = 60.0
 POLL_S = 0.02
 
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (bind port 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def gateway_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "gateway", *args]
 
 
 def run_gateway_command(*args: str, timeout: float = COMMAND_TIMEOUT_S, **kwargs: Any):
@@ -55,18 +45,6 @@ def run_gateway_command(*args: str, timeout: float = COMMAND_TIMEOUT_S, **kwargs
         check=False,
         **kwargs,
     )
-
-
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Call `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def _merge(base: dict, overrides: dict) -> dict:
