@@ -136,7 +136,18 @@ def decode_value(line: bytes) -> Any:
 
 def decode_object(line: bytes) -> dict[str, Any]:
     """One line to a JSON object, or RemoteInputError carrying the line's evidence."""
-    value = decode_value(line)
+    # decode_value, inlined: a Python call per event is a measurable share of
+    # the per-event budget (bench/RESULTS.md).
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_line("bad_utf8", f"invalid UTF-8 at byte {exc.start}", line) from None
+    try:
+        value = _decode(text)
+    except RecursionError:
+        raise bad_line("too_deep", f"nesting deeper than {MAX_DEPTH} levels", line) from None
+    except ValueError as exc:
+        raise bad_line("bad_json", str(exc)[:200], line) from None
     if not isinstance(value, dict):
         raise bad_line("not_object", f"a line must be a JSON object, not {_json_type(value)}", line)
     # A JSON escape can name a lone UTF-16 surrogate, which no UTF-8 text (and so
