@@ -25,6 +25,9 @@ test-tools:
 	@command -v strace >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends strace >/dev/null; } || \
 	  echo "strace is missing and cannot be installed here: the crash-state tests will fail"
+	@command -v curl >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl >/dev/null; } || \
+	  echo "curl is missing and cannot be installed here: the HTTP ingest test with curl will fail"
 
 ## make test: the default suite (well under 15 minutes on 2 cores).
 test: $(STAMP) test-tools

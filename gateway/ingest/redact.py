@@ -49,7 +49,7 @@ _DIGIT_RUN_TABLE = bytes(0x30 if chr(b) in "0123456789 -" else 0x2E for b in ran
 _RUN = b"0" * 13
 
 
-# A JSON \uXXXX escape of a character that may appear in a key name.
+# A JSON \u00NN escape of a character that may appear in a key name.
 _KEY_ESCAPE = re.compile(rb"\\u00(?:[46][1-9a-fA-F]|[57][0-9aA]|3[0-9]|5[fF]|2[dD])")
 
 
@@ -242,7 +242,7 @@ class Redactor:
     def excerpt(self, excerpt: bytes) -> tuple[bytes, bool]:
         """A refused line's excerpt, as text: sensitive "key": value pairs and card numbers.
 
-        Keys are matched as JSON reads them: `\\uXXXX` escapes of letters, digits,
+        Keys are matched as JSON reads them: `\\u00NN` escapes of letters, digits,
         `_` and `-` are undone first (`"tok\\u0065n"` is the key `token`).
         """
         if excerpt.find(b"\\u") >= 0:
