@@ -34,7 +34,6 @@ COMMAND_TIMEOUT_S = 60.0
 POLL_S = 0.02
 
 
-
 def run_gateway_command(*args: str, timeout: float = COMMAND_TIMEOUT_S, **kwargs: Any):
     """Run a short-lived `gateway ...` command; returns the CompletedProcess."""
     return subprocess.run(

@@ -781,3 +781,51 @@ def test_retry_backoff_doubles_up_to_its_cap_and_starts_over_after_a_success(gat
     first = clock.now
     (again,) = attempt_times(1)
     assert 1 <= again - first <= 1 + step, "the delay did not start over after a success"
+
+
+def test_a_resolver_that_never_answers_does_not_hold_the_loop(gateways, monkeypatch):
+    """Printer host names are resolved off the loop: while the resolver hangs,
+    events are still acknowledged, and the attempt fails after the timeout."""
+    import threading
+
+    from gateway.printing import transports
+
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def hanging(host, *args, **kwargs):
+        if host == "printer.invalid":
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    monkeypatch.setattr(transports, "RESOLVE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(transports, "RESOLVER", transports.Resolver())
+    config = gateways.config({"p": {"uri": "socket://printer.invalid:9100"}})
+    gw, address = gateways.start(config)
+    try:
+        client = socket.create_connection(address, timeout=10)
+        client.sendall(b'{"hello":{"ack":true}}\n' + event_line(1))
+        client.setblocking(False)
+        got = bytearray()
+
+        def acked() -> bool:
+            try:
+                got.extend(client.recv(4096))
+            except BlockingIOError:
+                pass
+            return got.count(b"\n") >= 2
+
+        pump(gw, acked)
+        printer = gw.spool.printers["p"]
+        pump(gw, lambda: printer.delivery is not None)  # the attempt is resolving its host
+        client.setblocking(True)
+        client.sendall(event_line(2))
+        client.setblocking(False)
+        pump(gw, lambda: acked() and got.count(b"\n") >= 3)
+        assert not release.is_set()  # acknowledged while the resolver still hangs
+        pump(gw, lambda: "no answer in 0.5 s" in printer.error)
+        client.close()
+    finally:
+        release.set()

@@ -14,8 +14,10 @@ the printer may have printed part of the job, so the spool marks the next copy
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import errno
 import fcntl
+import ipaddress
 import os
 import socket
 import struct
@@ -232,12 +234,15 @@ class SocketDelivery(_Delivery):
         return self.sock.fileno()
 
     def start(self) -> None:
-        try:
-            infos = socket.getaddrinfo(self.uri.host, self.uri.port, type=socket.SOCK_STREAM)
-        except OSError as exc:  # a host name that does not resolve (numeric hosts never block)
-            self._finish(False, f"cannot resolve {self.uri.host}: {exc}")
+        RESOLVER.resolve(self.loop, self.uri.host, self.uri.port, self._resolved)
+
+    def _resolved(self, info: tuple | None, error: str) -> None:
+        if self.phase != "open" or self.registered:
+            return  # aborted while the name was being resolved
+        if info is None:
+            self._finish(False, error)
             return
-        family, kind, proto, _name, address = infos[0]
+        family, kind, proto, address = info
         sock = socket.socket(family, kind, proto)
         sock.setblocking(False)
         # Keepalive: a printer that vanishes mid-wait is noticed by the kernel.
@@ -303,6 +308,72 @@ class SocketDelivery(_Delivery):
             # and a late, complete, unmarked copy could come out after the retry.
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         self.sock.close()
+
+
+# A printer's host name is resolved off the loop (getaddrinfo blocks, and a
+# resolver that does not answer takes 5 s or more per try); an answer not back
+# within 5 s counts as a failed attempt, and the last good address of the name
+# is used instead when there is one. Two threads: one printer's dead resolver
+# does not hold the others'.
+RESOLVE_TIMEOUT_S = 5.0
+RESOLVER_THREADS = 2
+
+
+class Resolver:
+    """Host names to addresses on worker threads; numeric hosts at once, on the loop."""
+
+    def __init__(self) -> None:
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._last_good: dict[tuple[str, int], tuple] = {}
+
+    def resolve(
+        self, loop: EventLoop, host: str, port: int, done: Callable[[tuple | None, str], None]
+    ) -> None:
+        """`done((family, type, proto, address), "")` or `done(None, reason)`, on the loop."""
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        if ip is not None:
+            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            done((family, socket.SOCK_STREAM, 0, (host, port)), "")
+            return
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                RESOLVER_THREADS, thread_name_prefix="resolve"
+            )
+        key = (host, port)
+        answered = False
+
+        def finish(info: tuple | None, error: str) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            timer.cancel()
+            if info is not None:
+                self._last_good[key] = info
+            elif key in self._last_good:
+                info, error = self._last_good[key], ""  # the last good address, as cached
+            done(info, error)
+
+        def lookup() -> None:
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                family, kind, proto, _name, address = infos[0]
+                result: tuple[tuple | None, str] = ((family, kind, proto, address), "")
+            except OSError as exc:
+                result = (None, f"cannot resolve {host}: {exc}")
+            loop.post(lambda: finish(*result))
+
+        timer = loop.call_later(
+            RESOLVE_TIMEOUT_S,
+            lambda: finish(None, f"cannot resolve {host}: no answer in {RESOLVE_TIMEOUT_S:g} s"),
+        )
+        self._pool.submit(lookup)
+
+
+RESOLVER = Resolver()
 
 
 class SerialDelivery(_Delivery):
