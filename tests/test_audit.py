@@ -170,3 +170,36 @@ def test_reindex_rebuilds_and_refuses_while_the_gateway_runs(trail, tmp_path):
         assert main(["reindex", "--state", str(trail.state_dir)]) == 1
     finally:
         stop(gw)
+
+
+def test_queries_on_a_stopped_gateway_change_nothing_in_the_state_directory(tmp_path):
+    """Read-only means read-only: no -wal or -shm, no file touched (opened immutable)."""
+    import os
+    import stat
+
+    from gatewayproc import GatewayProcess, event_line, run_gateway_command
+
+    gw = GatewayProcess(tmp_path)
+    try:
+        with socket.create_connection(("127.0.0.1", gw.port)) as c:
+            c.sendall(b"".join(event_line(n=n) for n in range(20)))
+        gw.wait_export(lambda found: sum(e["kind"] == "event" for e in found) == 20)
+    finally:
+        assert gw.close() == 0
+    state = gw.state_dir
+    index_file = state / "index.sqlite3"
+    assert stat.S_IMODE(os.stat(index_file).st_mode) == 0o640
+
+    def snapshot() -> dict:
+        return {
+            str(p.relative_to(state)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in state.rglob("*")
+            if p.is_file()
+        }
+
+    before = snapshot()
+    for args in (["query", "--format", "jsonl", "--all"], ["show", "3"], ["verify"], ["export"]):
+        result = run_gateway_command(*args, "--state", str(state))
+        assert result.returncode == 0, (args, result.stderr)
+    assert snapshot() == before
+    assert not (state / "index.sqlite3-wal").exists() and not (state / "index.sqlite3-shm").exists()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -179,7 +180,14 @@ def row(seq: int, chain_hash: bytes, entry: dict[str, Any]) -> Row:
     return values, summary[:SUMMARY_CHARS], record_json, content
 
 
+# The index holds what the ledger holds: it gets the ledger's mode (group-
+# readable for auditors, nobody else); SQLite gives its -wal and -shm the same.
+INDEX_MODE = 0o640
+
+
 def _connect(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, INDEX_MODE))
     db = sqlite3.connect(path, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     # WAL with synchronous=NORMAL: no fsync per commit. The index is

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import fcntl
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from gateway import zone
 from gateway.audit import check, index
 from gateway.ledger import entries
 from gateway.ledger.store import LedgerReader
+from gateway.statedir import LOCK_FILE
 
 # Default page size of `gateway query`: a screenful.
 DEFAULT_LIMIT = 50
@@ -207,6 +210,45 @@ def _event_us(record: str) -> int | None:
     return zone.event_time_us(event.get("timestamp")) if isinstance(event, dict) else None
 
 
+def _gateway_running(state_dir: Path) -> bool:
+    """Whether a gateway holds the state directory's lock (unknown counts as running)."""
+    try:
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _attach_index(db: sqlite3.Connection, path: Path, state_dir: Path) -> bool:
+    """Attach the index read-only; False when it cannot be read (the ledger answers alone).
+
+    With no gateway running, it is opened `immutable`: SQLite then creates no
+    -wal or -shm file and changes nothing in the state directory (rows still in
+    a left-over WAL are read from the ledger instead, like any unindexed tail).
+    While the gateway runs, a WAL reader needs a writable -shm, which a
+    read-only group member does not have: the query then reads the ledger.
+    """
+    mode = "ro" if _gateway_running(state_dir) else "ro&immutable=1"
+    try:
+        db.execute("ATTACH DATABASE ? AS idx", (f"file:{path}?mode={mode}",))
+        index.meta(db, "idx")
+    except sqlite3.Error:
+        try:
+            db.execute("DETACH DATABASE idx")
+        except sqlite3.Error:
+            pass
+        return False
+    return True
+
+
 class QueryView:
     """One read-only view of the index plus the ledger's unindexed tail, for several pages."""
 
@@ -217,8 +259,7 @@ class QueryView:
             db.create_function("event_us", 1, _event_us, deterministic=True)
             db.executescript(index.SCHEMA)
             known: dict[str, str] = {}
-            if path.exists():
-                db.execute("ATTACH DATABASE ? AS idx", (f"file:{path}?mode=ro",))
+            if path.exists() and _attach_index(db, path, state_dir):
                 known = index.meta(db, "idx")
                 if known.get("version") != index.SCHEMA_VERSION:  # the gateway is rebuilding it
                     known = {}
