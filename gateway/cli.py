@@ -290,7 +290,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.archive is not None and not args.archive.is_dir():
         raise CannotAnswer(f"no archive directory at {args.archive}")
     anchors = _anchors(args)
-    result = verify_ledger(config.ledger_dir, args.archive, args.jobs)
+    try:
+        result = verify_ledger(config.ledger_dir, args.archive, args.jobs)
+    except OSError as exc:  # an unreadable file, or a directory named like a segment
+        raise CannotAnswer(f"cannot read the ledger: {exc}") from None
     checks = check_anchors(config.ledger_dir, anchors, args.archive) if result.ok else []
     missed = [c for c in checks if not c.ok]
     ok = result.ok and not missed

@@ -400,3 +400,13 @@ def test_a_frame_the_reader_cannot_parse_is_damaged_too(state, capsys):
     assert code == 1 and out.startswith("DAMAGED: seq 9")
     code, _, err = cli(capsys, "query", "--state", str(state))
     assert code == 1 and "DAMAGED" in err
+
+
+def test_verify_of_an_unusable_ledger_directory_is_exit_2_with_a_message(tmp_path):
+    """A directory named like a segment is no answer (exit 2), not a crash."""
+    from gatewayproc import run_gateway_command
+
+    (tmp_path / "state" / "ledger" / "00000000000000000001.seg").mkdir(parents=True)
+    result = run_gateway_command("verify", "--state", str(tmp_path / "state"))
+    assert result.returncode == 2
+    assert b"cannot read the ledger" in result.stderr and b"Traceback" not in result.stderr
