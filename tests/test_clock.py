@@ -51,9 +51,16 @@ def test_unsynced_clock_flags_entries_and_holds_the_daily_report(tmp_path):
     started = next(e for e in first if e.get("name") == "started")
     assert started["clock_unsynced"] is True
     assert not any(e["kind"] == "report" for e in first)  # the report waits
+    status = gw.status()
+    assert status["health"].startswith("degraded: the clock is not synchronised")
+    assert status["clock"]["synced"] is False
+    from gateway.metrics import exposition
+
+    assert "gateway_clock_synced 0" in exposition(status)
 
     synced["now"] = True
     pump(gw, lambda: gw.loop.clock.synced)  # noticed within a health tick
+    assert gw.status()["health"] == "ok" and gw.status()["clock"]["unsynced_for_s"] == 0
     gw.spool._schedule_reports()  # what its timer does once a minute
     pump(gw, lambda: sum(e["kind"] == "report" for e in ledger(gw)) == 3)
     with socket.create_connection(address) as c:
