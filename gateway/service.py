@@ -31,7 +31,7 @@ from gateway.config import Config, load_config
 from gateway.control import ControlServer
 from gateway.errors import ConfigError
 from gateway.health import Health
-from gateway.ingest import http
+from gateway.ingest import http, syslog
 from gateway.ingest.intake import Intake
 from gateway.ingest.redact import Redactor
 from gateway.ingest.server import IngestServer
@@ -104,7 +104,6 @@ class Gateway:
             self.ledger.subscribe(lambda batch: indexer.notify(batch.head.seq))
         self.ledger.subscribe(self.retention.on_durable)
         self.bound: list[tuple[str, int]] = []
-        self.http_bound: list[tuple[str, int]] = []
         self._in_flight: list[str] = []
         self.stopping = False
         self.exit_code = 0
@@ -142,8 +141,10 @@ class Gateway:
         raise_fd_limit(config.ingest.max_connections)
         # Bind first: a port in use stops the start before recovery touches the
         # ledger, so a `recovered` entry can never be lost to a failed start.
-        bound = self.bound = self.ingest.listen(config.source)
-        self.http_bound = http.listen(self.ingest, config.source)
+        bound = self.ingest.listen(config.source)
+        bound += http.listen(self.ingest, config.source)
+        bound += syslog.listen(self.ingest)
+        self.bound = bound
         if self.metrics is not None:
             self.metrics_address = self.metrics.listen()
         if not config.printers:
@@ -230,7 +231,7 @@ class Gateway:
         Printers, routes, reports, spool and ingest limits, the name and the log
         level change in place; connections stay open and queued jobs stay queued
         (a removed printer's jobs are cancelled on the record). `state_dir`,
-        `ingest.listen`, `ledger` and `board` need a restart: a change there is
+        the listen addresses, `ledger` and `board` need a restart: a change there is
         logged and kept for the next start. A file that does not load is refused
         and the running configuration stays. Either way the ledger records it.
         """
@@ -253,6 +254,10 @@ class Gateway:
             for key, before, after in (
                 ("state_dir", old.state_dir, new.state_dir),
                 ("ingest.listen", old.ingest.listen, new.ingest.listen),
+                ("ingest.tls.listen", old.ingest.tls.listen, new.ingest.tls.listen),
+                ("ingest.http.listen", old.ingest.http.listen, new.ingest.http.listen),
+                ("ingest.http.tls_listen", old.ingest.http.tls_listen, new.ingest.http.tls_listen),
+                ("ingest.syslog.listen", old.ingest.syslog.listen, new.ingest.syslog.listen),
                 ("ledger", old.ledger, new.ledger),
                 ("board", old.board, new.board),
             )
@@ -266,7 +271,18 @@ class Gateway:
         effective = dataclasses.replace(
             new,
             state_dir=old.state_dir,
-            ingest=dataclasses.replace(new.ingest, listen=old.ingest.listen),
+            ingest=dataclasses.replace(
+                new.ingest,
+                # Listeners stay as bound: a change of address needs a restart.
+                listen=old.ingest.listen,
+                tls=dataclasses.replace(new.ingest.tls, listen=old.ingest.tls.listen),
+                http=dataclasses.replace(
+                    new.ingest.http,
+                    listen=old.ingest.http.listen,
+                    tls_listen=old.ingest.http.tls_listen,
+                ),
+                syslog=old.ingest.syslog,
+            ),
             ledger=old.ledger,
             board=old.board,
         )

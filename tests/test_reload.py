@@ -130,3 +130,21 @@ def test_sighup_reloads_a_running_process(tmp_path):
         wait_for(lambda: len(list((tmp_path / "printed").glob("*"))) == 1, 10.0, "a receipt")
     finally:
         gw.close()
+
+
+def test_every_front_end_listen_change_waits_for_a_restart(tmp_path):
+    """HTTP and syslog listeners are bound at start like TCP's: a reload that
+    changes their addresses keeps them as bound and says a restart is needed."""
+    gw, _address, path = start(tmp_path)
+    path.write_text(
+        path.read_text().replace(
+            "idle_timeout_s: 300}",
+            'idle_timeout_s: 300, http: {listen: ["127.0.0.1:0"]}, '
+            'syslog: {listen: ["127.0.0.1:0"]}}',
+        )
+    )
+    gw.reload()
+    assert gw.config.ingest.http.listen == () and gw.config.ingest.syslog.listen == ()
+    (reloaded,) = system(gw, "reloaded")
+    assert reloaded["detail"]["restart_needed"] == ["ingest.http.listen", "ingest.syslog.listen"]
+    stop(gw)

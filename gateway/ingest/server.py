@@ -25,7 +25,6 @@ from gateway.ingest.intake import DEFERRED, FINISHED, Intake
 from gateway.ingest.protocol import IngestProtocol
 from gateway.ingest.replies import ReplyQueue
 from gateway.ingest.session import Session
-from gateway.ingest.syslog import SyslogProtocol
 from gateway.ingest.tls import WOULD_BLOCK, Handshake
 from gateway.ingest.tls import server_context as server_tls_context
 from gateway.ingest.tls import wrap as wrap_tls
@@ -323,37 +322,6 @@ class Connection:
             self.events = server.loop.set_interest(self, self.fd, self.events, wanted)
 
 
-class _NoReplies(ReplyQueue):
-    """The reply queue of a syslog connection: syslog has no replies, so none is owed."""
-
-    __slots__ = ()
-
-    def add_ack(self, seq: int) -> None:
-        pass
-
-    def add(self, due_seq: int, data: bytes) -> None:
-        pass
-
-
-class SyslogConnection(Connection):
-    """A syslog client (RFC 6587 over TCP): fire-and-forget, nothing is ever sent to it."""
-
-    __slots__ = ()
-    replies = False
-
-    def __init__(
-        self,
-        server: IngestServer,
-        sock: socket.socket,
-        addr: tuple,
-        conn_id: int,
-        cert_app: str | None = None,
-        protocol: Callable[[int], object] = SyslogProtocol,
-    ) -> None:
-        super().__init__(server, sock, addr, conn_id, cert_app, protocol)
-        self.pending = _NoReplies()
-
-
 class _Lingerer:
     """A refused connection: its error line is sent; discard input until EOF or timeout."""
 
@@ -421,17 +389,13 @@ class IngestServer:
     def listen(self, source: str = "-") -> list[tuple[str, int]]:
         """Bind every configured address; returns the bound (host, port) pairs.
 
-        Plain listeners first, then the TLS ones (`ingest.tls.listen`), then
-        syslog's (`ingest.syslog.listen`).
+        Plain listeners first, then the TLS ones (`ingest.tls.listen`). The other
+        front-ends bind their own (http.listen, syslog.listen) through `bind`.
         """
         tls = self.config.tls
         context = self.tls_context(source) if tls.listen else None
         bound = [self.bind(address) for address in self.config.listen]
         bound += [self.bind(address, context) for address in tls.listen]
-        bound += [
-            self.bind(address, None, SyslogProtocol, SyslogConnection)
-            for address in self.config.syslog.listen
-        ]
         self.accepting = True
         self.loop.call_later(self._sweep_interval, self._sweep)
         return bound

@@ -10,12 +10,16 @@ at most 9, are the exception only below the configuration's 256-byte floor).
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from typing import Any
 
 from blake3 import blake3
 
 from gateway.errors import RemoteInputError
 from gateway.ingest.protocol import EOF, EXCERPT_BYTES, _Eof, bad_line
+from gateway.ingest.replies import ReplyQueue
+from gateway.ingest.server import Connection, IngestServer
 from gateway.ingest.validate import is_rfc3339
 
 # RFC 5424 section 6 bounds on the header fields, in bytes of printable US-ASCII.
@@ -491,3 +495,45 @@ def _param_value(data: bytes, pos: int) -> tuple[bytes | None, int]:
         else:
             out += b"\\"
             pos = backslash + 1
+
+
+# ---------------------------------------------------------------------------- the listener
+
+
+class _NoReplies(ReplyQueue):
+    """The reply queue of a syslog connection: syslog has no replies, so none is owed."""
+
+    __slots__ = ()
+
+    def add_ack(self, seq: int) -> None:
+        pass
+
+    def add(self, due_seq: int, data: bytes) -> None:
+        pass
+
+
+class SyslogConnection(Connection):
+    """A syslog client (RFC 6587 over TCP): fire-and-forget, nothing is ever sent to it."""
+
+    __slots__ = ()
+    replies = False
+
+    def __init__(
+        self,
+        server: IngestServer,
+        sock: socket.socket,
+        addr: tuple,
+        conn_id: int,
+        cert_app: str | None = None,
+        protocol: Callable[[int], object] = SyslogProtocol,
+    ) -> None:
+        super().__init__(server, sock, addr, conn_id, cert_app, protocol)
+        self.pending = _NoReplies()
+
+
+def listen(server: IngestServer) -> list[tuple[str, int]]:
+    """Bind `ingest.syslog.listen`: connections parse syslog and are never sent a byte."""
+    return [
+        server.bind(address, None, SyslogProtocol, SyslogConnection)
+        for address in server.config.syslog.listen
+    ]
