@@ -218,3 +218,34 @@ def test_many_idle_keep_alive_connections_while_tcp_ingest_goes_on(tmp_path):
         for sock in socks:
             sock.close()
         assert proc.close() == 0
+
+
+def test_https_uses_the_one_certificate_model(tmp_path):
+    """`ingest.http.tls_listen` serves HTTPS with ingest.tls's certificate and key."""
+    import ssl
+
+    from test_tls import openssl
+
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.pem", "-days", "2", "-subj", "/CN=gateway", "-addext",
+            "subjectAltName=IP:127.0.0.1", cwd=pki)  # fmt: skip
+    port = free_port()
+    (tmp_path / "gw").mkdir()
+    proc = GatewayProcess(
+        tmp_path / "gw",
+        ingest={
+            "tls": {"cert": str(pki / "server.pem"), "key": str(pki / "server.key")},
+            "http": {"tls_listen": [f"127.0.0.1:{port}"]},
+        },
+    )
+    try:
+        context = ssl.create_default_context(cafile=str(pki / "server.pem"))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
+        status, results = post(port, b'{"event_type":"tls"}\n', conn=conn)
+        conn.close()
+        assert status == 200 and results[0]["ok"]
+        assert [e["event"]["event_type"] for e in events(proc)] == ["tls"]
+    finally:
+        assert proc.close() == 0
