@@ -87,6 +87,9 @@ class _Scrape(OneShot):
         self.server = server
         super().__init__(server.loop, sock, server.clients, MAX_REQUEST_BYTES, REQUEST_TIMEOUT_S)
 
+    def overflowed(self) -> None:
+        self._answer(431, "text/plain", f"request head over {MAX_REQUEST_BYTES} bytes\n")
+
     def received(self, data: bytes) -> None:
         if b"\r\n\r\n" not in data and b"\n\n" not in data:
             return
@@ -101,7 +104,12 @@ class _Scrape(OneShot):
             self._answer(200, "text/plain; version=0.0.4; charset=utf-8", body)
 
     def _answer(self, code: int, kind: str, body: str) -> None:
-        reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}[code]
+        reason = {
+            200: "OK",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            431: "Request Header Fields Too Large",
+        }[code]
         data = body.encode()
         self.respond(
             (

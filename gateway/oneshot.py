@@ -32,6 +32,10 @@ class OneShot(abc.ABC):
         self.inbuf = b""
         self.outbuf = b""
         self.answered = False
+        # After the answer: discard what the client still sends until it closes,
+        # so that closing does not reset the connection and destroy the answer
+        # (a client whose request was too long is usually still writing it).
+        self.discarding = False
         self.timer = loop.call_later(timeout_s, self.close)
         clients.add(self)
         loop.add(self, READ)
@@ -60,6 +64,9 @@ class OneShot(abc.ABC):
         if mask & WRITE:
             self._write()
             return
+        if self.discarding:
+            self._discard()
+            return
         try:
             data = self.sock.recv(self.max_request_bytes)
         except (BlockingIOError, InterruptedError):
@@ -86,7 +93,23 @@ class OneShot(abc.ABC):
             return
         self.outbuf = self.outbuf[n:]
         if not self.outbuf:
-            self.close()
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self.close()
+                return
+            self.discarding = True
+            self.loop.modify(self, READ)
+
+    def _discard(self) -> None:
+        try:
+            while self.sock.recv(65536):
+                pass
+        except (BlockingIOError, InterruptedError):
+            return  # more may come: the client timeout bounds how long we wait
+        except OSError:
+            pass
+        self.close()  # EOF: the client has read the answer and closed
 
     def close(self) -> None:
         if self in self.clients:

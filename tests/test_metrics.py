@@ -56,3 +56,74 @@ def test_metrics_expose_the_status_read_only(tmp_path):
     assert fetch(gw, f"http://{host}:{port}/metrics", method="POST")[0] == 405
     gw.request_stop()
     gw._finish()
+
+
+def test_an_oversized_control_request_gets_its_error_line_not_a_reset(tmp_path):
+    """A client still writing a too-long request reads the refusal (no reset)."""
+    import json as _json
+
+    from gateway.control import MAX_REQUEST_BYTES
+
+    config = Config(state_dir=tmp_path / "state", ingest=IngestConfig(listen=("127.0.0.1:0",)))
+    gw = Gateway(config)
+    gw.start()
+    answers: list[bytes] = []
+
+    def client() -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(config.control_path))
+            try:
+                sock.sendall(b'{"cmd":"status","pad":"' + b"x" * (MAX_REQUEST_BYTES * 8))
+            except OSError:
+                pass  # the gateway stopped reading the request: expected
+            sock.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+            answers.append(data)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        pump(gw, lambda: not thread.is_alive())
+    finally:
+        thread.join(10)
+        gw.request_stop()
+        gw._finish()
+    assert _json.loads(answers[0]) == {"ok": False, "error": "request too long"}
+
+
+def test_an_oversized_metrics_request_is_answered_431(tmp_path):
+    from gateway.metrics import MAX_REQUEST_BYTES
+
+    config = Config(
+        state_dir=tmp_path / "state",
+        ingest=IngestConfig(listen=("127.0.0.1:0",)),
+        metrics=MetricsConfig(listen="127.0.0.1:0"),
+    )
+    gw = Gateway(config)
+    gw.start()
+    answers: list[bytes] = []
+
+    def client() -> None:
+        with socket.create_connection(gw.metrics_address, timeout=10) as sock:
+            try:
+                sock.sendall(b"GET /metrics HTTP/1.0\r\nX-Pad: " + b"x" * (MAX_REQUEST_BYTES * 4))
+            except OSError:
+                pass
+            sock.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+            answers.append(data)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        pump(gw, lambda: not thread.is_alive())
+    finally:
+        thread.join(10)
+        gw.request_stop()
+        gw._finish()
+    assert answers[0].startswith(b"HTTP/1.0 431 ")
