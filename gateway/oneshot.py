@@ -36,6 +36,7 @@ class OneShot(abc.ABC):
         # so that closing does not reset the connection and destroy the answer
         # (a client whose request was too long is usually still writing it).
         self.discarding = False
+        self.started = loop.time()
         self.timer = loop.call_later(timeout_s, self.close)
         clients.add(self)
         loop.add(self, READ)
@@ -147,8 +148,14 @@ class OneShotListener(abc.ABC):
         except (BlockingIOError, InterruptedError):
             return
         if len(self.clients) >= self.max_clients:
-            conn.close()
-            return
+            # Full: the client that has waited longest without finishing its
+            # request makes room, so that slow or silent clients cannot lock
+            # the real ones (a Prometheus scraper, the CLI) out.
+            waiting = [c for c in self.clients if not c.answered]
+            if not waiting:
+                conn.close()
+                return
+            min(waiting, key=lambda c: c.started).close()
         conn.setblocking(False)
         self.client(conn)
 

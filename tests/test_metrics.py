@@ -127,3 +127,39 @@ def test_an_oversized_metrics_request_is_answered_431(tmp_path):
         gw.request_stop()
         gw._finish()
     assert answers[0].startswith(b"HTTP/1.0 431 ")
+
+
+def test_silent_clients_do_not_lock_scrapers_out(tmp_path):
+    """With every slot held by clients that send nothing, a scraper still gets its
+    answer: the longest-waiting silent client makes room."""
+    from gateway.metrics import MAX_CLIENTS
+
+    config = Config(
+        state_dir=tmp_path / "state",
+        ingest=IngestConfig(listen=("127.0.0.1:0",)),
+        metrics=MetricsConfig(listen="127.0.0.1:0"),
+    )
+    gw = Gateway(config)
+    gw.start()
+    silent = []
+    try:
+        for _ in range(MAX_CLIENTS):
+            silent.append(socket.create_connection(gw.metrics_address, timeout=10))
+        pump(gw, lambda: len(gw.metrics.clients) == MAX_CLIENTS)
+        body: list[bytes] = []
+
+        def scrape() -> None:
+            url = f"http://{gw.metrics_address[0]}:{gw.metrics_address[1]}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body.append(response.read())
+
+        thread = threading.Thread(target=scrape)
+        thread.start()
+        pump(gw, lambda: not thread.is_alive())
+        thread.join(10)
+        assert body and b"gateway_up" in body[0]
+    finally:
+        for sock in silent:
+            sock.close()
+        gw.request_stop()
+        gw._finish()
