@@ -26,6 +26,15 @@ from gateway.errors import ConfigError
 
 MiB = 1024 * 1024
 
+# An app may hold two tokens at once: the new one is added, the apps move to
+# it, the old one is removed, without a moment where either is refused.
+MAX_TOKENS_PER_APP = 2
+
+
+def token_list(secrets: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """An app's tokens as a tuple (configuration gives a tuple; code may pass a string)."""
+    return (secrets,) if isinstance(secrets, str) else tuple(secrets)
+
 
 class _Loader(yaml.SafeLoader):
     """YAML with only true/false as booleans (as YAML 1.2 has it).
@@ -112,7 +121,8 @@ class IngestConfig:
         "fe80::/10",
     )
     # Per-app secrets: a hello naming an app listed here must carry its token.
-    tokens: dict[str, str] = field(default_factory=dict)
+    # One secret, or a list of up to MAX_TOKENS_PER_APP while one is rotated in.
+    tokens: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # true: every connection must start with a hello whose token checks.
     require_token: bool = False
     # Per source address (0: unlimited, the default, so that benchmarks from one
@@ -340,8 +350,9 @@ class Config:
         data = _plain(self)
         data.pop("source", None)
         tokens = data["ingest"]["tokens"]
-        for app in tokens:
-            tokens[app] = "blake3:" + blake3(tokens[app].encode()).hexdigest()
+        for app, secrets in tokens.items():
+            hashed = ["blake3:" + blake3(s.encode()).hexdigest() for s in token_list(secrets)]
+            tokens[app] = hashed[0] if len(hashed) == 1 else hashed
         return data
 
     def digest(self) -> str:
@@ -440,13 +451,20 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Conf
             raise ConfigError(
                 source, f"ingest.allow[{i}]", f"{network!r} is not a CIDR range"
             ) from None
-    for app, secret in config.ingest.tokens.items():
+    for app, secrets in config.ingest.tokens.items():
         if not 0 < len(app) <= 64:
             raise ConfigError(source, f"ingest.tokens.{app}", "app names are 1 to 64 characters")
-        if not 16 <= len(secret) <= 256:
+        if not 1 <= len(token_list(secrets)) <= MAX_TOKENS_PER_APP:
             raise ConfigError(
-                source, f"ingest.tokens.{app}", "a token is 16 to 256 characters (use a random one)"
+                source, f"ingest.tokens.{app}", f"1 to {MAX_TOKENS_PER_APP} tokens (two to rotate)"
             )
+        for secret in token_list(secrets):
+            if not 16 <= len(secret) <= 256:
+                raise ConfigError(
+                    source,
+                    f"ingest.tokens.{app}",
+                    "a token is 16 to 256 characters (use a random one)",
+                )
     if config.timezone:
         from gateway import zone
 

@@ -260,3 +260,24 @@ def test_gateway_send_with_a_token(tmp_path):
         assert env_token.returncode == 0, env_token.stderr
     finally:
         gw.close()
+
+
+def test_an_app_may_hold_two_tokens_while_one_is_rotated(tmp_path):
+    """Both tokens of an app are accepted, a third is refused; the configuration
+    takes one token or a list of at most two."""
+    new, old = "new-token-0123456789", "old-token-0123456789"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"ingest: {{tokens: {{shop: [{new}, {old}]}}, require_token: true}}\n")
+    config = load_config(path, tmp_path / "state")
+    policy = Policy(config.ingest)
+    assert policy.authenticate("shop", new) == "" and policy.authenticate("shop", old) == ""
+    assert policy.authenticate("shop", "some-other-token-000") == "bad_token"
+    assert policy.app_for_token(old) == "shop"
+    path.write_text(f"ingest: {{tokens: {{shop: [{new}, {old}, x{old}]}}}}\n")
+    with pytest.raises(ConfigError, match="1 to 2 tokens"):
+        load_config(path, tmp_path / "state")
+    # One token as before: the same configuration hash as a plain string.
+    path.write_text(f"ingest: {{tokens: {{shop: {new}}}}}\n")
+    single = load_config(path, tmp_path / "state")
+    assert single.ingest.tokens == {"shop": (new,)}
+    assert single.effective()["ingest"]["tokens"]["shop"].startswith("blake3:")

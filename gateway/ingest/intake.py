@@ -193,7 +193,9 @@ class Intake:
         """
         excerpt = exc.excerpt or b""
         if exc.code in HELLO_REFUSALS or any(
-            excerpt.find(secret) >= 0 for secret in self.policy.tokens.values()
+            excerpt.find(secret) >= 0
+            for secrets in self.policy.tokens.values()
+            for secret in secrets
         ):
             excerpt = b""
         return excerpt, exc.digest or b"", False

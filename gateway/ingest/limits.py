@@ -10,13 +10,16 @@ import hmac
 import ipaddress
 from collections import Counter
 
-from gateway.config import IngestConfig
+from gateway.config import IngestConfig, token_list
 
 
 class Policy:
     def __init__(self, config: IngestConfig) -> None:
         self.networks = [ipaddress.ip_network(n, strict=False) for n in config.allow]
-        self.tokens = {app: secret.encode() for app, secret in config.tokens.items()}
+        self.tokens = {
+            app: tuple(s.encode() for s in token_list(secrets))
+            for app, secrets in config.tokens.items()
+        }
         self.require_token = config.require_token
         self.max_per_source = config.max_connections_per_source
         self.per_source: Counter[str] = Counter()  # open connections per address
@@ -43,21 +46,24 @@ class Policy:
         says; with require_token, every hello needs a configured app and its
         token. Comparison is constant-time.
         """
-        secret = self.tokens.get(app) if app is not None else None
-        if secret is None:
+        secrets = self.tokens.get(app) if app is not None else None
+        if secrets is None:
             if self.require_token or token is not None:
                 return "bad_token"
             return ""
-        if token is None or not hmac.compare_digest(token.encode(), secret):
+        if token is None:
             return "bad_token"
-        return ""
+        presented = token.encode()
+        # Every secret is compared (no early exit), so timing tells nothing.
+        matches = [hmac.compare_digest(presented, secret) for secret in secrets]
+        return "" if any(matches) else "bad_token"
 
     def app_for_token(self, token: str) -> str | None:
         """The app a bare token belongs to (HTTP bearer tokens), compared in constant time."""
         found = None
         presented = token.encode()
-        for app, secret in self.tokens.items():
-            if hmac.compare_digest(presented, secret):
+        for app, secrets in self.tokens.items():
+            if any([hmac.compare_digest(presented, secret) for secret in secrets]):
                 found = app
         return found
 
