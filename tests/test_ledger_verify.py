@@ -192,6 +192,9 @@ def test_missing_middle_segment_is_found(ledger):
     middle.unlink()
     result = verify_ledger(ledger)
     assert_bad(result, first, segs[2][0], 0, hashes)
+    # The range lost, and the files on both sides of the gap, are named.
+    assert f"seq {first} to {segs[2][1] - 1} are missing" in result.reason
+    assert segs[0][0].name in result.reason and segs[2][0].name in result.reason
 
 
 def test_segment_header_seq_not_matching_its_name_is_found(ledger):

@@ -379,7 +379,15 @@ def verify_ledger(
                 start_path = path
             at_start = False
             if first != expect:
-                return bad(path, 0, expect, f"segment starts at seq {first}, expected {expect}")
+                before = sources[index - 1].path.name if index else "the start"
+                gap = f"seq {expect} to {first - 1} are missing" if first > expect else "overlap"
+                return bad(
+                    path,
+                    0,
+                    expect,
+                    f"{gap}: the segment after {before} ({path.name}) starts at seq {first}, "
+                    f"expected {expect}",
+                )
             if header.prev_hash != running:
                 return bad(path, 0, expect, "segment prev_hash does not match the chain")
             if clean is not None:
