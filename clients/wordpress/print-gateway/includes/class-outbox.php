@@ -85,7 +85,7 @@ final class Print_Gateway_Outbox
         global $wpdb;
         $table = self::table();
         $now = time();
-        $wpdb->query($wpdb->prepare(
+        self::update($wpdb->prepare(
             "UPDATE $table SET claim = %s, claimed_at = %d
              WHERE status = %s AND (claim IS NULL OR claimed_at < %d)
              ORDER BY id LIMIT %d",
@@ -97,10 +97,31 @@ final class Print_Gateway_Outbox
         ));
     }
 
+    /**
+     * Runs one UPDATE, again when InnoDB chose it as a deadlock victim (two drain runs updating
+     * neighbouring rows at once) or it waited too long for a lock: the statement was then rolled
+     * back, and a lost "acked" would leave a delivered row pending. At most 5 tries, 10-50 ms
+     * apart; any other error is left for the next run (the claim's timeout releases the rows).
+     */
+    private static function update(string $sql): void
+    {
+        global $wpdb;
+        for ($try = 1; $try <= 5; $try++) {
+            if ($wpdb->query($sql) !== false) {
+                return;
+            }
+            $error = strtolower((string) $wpdb->last_error);
+            if (!str_contains($error, 'deadlock') && !str_contains($error, 'lock wait')) {
+                return;
+            }
+            usleep(10000 * $try);
+        }
+    }
+
     public static function ack(int $id, string $token, int $seq): void
     {
         global $wpdb;
-        $wpdb->query($wpdb->prepare(
+        self::update($wpdb->prepare(
             'UPDATE ' . self::table() . ' SET status = %s, seq = %d, acked_at = %d, claim = NULL,
              attempts = attempts + 1, last_error = NULL WHERE id = %d AND claim = %s',
             self::ACKED, $seq, time(), $id, $token
@@ -110,7 +131,7 @@ final class Print_Gateway_Outbox
     public static function refuse(int $id, string $token, string $error): void
     {
         global $wpdb;
-        $wpdb->query($wpdb->prepare(
+        self::update($wpdb->prepare(
             'UPDATE ' . self::table() . ' SET status = %s, claim = NULL, attempts = attempts + 1,
              last_error = %s WHERE id = %d AND claim = %s',
             self::REFUSED, substr($error, 0, 255), $id, $token
@@ -129,7 +150,7 @@ final class Print_Gateway_Outbox
         if ($error !== null) {
             $sql .= $wpdb->prepare(', last_error = %s', substr($error, 0, 255));
         }
-        $wpdb->query($sql . $wpdb->prepare(" WHERE id IN ($in) AND claim = %s", $token));
+        self::update($sql . $wpdb->prepare(" WHERE id IN ($in) AND claim = %s", $token));
     }
 
     /** Deletes acknowledged rows older than $hours; never touches a row without an ack. */
