@@ -83,7 +83,7 @@ class Intake:
         # The writer's own append when no subscriber reads entries: one call less
         # per event on the hottest path (Ledger.append adds only the entry list).
         append = ledger.append if values else ledger.writer.append
-        ack_seq = replies.items.append  # a plain ack is its seq (ReplyQueue.add_ack)
+        ack_seq = replies.add_ack  # through the queue: a front-end may owe no replies (syslog)
         encode = entries.encode_event
         validate = validate_event
         clock = self.clock
