@@ -97,6 +97,24 @@ class SyslogConfig:
 
 
 @dataclass(frozen=True)
+class DedupConfig:
+    # Idempotent sends with `event_id` (docs/protocol.md "Exactly once with
+    # event_id"): an id is remembered for `window_s` after it came (24 hours:
+    # a sender's outbox retries within minutes; a day also covers a night's
+    # outage of the gateway or of the sender's cron) and among the newest
+    # `max_ids` (1,000,000 ids take 32.4 MB at 32.4 bytes each, gateway/ingest/
+    # dedup.py: about 3 % of a 1 GB Pi; 0 turns deduplication off). 16,000,000
+    # is the ceiling: 518 MB.
+    window_s: float = field(default=86_400.0, metadata=_limit(60, 30 * 86_400))
+    max_ids: int = field(default=1_000_000, metadata=_limit(0, 16_000_000))
+    # The table is saved to the state directory at most this often while ids
+    # come (and at every clean stop); after a crash the start catches up from
+    # the last save by reading the ledger. Ten minutes: at 1,000 ids/s a save
+    # (32 MiB when full) adds about a sixth to the ledger's own flash writes.
+    save_interval_s: float = field(default=600.0, metadata=_limit(10, 86_400))
+
+
+@dataclass(frozen=True)
 class IngestConfig:
     # Loopback only by default: `make run` must not expose a port to the LAN.
     listen: tuple[str, ...] = field(default=("127.0.0.1:50001",), metadata={"nonempty": True})
@@ -134,6 +152,7 @@ class IngestConfig:
     tls: TlsConfig = TlsConfig()
     http: HttpConfig = HttpConfig()
     syslog: SyslogConfig = SyslogConfig()
+    dedup: DedupConfig = DedupConfig()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
@@ -113,6 +114,7 @@ class Health:
                 "error": indexer.error if indexer else "",
             },
             "retention": gw.retention.status(),
+            "dedup": asdict(gw.dedup.statistics()),
             "events": gw.intake.stats.events,
             "rejected": gw.intake.stats.rejected,
             **printing,

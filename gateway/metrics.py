@@ -57,6 +57,18 @@ def exposition(status: dict[str, Any]) -> str:
     metric(
         "index_lag", "gauge", "entries not yet in the query index", [("", status["index"]["lag"])]
     )
+    dedup = status.get("dedup")
+    if dedup and dedup["state"] != "off":
+        metric("dedup_ready", "gauge", "1 when event_id deduplication answers (0: loading)",
+               [("", 1 if dedup["state"] == "ready" else 0)])  # fmt: skip
+        metric("dedup_ids", "gauge", "event_ids remembered", [("", dedup["ids"])])
+        metric("dedup_duplicates_total", "counter", "resends answered with the original seq",
+               [("", dedup["duplicates"])])  # fmt: skip
+        metric("dedup_conflicts_total", "counter", "different events under a known event_id",
+               [("", dedup["conflicts"])])  # fmt: skip
+        metric("dedup_evicted_early_total", "counter",
+               "event_ids forgotten before their window ended (the table was full)",
+               [("", dedup["evicted_early"])])  # fmt: skip
     printers = status.get("printers", [])
     if printers:
         metric("printer_ready", "gauge", "1 when the printer's last attempt worked",

@@ -32,11 +32,13 @@ from gateway.control import ControlServer
 from gateway.errors import ConfigError
 from gateway.health import Health
 from gateway.ingest import http, syslog
+from gateway.ingest.dedup import Deduplicator
 from gateway.ingest.intake import Intake
 from gateway.ingest.redact import Redactor
 from gateway.ingest.server import IngestServer
 from gateway.ledger.commit import DurableBatch, Ledger
 from gateway.ledger.retention import Retention
+from gateway.ledger.store import Head
 from gateway.loop import EventLoop
 from gateway.metrics import MetricsServer
 from gateway.notify import Notifier
@@ -76,7 +78,15 @@ class Gateway:
         self.loop = loop
         self.notifier = notifier if notifier is not None else Notifier()
         self.ledger = Ledger(config.ledger, config.ledger_dir, loop)
-        self.intake = Intake(self.ledger, config.ingest)
+        ledger = self.ledger
+        self.dedup = Deduplicator(
+            config.ingest.dedup,
+            config.state_dir,
+            config.ledger_dir,
+            loop,
+            lambda: Head(ledger.next_seq - 1, ledger.last_hash),
+        )
+        self.intake = Intake(self.ledger, config.ingest, dedup=self.dedup)
         self.ingest = IngestServer(loop, self.intake, config.ingest)
         # A configuration without printers prints nothing and has no spool.
         self.spool = self._new_spool(config) if config.printers else None
@@ -122,6 +132,7 @@ class Gateway:
             if self.metrics is not None:
                 self.metrics.close()
             self.ledger.close()
+            self.dedup.close(save=False)
             self.loop.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
@@ -156,6 +167,7 @@ class Gateway:
             )
         make_durable_dirs(config.ledger_dir)
         recovery = self.ledger.open()
+        self.dedup.start(self.ledger.durable)
         self.health.check_clock()
         self.ledger.check_space()
         clean_stop = None
@@ -383,9 +395,11 @@ class Gateway:
         if self.spool is not None:
             self.spool.close(self._in_flight)
         self.retention.close()
-        if not self.ledger.close():
+        settled = self.ledger.close()
+        if not settled:
             log.error("a ledger write never returned; exiting without it")
             self.exit_code = 1
+        self.dedup.close(save=settled)  # a snapshot is valid up to the settled head
         if self.indexer is not None:
             self.indexer.stop()
         self.notifier.close()

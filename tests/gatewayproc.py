@@ -215,6 +215,12 @@ class GatewayProcess:
         )
         return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
+    def status(self) -> dict:
+        """`gateway status --json` of the running gateway."""
+        result = run_gateway_command("status", "--json", "--config", str(self.config_path))
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
     def verify(self) -> tuple[int, dict]:
         """`gateway verify --json`: (exit code, parsed result)."""
         result = run_gateway_command("verify", "--json", "--config", str(self.config_path))

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from gateway import __version__
 from gateway.config import IngestConfig
 from gateway.errors import RemoteInputError
+from gateway.ingest import dedup as ids
 from gateway.ingest import replies as wire
 from gateway.ingest.limits import Policy
 from gateway.ingest.protocol import EOF, Hello, bad_line
 from gateway.ingest.redact import Redactor
 from gateway.ingest.replies import ReplyQueue
 from gateway.ingest.session import Session
-from gateway.ingest.validate import validate_event
+from gateway.ingest.validate import valid_event_id, validate_event
 from gateway.ledger import entries
 from gateway.ledger.commit import Ledger
 from gateway.logs import RateLimitedLog
@@ -41,6 +42,10 @@ MORE = 0
 DEFERRED = 1
 FINISHED = 2
 
+
+# The answer to a line with an event_id while the deduplication table loads
+# at start (seconds, or a minute when it is rebuilt from the ledger).
+RETRY_DETAIL = "the gateway is loading its event_id table; send this event again shortly"
 
 # Refusals of lines that are, or may be, a hello: they keep no excerpt.
 HELLO_REFUSALS = frozenset({"bad_hello", "unexpected_hello"})
@@ -57,12 +62,20 @@ class IngestStats:
 
 
 class Intake:
-    def __init__(self, ledger: Ledger, config: IngestConfig, redactor: Redactor | None = None):
+    def __init__(
+        self,
+        ledger: Ledger,
+        config: IngestConfig,
+        redactor: Redactor | None = None,
+        dedup: ids.Deduplicator | None = None,
+    ):
         self.ledger = ledger
         self.clock = ledger.clock
         self.config = config
         self.policy = Policy(config)
         self.redactor = redactor
+        # Idempotent sends with event_id (None or disabled: ids are stored as data).
+        self.dedup = dedup if dedup is not None and dedup.enabled else None
         self.stats = IngestStats()
         self._security = RateLimitedLog(security_log)
 
@@ -90,6 +103,7 @@ class Intake:
         unsynced = not clock.synced
         buckets = self.policy.buckets
         redactor = self.redactor
+        dedup = self.dedup
         blocked = ledger.refusal() is not None  # cannot change within one call
         received = self.clock.wall_us()
         source = session.source
@@ -132,6 +146,11 @@ class Intake:
                     flags += redactor.event(item)
                 if unsynced:
                     flags.append(entries.CLOCK_UNSYNCED)
+                if dedup is not None and "event_id" in item:
+                    events += self._event_with_id(
+                        session, item, flags, proto.last_line, replies, received
+                    )
+                    continue
                 payload = encode(received, source, item, flags)
                 if values:
                     seq = append(
@@ -157,6 +176,55 @@ class Intake:
             ack = session.ack
         self.stats.events += events
         return outcome
+
+    def _event_with_id(
+        self,
+        session: Session,
+        item: dict,
+        flags: list[str],
+        line: bytes,
+        replies: ReplyQueue,
+        received: int,
+    ) -> int:
+        """An event carrying an event_id: stored once per app and id within the
+        window (docs/protocol.md, "Exactly once with event_id"); 1 if stored."""
+        dedup = self.dedup
+        assert dedup is not None
+        event_id = item["event_id"]
+        body = entries.encode_value(item)
+        key = fp = 0
+        if valid_event_id(event_id):  # else flagged bad_event_id, and stored as any event
+            verdict, original, key, fp = dedup.lookup(session.app, event_id, body, received)
+            if verdict == ids.DUPLICATE:
+                if session.ack:
+                    replies.add(original, wire.ack(original, flags, duplicate=True))
+                return 0
+            if verdict == ids.CONFLICT:
+                detail = f"seq {original} holds a different event under this event_id"
+                self.refuse(session, bad_line("event_id_conflict", detail, line), replies, received)
+                return 0
+            if verdict == ids.RETRY:
+                if session.ack:
+                    # Not stored: the client holds the event and sends it again.
+                    dedup.note_retry()
+                    replies.add(0, wire.error("retry", RETRY_DETAIL))
+                    return 0
+                # Fire and forget: no one would send it again, so it is stored unchecked.
+                dedup.note_unchecked()
+        payload = entries.encode_event_body(received, session.source, body, flags)
+        if self.ledger.wants_values:
+            value = entries.event_value(received, session.source_map, item, flags)
+            seq = self.ledger.append(payload, value)
+        else:
+            seq = self.ledger.append(payload)
+        if key:
+            dedup.add(key, fp, seq, received)
+        if session.ack:
+            if flags:
+                replies.add(seq, wire.ack(seq, flags))
+            else:
+                replies.add_ack(seq)
+        return 1
 
     def hello(self, session: Session, hello: Hello, replies: ReplyQueue) -> bool:
         """Apply a hello and owe its answer; False (after one error line) when refused."""

@@ -194,11 +194,17 @@ class Redactor:
     def event(self, event: dict[str, Any]) -> list[str]:
         """Redact `event` in place; return the flags to add."""
         found: set[str] = set()
-        self._walk(event, found)
+        self._walk(event, found, "event_id")
         return sorted(found)
 
-    def _walk(self, node: Any, found: set[str]) -> Any:
-        """Redact in place; only values that change are written back (it is the hot path)."""
+    def _walk(self, node: Any, found: set[str], plain: str = "") -> Any:
+        """Redact in place; only values that change are written back (it is the hot path).
+
+        `plain` names a key of this object whose text is never searched for card
+        numbers: the top-level event_id, an identifier the client chose (a UUID
+        can hold a Luhn-valid run of digits and dashes, and rewriting it would
+        defeat deduplication). A sensitive-key rule still applies to it.
+        """
         kind = type(node)
         if kind is dict:
             sensitive = self.sensitive_key
@@ -210,7 +216,7 @@ class Redactor:
                 vkind = type(value)
                 if vkind is dict or vkind is list:
                     self._walk(value, found)
-                elif vkind is str and self.cards and len(value) >= 13:
+                elif vkind is str and self.cards and len(value) >= 13 and key != plain:
                     new = self.text(value, found)
                     if new is not value:
                         node[key] = new

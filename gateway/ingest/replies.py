@@ -54,13 +54,17 @@ class ReplyQueue:
 
     An int item is a plain acknowledgement of that seq (the common case, kept
     small); a tuple is (due seq, reply bytes): errors, flagged acks, the hello
-    (seq 0: due at once).
+    (seq 0: due at once), answers to resends (the original seq). Replies go
+    out in line order, so a reply is never due before the ones ahead of it:
+    `add` raises its due seq to the last one queued, which keeps the last
+    item's seq the queue's latest (`all_due` relies on it).
     """
 
-    __slots__ = ("items",)
+    __slots__ = ("items", "last_due")
 
     def __init__(self) -> None:
         self.items: collections.deque[int | tuple[int, bytes]] = collections.deque()
+        self.last_due = 0
 
     def __len__(self) -> int:
         return len(self.items)
@@ -69,9 +73,15 @@ class ReplyQueue:
         return bool(self.items)
 
     def add_ack(self, seq: int) -> None:
+        # Seqs of new entries only grow: no need to compare.
         self.items.append(seq)
+        self.last_due = seq
 
     def add(self, due_seq: int, data: bytes) -> None:
+        if due_seq < self.last_due:
+            due_seq = self.last_due
+        else:
+            self.last_due = due_seq
         self.items.append((due_seq, data))
 
     def head_due(self, durable: int) -> bool:
@@ -106,3 +116,4 @@ class ReplyQueue:
 
     def clear(self) -> None:
         self.items.clear()
+        self.last_due = 0

@@ -16,6 +16,11 @@ MISSING_EVENT_TYPE = "missing_event_type"
 BAD_EVENT_TYPE = "bad_event_type"  # present but not a non-empty string
 MISSING_TIMESTAMP = "missing_timestamp"
 BAD_TIMESTAMP = "bad_timestamp"  # present but not an RFC 3339 date-time
+BAD_EVENT_ID = "bad_event_id"  # present but not 1-128 printable ASCII characters
+
+# The protocol's limit on an event_id (docs/protocol.md): a UUID is 36
+# characters; 128 holds any id scheme and stays short enough to log and print.
+MAX_EVENT_ID_CHARS = 128
 
 # RFC 3339 section 5.6 date-time: full-date "T" full-time with a mandatory
 # offset; lower-case t/z and a space separator are accepted as the RFC's note
@@ -41,6 +46,16 @@ def is_rfc3339(value: str) -> bool:
     return True
 
 
+def valid_event_id(value: object) -> bool:
+    """1-128 printable ASCII characters (space included)."""
+    return (
+        type(value) is str
+        and 0 < len(value) <= MAX_EVENT_ID_CHARS
+        and value.isascii()
+        and value.isprintable()
+    )
+
+
 def validate_event(event: dict[str, Any]) -> list[str]:
     """The flags for one event object; an empty list means it is well formed."""
     flags: list[str] = []
@@ -54,4 +69,6 @@ def validate_event(event: dict[str, Any]) -> list[str]:
         flags.append(MISSING_TIMESTAMP)
     elif not isinstance(timestamp, str) or not is_rfc3339(timestamp):
         flags.append(BAD_TIMESTAMP)
+    if "event_id" in event and not valid_event_id(event["event_id"]):
+        flags.append(BAD_EVENT_ID)
     return flags

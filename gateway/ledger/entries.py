@@ -75,6 +75,14 @@ _encode_time = functools.lru_cache(maxsize=16)(_dumps)
 
 
 def encode_event(received_at_us: int, source: bytes, event: dict, flags: list[str]) -> bytes:
+    return encode_event_body(received_at_us, source, _dumps(event), flags)
+
+
+def encode_event_body(
+    received_at_us: int, source: bytes, event_cbor: bytes, flags: list[str]
+) -> bytes:
+    """An event entry around the event's own encoding (made once when it is also
+    fingerprinted, gateway/ingest/dedup.py)."""
     return b"".join(
         (
             _EVENT_HEAD,
@@ -82,7 +90,7 @@ def encode_event(received_at_us: int, source: bytes, event: dict, flags: list[st
             _K_SOURCE,
             source,
             _K_EVENT,
-            _dumps(event),
+            event_cbor,
             _K_FLAGS,
             _dumps(flags) if flags else _EMPTY_LIST,
         )
