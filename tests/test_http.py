@@ -249,3 +249,18 @@ def test_https_uses_the_one_certificate_model(tmp_path):
         assert [e["event"]["event_type"] for e in events(proc)] == ["tls"]
     finally:
         assert proc.close() == 0
+
+
+def test_a_sender_refused_mid_body_gets_every_answer_in_one_response(tmp_path):
+    """The refusals owed for the lines after a rate limit are due at once; the response
+    must still wait for the acknowledgements queued ahead of them."""
+    gw = http_gateway(tmp_path, rate_limit_eps=1, rate_burst=3)
+    try:
+        body = b"".join(b'{"event_type":"t","n":%d}\n' % n for n in range(6))
+        status, replies = post(gw.http_port, body)
+        assert status == 429, replies
+        assert [r["ok"] for r in replies] == [True] * 3 + [False] * 3
+        assert [r.get("error") for r in replies[3:]] == ["rate_limited"] * 3
+        assert len(events(gw)) == 3
+    finally:
+        assert gw.close() == 0
