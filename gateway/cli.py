@@ -147,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-file", type=Path, help="file holding the app's token (ingest.tokens)"
     )
     p.add_argument("--ack", action="store_true", help="wait for every acknowledgement")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="with --ack: send unanswered lines and transient refusals again, this many "
+        "times (default 3; safe because each line gets an event_id)",
+    )
+    p.add_argument(
+        "--no-event-ids",
+        action="store_true",
+        help="with --ack: do not give lines without an event_id one (and do not retry)",
+    )
     p.add_argument("--timeout", type=float, default=30.0, help="socket timeout in seconds")
     p.add_argument("--tls", action="store_true", help="connect with TLS (ingest.tls.listen)")
     p.add_argument("--ca", help="with --tls: CA bundle to verify the gateway (default: system)")
@@ -411,7 +423,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from gateway.client import Unreachable, numbered_event_lines, send_events
+    from gateway.client import (
+        Unreachable,
+        numbered_event_lines,
+        send_events,
+        send_with_retries,
+        with_event_id,
+    )
 
     if args.file is None:
         numbered = numbered_event_lines(sys.stdin.buffer)
@@ -431,16 +449,15 @@ def cmd_send(args: argparse.Namespace) -> int:
             from gateway.client import client_tls_context
 
             tls = client_tls_context(args.ca, args.cert, args.key)
-        result = send_events(
-            args.host,
-            args.port,
-            lines,
-            app=args.app,
-            ack=args.ack,
-            timeout=args.timeout,
-            token=token,
-            tls=tls,
-        )
+        options = {"app": args.app, "timeout": args.timeout, "token": token, "tls": tls}
+        if args.ack and not args.no_event_ids:
+            # Each line keeps one event_id for every attempt: a resend is recognised.
+            lines = [with_event_id(line.rstrip(b"\n"))[0] + b"\n" for line in lines]
+            result = send_with_retries(
+                args.host, args.port, lines, retries=max(0, args.retries), **options
+            )
+        else:
+            result = send_events(args.host, args.port, lines, ack=args.ack, **options)
     except Unreachable as exc:  # nothing answers at host:port
         raise CannotAnswer(f"send: {exc.strerror or exc}") from None
     except OSError as exc:  # it answered, and the exchange failed (TLS refused, reset, ...)

@@ -1,7 +1,12 @@
-"""`gateway send`: stream NDJSON events to a gateway, optionally waiting for acks.
+"""The Python client of the ingest protocol, used by `gateway send` and by Python apps.
 
-With acks, a sender thread writes every line while the main thread reads the
-replies as they come, so the client pipelines instead of waiting per event.
+`send_events` streams NDJSON lines to a gateway, optionally waiting for acks:
+a sender thread writes every line while the caller's thread reads the replies
+as they come, so the client pipelines instead of waiting per event.
+`with_event_id` gives a line an `event_id` so that it can be sent again
+safely (docs/protocol.md, "Exactly once with event_id"), and
+`gateway.outbox.Outbox` keeps events in a local SQLite file until the gateway
+has acknowledged them (docs/clients.md).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import json
 import socket
 import ssl
 import threading
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -24,6 +30,20 @@ class Unreachable(GatewayError, OSError):
 # Over TLS, lines are sent this many at a time between reading their replies.
 TLS_WINDOW = 1024
 
+# Refusals that say "not now" rather than "never": the line was not stored and
+# the same line (with its event_id) may be sent again later. Every other
+# refusal is permanent: sending it again gets the same answer.
+TRANSIENT_ERRORS = frozenset(
+    {
+        "retry",
+        "disk_full",
+        "rate_limited",
+        "too_many_connections",
+        "too_many_connections_from_source",
+        "idle_timeout",
+    }
+)
+
 
 @dataclass
 class SendResult:
@@ -35,6 +55,7 @@ class SendResult:
     hello: dict | None = None
     error: str | None = None
     replies: int = 0  # event replies read so far
+    answers: list[dict] = field(default_factory=list)  # each reply read, in line order
 
     @property
     def ok(self) -> bool:
@@ -70,6 +91,7 @@ def _read_replies(reader, n: int, result: SendResult) -> bool:
             result.error = "the gateway closed the connection before every event was acknowledged"
             return False
         reply = json.loads(line)
+        result.answers.append(reply)
         if reply.get("ok"):
             result.acked += 1
         else:
@@ -77,6 +99,30 @@ def _read_replies(reader, n: int, result: SendResult) -> bool:
             result.refused_at.append(result.replies)
         result.replies += 1
     return True
+
+
+def with_event_id(line: bytes) -> tuple[bytes, str]:
+    """`line` (one JSON object, newline-terminated or not) with an event_id, and the id.
+
+    A line that has an event_id keeps it (returned if it is a string). One
+    without gets a new UUID (version 4) inserted as its first member, textually,
+    so every other byte stays as it was. A line that is not a JSON object is
+    returned as it is with the id "" (the gateway will refuse it).
+    """
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return line, ""
+    if not isinstance(value, dict):
+        return line, ""
+    if "event_id" in value:
+        existing = value["event_id"]
+        return line, existing if isinstance(existing, str) else ""
+    event_id = str(uuid.uuid4())
+    brace = line.index(b"{")
+    member = b'"event_id":"%s"' % event_id.encode()
+    sep = b"," if value else b""
+    return line[: brace + 1] + member + sep + line[brace + 1 :], event_id
 
 
 def client_tls_context(
@@ -176,4 +222,61 @@ def _converse(
     result.sent = len(lines)
     _read_replies(reader, len(lines), result)
     thread.join(timeout)
+    return result
+
+
+def send_with_retries(
+    host: str,
+    port: int,
+    lines: list[bytes],
+    *,
+    retries: int,
+    backoff_s: float = 0.5,
+    sleep=None,
+    **options,
+) -> SendResult:
+    """`send_events` with acknowledgements, sending again (up to `retries` more
+    times, the wait doubling from `backoff_s`) every line that got no answer or
+    a transient refusal. Safe only for lines with an event_id: a line whose
+    acknowledgement was lost may be stored already."""
+    import time
+
+    sleep = sleep or time.sleep
+    answers: list[dict | None] = [None] * len(lines)
+    result = SendResult()
+    for attempt in range(retries + 1):
+        todo = [
+            i
+            for i, answer in enumerate(answers)
+            if answer is None or answer.get("error") in TRANSIENT_ERRORS
+        ]
+        if not todo:
+            break
+        if attempt:
+            sleep(backoff_s * 2 ** (attempt - 1))
+        try:
+            this = send_events(host, port, [lines[i] for i in todo], ack=True, **options)
+        except Unreachable:
+            if attempt == retries:
+                raise
+            continue
+        result.hello = this.hello or result.hello
+        result.error = this.error
+        for i, answer in zip(todo, this.answers, strict=False):
+            answers[i] = answer
+        if this.hello is None:
+            break  # the hello was refused (a token): sending again gets the same answer
+    result.sent = len(lines)
+    result.answers = [a for a in answers if a is not None]
+    for i, answer in enumerate(answers):
+        if answer is None:
+            continue
+        result.replies += 1
+        if answer.get("ok"):
+            result.acked += 1
+        else:
+            result.refused.append(answer)
+            result.refused_at.append(i)
+    if result.error is None and result.replies < len(lines):
+        result.error = "the gateway did not answer every line"
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 
@@ -64,3 +65,54 @@ def test_connection_errors_name_host_and_port(tmp_path, capsys):
 def test_a_missing_file_is_said_not_a_traceback(tmp_path, capsys):
     assert cli_main(["send", str(tmp_path / "events.ndjson")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_with_event_id_inserts_one_and_keeps_every_other_byte():
+    from gateway.client import with_event_id
+
+    line, eid = with_event_id(b'  { "a" : 1.50, "b":"\\u00e9" }')
+    assert line == b'  {"event_id":"%s", "a" : 1.50, "b":"\\u00e9" }' % eid.encode()
+    assert json.loads(line)["event_id"] == eid and len(eid) == 36
+    empty, eid = with_event_id(b"{}")
+    assert empty == b'{"event_id":"%s"}' % eid.encode()
+    assert with_event_id(b'{"event_id":"mine","a":1}') == (b'{"event_id":"mine","a":1}', "mine")
+    assert with_event_id(b"[1]") == (b"[1]", "") and with_event_id(b"{oops") == (b"{oops", "")
+
+
+def test_send_retries_unanswered_lines_with_the_same_ids(capsys):
+    """A gateway that dies after answering two of four lines: the other two are sent
+    again on a new connection, byte for byte, and the command succeeds."""
+    server = socket.create_server(("127.0.0.1", 0))
+    seen: list[list[bytes]] = []
+
+    def serve() -> None:
+        for answers in (2, 2):
+            conn, _ = server.accept()
+            with conn, conn.makefile("rb") as f:
+                f.readline()
+                conn.sendall(b'{"hello":{"ack":true}}\n')
+                got = [f.readline() for _ in range(answers)]
+                seen.append(got)
+                for n in range(answers):
+                    conn.sendall(b'{"ok":true,"seq":%d}\n' % (len(seen) * 10 + n))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    import io
+    import sys
+
+    data = b"".join(b'{"n":%d}\n' % n for n in range(4))
+    old = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(data))
+    try:
+        code = cli_main(["send", "--ack", "--port", str(port)])
+    finally:
+        sys.stdin = old
+    thread.join(10)
+    server.close()
+    assert code == 0, capsys.readouterr()
+    assert "acknowledged 4" in capsys.readouterr().out
+    first, second = seen
+    ids = [json.loads(line)["event_id"] for line in first + second]
+    assert len(set(ids)) == 4

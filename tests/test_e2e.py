@@ -497,6 +497,9 @@ def test_send_command_and_version(gateway, tmp_path):
 
     entries = gateway.export()
     cli_events = [e["event"] for e in entries if e["kind"] == "event"]
+    # `send --ack` gives each line an event_id (a UUID, first member) so it can retry safely.
+    ids = [e.pop("event_id") for e in cli_events]
+    assert all(len(i) == 36 for i in ids) and len(set(ids)) == 5
     assert cli_events == [event(n=n) for n in (0, 1, 2, 10, 11)]
     assert [e["reason"] for e in entries if e["kind"] == "rejected"] == ["bad_json"]
 
