@@ -36,8 +36,8 @@ test: $(STAMP) test-tools
 ## make test-php: the PHP client library (PHPUnit) and the WordPress plugin in a real WordPress on MariaDB, against the real gateway; installs the Debian packages it needs when run as root, fails without them (~1 min).
 test-php: $(STAMP)
 	sh clients/install-php-deps.sh
-	phpunit -c clients/php/phpunit.xml --testsuite client
-	$(BIN)/python -m pytest -q -m php tests/test_wordpress.py
+	phpunit -c clients/php/phpunit.xml
+	$(BIN)/python -m pytest -q -m php tests/test_wordpress.py tests/test_wordpress_dedup.py
 
 ## make php-vendor: refresh the WordPress plugin's copy of the PHP client library (tests/test_php_vendored.py checks it).
 php-vendor:

@@ -1,9 +1,5 @@
-"""The plugin after a lost acknowledgement: its resend must not store the events twice.
-
-Needs the gateway's event_id deduplication, which this gateway does not have yet: `make test-php`
-does not run this file. Run it with `.venv/bin/python -m pytest -q -m php
-tests/test_wordpress_dedup.py` once deduplication is in.
-"""
+"""The plugin after a lost acknowledgement: its resend must not store the events twice
+(the gateway's event_id deduplication; run by `make test-php`)."""
 
 from __future__ import annotations
 

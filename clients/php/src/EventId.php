@@ -10,12 +10,11 @@ final class EventId
     public const MAX_LENGTH = 128;
 
     /**
-     * A random UUID v4 that the gateway's card-number redaction cannot touch: that redaction
-     * rewrites any Luhn-valid run of 13 to 19 digits with single spaces or dashes between them,
-     * in every string. About one random UUID in 16 holds a run of 13 such characters and one in
-     * about 160 is then rewritten (for example "aa385685-4749-4828-852e-..." was stored as
-     * "aa[redacted card ****8852]e-..."). A stored id that differs from the sent one can never be
-     * matched, so ids with any run of 13 characters from [0-9 -] are drawn again.
+     * A random UUID v4 with no run of 13 characters from [0-9 -]. The gateway does not search
+     * event_id for card numbers, but a copy of the id elsewhere in an event (a reference field,
+     * a log message) is searched: about one random UUID in 160 holds a Luhn-valid run there
+     * ("aa385685-4749-4828-852e-..." would read "aa[redacted card ****8852]e-..."), so ids that
+     * could be rewritten are drawn again and every copy of an id stays equal to it.
      */
     public static function uuid4(): string
     {

@@ -1,6 +1,6 @@
 <?php
-// Needs the gateway's event_id deduplication (not in every gateway yet): run with
-// `phpunit -c clients/php/phpunit.xml --testsuite dedup`. Not part of `make test-php` until then.
+// Exactly once through the gateway's event_id deduplication: resends, conflicts, a gateway
+// killed mid-batch (phpunit -c clients/php/phpunit.xml --testsuite dedup; make test-php).
 declare(strict_types=1);
 
 namespace PrintGateway\Tests\Dedup;
