@@ -6,7 +6,7 @@ as they come, so the client pipelines instead of waiting per event.
 `with_event_id` gives a line an `event_id` so that it can be sent again
 safely (docs/protocol.md, "Exactly once with event_id"), and
 `gateway.outbox.Outbox` keeps events in a local SQLite file until the gateway
-has acknowledged them (docs/clients.md).
+has acknowledged them (README, "Python client and outbox").
 """
 
 from __future__ import annotations
