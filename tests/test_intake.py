@@ -249,3 +249,35 @@ def test_redaction_of_an_excerpt_matches_keys_after_json_unescaping():
     redactor = Redactor(config.keys, config.cards, b"k" * 32, False)
     excerpt, redacted = redactor.excerpt(b'{"tok\\u0065n": "hunter2-secret", "x": 1')
     assert redacted and b"hunter2" not in excerpt
+
+
+def test_repeated_keys_are_flagged_and_every_value_kept_redacted_like_the_event(make):
+    from gateway.config import RedactConfig
+    from gateway.ingest.redact import Redactor
+
+    intake, session, _ = make()
+    defaults = RedactConfig()
+    intake.redactor = Redactor(defaults.keys, defaults.cards, b"k" * 32)
+    line = (
+        b'{"event_type":"a","event_type":"b","timestamp":"2026-12-01T10:00:00Z",'
+        b'"new":{"role":"x","role":"y","role":"z"},"password":"p1","password":"p2"}\n'
+    )
+    outcome, replies, _ = feed(intake, session, b'{"hello":{"ack":true}}\n' + line)
+    assert "duplicate_key" in replies[1]["flags"]
+    stored = staged(intake)[0]
+    assert stored["event"]["event_type"] == "b" and stored["event"]["new"] == {"role": "z"}
+    repeats = stored["duplicate_keys"]
+    assert {"role": ["x", "y", "z"]} in repeats and {"event_type": ["a", "b"]} in repeats
+    (password,) = [r["password"] for r in repeats if "password" in r]
+    assert "p1" not in json.dumps(password) and "p2" not in json.dumps(password)
+    # An event without repeats has neither the flag nor the field.
+    feed(intake, session, b'{"event_type":"a"}\n')
+    assert "duplicate_keys" not in staged(intake)[1]
+
+
+def test_a_hello_with_a_repeated_key_is_refused_and_keeps_no_excerpt(make):
+    intake, session, _ = make(tokens={"shop": SECRET})
+    hello = b'{"hello":{"app":"shop","token":"%s","token":"x"}}\n' % SECRET.encode()
+    outcome, replies, _ = feed(intake, session, hello)
+    assert outcome == FINISHED and replies[0]["error"] == "bad_hello"
+    assert all(SECRET not in repr(e) for e in staged(intake))

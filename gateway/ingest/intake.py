@@ -23,11 +23,11 @@ from gateway.errors import RemoteInputError
 from gateway.ingest import dedup as ids
 from gateway.ingest import replies as wire
 from gateway.ingest.limits import Policy
-from gateway.ingest.protocol import EOF, Hello, bad_line
+from gateway.ingest.protocol import EOF, Hello, IngestProtocol, bad_line
 from gateway.ingest.redact import Redactor
 from gateway.ingest.replies import ReplyQueue
 from gateway.ingest.session import Session
-from gateway.ingest.validate import valid_event_id, validate_event
+from gateway.ingest.validate import DUPLICATE_KEY, valid_event_id, validate_event
 from gateway.ledger import entries
 from gateway.ledger.commit import Ledger
 from gateway.logs import RateLimitedLog
@@ -142,14 +142,15 @@ class Intake:
                     outcome = FINISHED
                     break
                 flags = validate(item)
+                duplicates = proto.duplicates
+                if duplicates is not None:
+                    flags.append(DUPLICATE_KEY)
                 if redactor is not None and redactor.might_need(item, proto.last_line):
                     flags += redactor.event(item)
                 if unsynced:
                     flags.append(entries.CLOCK_UNSYNCED)
-                if dedup is not None and "event_id" in item:
-                    events += self._event_with_id(
-                        session, item, flags, proto.last_line, replies, received
-                    )
+                if duplicates is not None or (dedup is not None and "event_id" in item):
+                    events += self._store_checked(session, item, flags, proto, replies, received)
                     continue
                 payload = encode(received, source, item, flags)
                 if values:
@@ -177,23 +178,29 @@ class Intake:
         self.stats.events += events
         return outcome
 
-    def _event_with_id(
+    def _store_checked(
         self,
         session: Session,
         item: dict,
         flags: list[str],
-        line: bytes,
+        proto: IngestProtocol,
         replies: ReplyQueue,
         received: int,
     ) -> int:
-        """An event carrying an event_id: stored once per app and id within the
-        window (docs/protocol.md, "Exactly once with event_id"); 1 if stored."""
+        """The events the hot path leaves: those carrying an event_id (stored once per
+        app and id within the window: docs/protocol.md, "Exactly once with event_id")
+        and those with repeated keys (every value kept, redacted like the event).
+        1 if stored."""
         dedup = self.dedup
-        assert dedup is not None
-        event_id = item["event_id"]
+        line = proto.last_line
+        duplicates = proto.duplicates
+        if duplicates is not None and self.redactor is not None:
+            for repeat in duplicates:  # a repeated "password" is still a password
+                flags += [f for f in self.redactor.event(repeat) if f not in flags]
+        event_id = item.get("event_id")
         body = entries.encode_value(item)
         key = fp = 0
-        if valid_event_id(event_id):  # else flagged bad_event_id, and stored as any event
+        if dedup is not None and valid_event_id(event_id):  # else stored as any event
             verdict, original, key, fp = dedup.lookup(session.app, event_id, body, received)
             if verdict == ids.DUPLICATE:
                 if session.ack:
@@ -211,13 +218,14 @@ class Intake:
                     return 0
                 # Fire and forget: no one would send it again, so it is stored unchecked.
                 dedup.note_unchecked()
-        payload = entries.encode_event_body(received, session.source, body, flags)
+        payload = entries.encode_event_body(received, session.source, body, flags, duplicates)
         if self.ledger.wants_values:
-            value = entries.event_value(received, session.source_map, item, flags)
+            value = entries.event_value(received, session.source_map, item, flags, duplicates)
             seq = self.ledger.append(payload, value)
         else:
             seq = self.ledger.append(payload)
         if key:
+            assert dedup is not None
             dedup.add(key, fp, seq, received)
         if session.ack:
             if flags:

@@ -119,6 +119,7 @@ class SyslogProtocol:
         self._framing_lost = False  # after a bad octet count: nothing more is read
         self.lines = 0  # messages seen, refused ones included
         self.last_line = b""
+        self.duplicates = None  # the intake asks; syslog fields are never repeated keys
 
     @property
     def buffered(self) -> int:

@@ -17,6 +17,10 @@ BAD_EVENT_TYPE = "bad_event_type"  # present but not a non-empty string
 MISSING_TIMESTAMP = "missing_timestamp"
 BAD_TIMESTAMP = "bad_timestamp"  # present but not an RFC 3339 date-time
 BAD_EVENT_ID = "bad_event_id"  # present but not 1-128 printable ASCII characters
+# A key repeated within one object (the last value is the one stored; every
+# value is kept in the entry's `duplicate_keys`). Set by the intake, which has
+# the parser's account of the repeats.
+DUPLICATE_KEY = "duplicate_key"
 
 # The protocol's limit on an event_id (docs/protocol.md): a UUID is 36
 # characters; 128 holds any id scheme and stays short enough to log and print.

@@ -79,10 +79,18 @@ def encode_event(received_at_us: int, source: bytes, event: dict, flags: list[st
 
 
 def encode_event_body(
-    received_at_us: int, source: bytes, event_cbor: bytes, flags: list[str]
+    received_at_us: int,
+    source: bytes,
+    event_cbor: bytes,
+    flags: list[str],
+    duplicates: list[dict[str, list[Any]]] | None = None,
 ) -> bytes:
     """An event entry around the event's own encoding (made once when it is also
-    fingerprinted, gateway/ingest/dedup.py)."""
+    fingerprinted, gateway/ingest/dedup.py). `duplicates`: the values of keys the
+    line repeated (flag duplicate_key), stored as the entry's sixth field."""
+    if duplicates:  # rare: encoded whole, not from pieces
+        source_value, event = cbor2.loads(source), cbor2.loads(event_cbor)
+        return _dumps(event_value(received_at_us, source_value, event, flags, duplicates))
     return b"".join(
         (
             _EVENT_HEAD,
@@ -166,16 +174,23 @@ def encode_value(value: dict[str, Any]) -> bytes:
 
 
 def event_value(
-    received_at_us: int, source: dict[str, Any], event: dict, flags: list[str]
+    received_at_us: int,
+    source: dict[str, Any],
+    event: dict,
+    flags: list[str],
+    duplicates: list[dict[str, list[Any]]] | None = None,
 ) -> dict[str, Any]:
     """The map encode_event stores, for subscribers that read entries as they commit."""
-    return {
+    value = {
         "kind": EVENT,
         "received_at": received_at_us,
         "source": source,
         "event": event,
         "flags": flags,
     }
+    if duplicates:
+        value["duplicate_keys"] = duplicates
+    return value
 
 
 def decode(payload: bytes | memoryview) -> dict[str, Any]:
