@@ -405,6 +405,7 @@ class Deduplicator:
         self._window_us = int(config.window_s * 1_000_000)
         self._marks: collections.deque[tuple[int, int]] = collections.deque()
         self._cutoff = 0  # ids below this seq are past their window
+        self._expiring = False  # some ids held are below the cutoff: evict as ids come
         self._after_newest = 0  # the seq after the newest id's
         self._unchecked: list[tuple[int, int, int, int]] = []
         self._loader: threading.Thread | None = None
@@ -552,7 +553,7 @@ class Deduplicator:
         if not marks or received_us - marks[-1][0] >= MARK_INTERVAL_US:
             marks.append((received_us, seq))
         self._after_newest = seq + 1
-        if len(table) == table.capacity and table.oldest_seq() >= self._cutoff:
+        if table.tail - table.head == table.capacity and table.oldest_seq() >= self._cutoff:
             self.evicted_early += 1
         if not table.add(key, fp, seq):
             found = table.get(key)
@@ -563,10 +564,12 @@ class Deduplicator:
             while table.get(key) is not None:
                 table.evict_oldest()
             table.add(key, fp, seq)
-        for _ in range(EVICT_PER_ADD):
-            if not len(table) or table.oldest_seq() >= self._cutoff:
-                break
-            table.evict_oldest()
+        if self._expiring:
+            for _ in range(EVICT_PER_ADD):
+                if table.tail == table.head or table.oldest_seq() >= self._cutoff:
+                    self._expiring = False
+                    break
+                table.evict_oldest()
 
     def note_retry(self) -> None:
         self.retries += 1
@@ -583,6 +586,7 @@ class Deduplicator:
         while marks and marks[0][0] <= limit:
             marks.popleft()
             self._cutoff = marks[0][1] if marks else self._after_newest
+            self._expiring = True
 
     # ---- saving
 

@@ -27,7 +27,7 @@ from gateway.ingest.protocol import EOF, Hello, IngestProtocol, bad_line
 from gateway.ingest.redact import Redactor
 from gateway.ingest.replies import ReplyQueue
 from gateway.ingest.session import Session
-from gateway.ingest.validate import DUPLICATE_KEY, valid_event_id, validate_event
+from gateway.ingest.validate import BAD_EVENT_ID, DUPLICATE_KEY, validate_event
 from gateway.ledger import entries
 from gateway.ledger.commit import Ledger
 from gateway.logs import RateLimitedLog
@@ -200,7 +200,8 @@ class Intake:
         event_id = item.get("event_id")
         body = entries.encode_value(item)
         key = fp = 0
-        if dedup is not None and valid_event_id(event_id):  # else stored as any event
+        # An event_id that is not valid was flagged: stored as any event.
+        if dedup is not None and event_id is not None and BAD_EVENT_ID not in flags:
             verdict, original, key, fp = dedup.lookup(session.app, event_id, body, received)
             if verdict == ids.DUPLICATE:
                 if session.ack:
