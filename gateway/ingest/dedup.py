@@ -311,13 +311,6 @@ def write_snapshot(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def chain_hash_at(ledger_dir: Path, seq: int) -> bytes | None:
-    """The chain hash of entry `seq` in the live ledger, or None when it holds no such entry."""
-    for found, _payload, chain in LedgerReader(ledger_dir).entries(seq, seq):
-        return chain if found == seq else None
-    return None
-
-
 # --------------------------------------------------------------------------- reading the ledger
 
 # The CBOR text string "event_id" (major type 3, length 8): entries whose
@@ -325,13 +318,13 @@ def chain_hash_at(ledger_dir: Path, seq: int) -> bytes | None:
 _EVENT_ID_CBOR = cbor2.dumps("event_id")
 
 
-def scan_ids(
-    ledger_dir: Path, from_seq: int, to_seq: int, not_before_us: int
+def ids_in(
+    items: Iterable[tuple[int, memoryview, bytes]], not_before_us: int
 ) -> Iterable[tuple[int, int, int, int]]:
-    """(id key, fingerprint, seq, received_at) of each event with a valid event_id in
-    seqs from_seq..to_seq received at or after `not_before_us`, in seq order."""
+    """(id key, fingerprint, seq, received_at) of each event with a valid event_id among
+    ledger entries (seq, payload, chain hash) received at or after `not_before_us`."""
     dumps = cbor2.dumps
-    for seq, payload, _chain in LedgerReader(ledger_dir).entries(from_seq, to_seq):
+    for seq, payload, _chain in items:
         raw = bytes(payload)
         if raw.find(_EVENT_ID_CBOR) < 0:
             continue
@@ -444,14 +437,18 @@ class Deduplicator:
         marks: collections.deque[tuple[int, int]] = collections.deque()
         source = "ledger"
         not_before = self.loop.clock.wall_us() - self._window_us
-        start = first_seq_within(self.ledger_dir, not_before / 1_000_000)
+        reader = LedgerReader(self.ledger_dir)
         try:
-            snapshot = self._usable_snapshot(head)
-            if snapshot is not None:
+            rest = self._after_snapshot(reader, head)
+            if rest is not None:
+                snapshot, rest = rest
                 table.load_records(snapshot.records)
                 marks.extend(snapshot.marks)
-                start, source = snapshot.valid.seq + 1, "snapshot"
-            for key, fp, seq, received in scan_ids(self.ledger_dir, start, head.seq, not_before):
+                source = "snapshot"
+            else:
+                start = first_seq_within(self.ledger_dir, not_before / 1_000_000)
+                rest = reader.entries(start, head.seq)
+            for key, fp, seq, received in ids_in(rest, not_before):
                 if self._closed:
                     return  # stopping: the loop is about to close
                 if not marks or received - marks[-1][0] >= MARK_INTERVAL_US:
@@ -466,7 +463,10 @@ class Deduplicator:
         if not self._closed:
             self.loop.post(lambda: self._loaded(table, marks, source, elapsed))
 
-    def _usable_snapshot(self, head: Head) -> Snapshot | None:
+    def _after_snapshot(self, reader: LedgerReader, head: Head):
+        """(snapshot, the ledger's entries after it) when the saved snapshot is intact
+        and the ledger holds the entry it is valid up to, with the same chain hash;
+        None otherwise (the table is then built from the ledger alone)."""
         try:
             snapshot = Snapshot.decode(self.path.read_bytes())
         except FileNotFoundError:
@@ -476,13 +476,15 @@ class Deduplicator:
                         extra={"fields": {"error": str(exc)}})  # fmt: skip
             return None
         valid = snapshot.valid
-        if valid.seq > head.seq or chain_hash_at(self.ledger_dir, valid.seq) != valid.hash:
+        entries_from = reader.entries(valid.seq, head.seq) if valid.seq <= head.seq else iter(())
+        first = next(entries_from, None)
+        if first is None or first[0] != valid.seq or first[2] != valid.hash:
             log.warning(
                 "deduplication snapshot does not match the ledger; reading the ledger",
                 extra={"fields": {"snapshot_seq": valid.seq, "head_seq": head.seq}},
             )
             return None
-        return snapshot
+        return snapshot, entries_from
 
     def _loaded(self, table: IdTable, marks, source: str, elapsed: float) -> None:
         if self._closed:
