@@ -666,6 +666,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         if st["index"]["enabled"]
         else "index       off",
     ]
+    dedup = st.get("dedup")
+    if dedup and dedup["state"] != "off":
+        lines.append(
+            f"event ids   {dedup['state']}, {dedup['ids']} of {dedup['capacity']} held "
+            f"({dedup['window_s'] / 3600:g} h window), {dedup['duplicates']} resends, "
+            f"{dedup['conflicts']} conflicts"
+            + (f", {dedup['evicted_early']} forgotten early" if dedup["evicted_early"] else "")
+        )
     retention = st["retention"]
     if retention["active"]:
         lines.append(

@@ -10,7 +10,7 @@ import socket
 import uuid
 
 import pytest
-from gatewayproc import GatewayProcess, free_port, wait_for
+from gatewayproc import GatewayProcess, free_port, run_gateway_command, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_intake import staged
@@ -335,5 +335,7 @@ def test_http_resends_are_answered_like_tcp(tmp_path):
         second = post()
         assert [r["seq"] for r in second] == [r["seq"] for r in first]
         assert all(r["duplicate"] for r in second) and not any("duplicate" in r for r in first)
+        text = run_gateway_command("status", "--config", str(gw.config_path)).stdout.decode()
+        assert "event ids   ready, 4 of 1000000 held (24 h window), 3 resends" in text, text
     finally:
         gw.stop()

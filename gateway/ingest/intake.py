@@ -199,10 +199,11 @@ class Intake:
                 flags += [f for f in self.redactor.event(repeat) if f not in flags]
         event_id = item.get("event_id")
         body = entries.encode_value(item)
-        key = fp = 0
+        remember = False
         # An event_id that is not valid was flagged: stored as any event.
         if dedup is not None and event_id is not None and BAD_EVENT_ID not in flags:
             verdict, original, key, fp = dedup.lookup(session.app, event_id, body, received)
+            remember = True  # new, or unchecked while the table loads
             if verdict == ids.DUPLICATE:
                 if session.ack:
                     replies.add(original, wire.ack(original, flags, duplicate=True))
@@ -225,7 +226,7 @@ class Intake:
             seq = self.ledger.append(payload, value)
         else:
             seq = self.ledger.append(payload)
-        if key:
+        if remember:
             assert dedup is not None
             dedup.add(key, fp, seq, received)
         if session.ack:
