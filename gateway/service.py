@@ -38,7 +38,6 @@ from gateway.ingest.redact import Redactor
 from gateway.ingest.server import IngestServer
 from gateway.ledger.commit import DurableBatch, Ledger
 from gateway.ledger.retention import Retention
-from gateway.ledger.store import Head
 from gateway.loop import EventLoop
 from gateway.metrics import MetricsServer
 from gateway.notify import Notifier
@@ -78,14 +77,7 @@ class Gateway:
         self.loop = loop
         self.notifier = notifier if notifier is not None else Notifier()
         self.ledger = Ledger(config.ledger, config.ledger_dir, loop)
-        ledger = self.ledger
-        self.dedup = Deduplicator(
-            config.ingest.dedup,
-            config.state_dir,
-            config.ledger_dir,
-            loop,
-            lambda: Head(ledger.next_seq - 1, ledger.last_hash),
-        )
+        self.dedup = Deduplicator(config.ingest.dedup, config.state_dir, self.ledger)
         self.intake = Intake(self.ledger, config.ingest, dedup=self.dedup)
         self.ingest = IngestServer(loop, self.intake, config.ingest)
         # A configuration without printers prints nothing and has no spool.

@@ -117,13 +117,7 @@ def make(tmp_path):
         loops.append(loop)
         ledger = Ledger(LedgerConfig(), tmp_path / f"ledger{len(loops)}", loop)
         ledger.open()
-        dedup = ids.Deduplicator(
-            DedupConfig(max_ids=1000, window_s=3600),
-            tmp_path,
-            tmp_path / "none",
-            loop,
-            lambda: Head(ledger.next_seq - 1, ledger.last_hash),
-        )
+        dedup = ids.Deduplicator(DedupConfig(max_ids=1000, window_s=3600), tmp_path, ledger)
         if ready:
             dedup._loaded(ids.IdTable(1000), dedup._marks, "ledger", 0.0)
         defaults = RedactConfig()

@@ -262,7 +262,7 @@ def test_repeated_keys_are_flagged_and_every_value_kept_redacted_like_the_event(
         b'{"event_type":"a","event_type":"b","timestamp":"2026-12-01T10:00:00Z",'
         b'"new":{"role":"x","role":"y","role":"z"},"password":"p1","password":"p2"}\n'
     )
-    outcome, replies, _ = feed(intake, session, b'{"hello":{"ack":true}}\n' + line)
+    _, replies, _ = feed(intake, session, b'{"hello":{"ack":true}}\n' + line)
     assert "duplicate_key" in replies[1]["flags"]
     stored = staged(intake)[0]
     assert stored["event"]["event_type"] == "b" and stored["event"]["new"] == {"role": "z"}

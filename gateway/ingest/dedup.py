@@ -32,7 +32,7 @@ import mmap
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +43,8 @@ from gateway.config import DedupConfig
 from gateway.errors import GatewayError
 from gateway.ingest.validate import valid_event_id
 from gateway.ledger import entries
+from gateway.ledger.commit import Ledger
 from gateway.ledger.store import Head, LedgerReader, list_segments
-from gateway.loop import EventLoop
 
 log = logging.getLogger("gateway.ops")
 
@@ -384,15 +384,13 @@ class Deduplicator:
         self,
         config: DedupConfig,
         state_dir: Path,
-        ledger_dir: Path,
-        loop: EventLoop,
-        staged_head: Callable[[], Head],
+        ledger: Ledger,
     ) -> None:
         self.config = config
         self.path = state_dir / SNAPSHOT_FILE
-        self.ledger_dir = ledger_dir
-        self.loop = loop
-        self._staged_head = staged_head
+        self.ledger = ledger
+        self.ledger_dir = ledger.directory
+        self.loop = ledger.loop
         self.table: IdTable | None = None
         self.state = "off" if config.max_ids == 0 else "loading"
         self._window_us = int(config.window_s * 1_000_000)
@@ -605,7 +603,7 @@ class Deduplicator:
             return
         if self._saver is not None and self._saver.is_alive():
             return  # the last one is still writing: the next tick saves
-        snapshot = Snapshot(self._staged_head(), table.record_bytes(), tuple(self._marks))
+        snapshot = Snapshot(self.ledger.staged_head, table.record_bytes(), tuple(self._marks))
         self._saved_tail = table.tail
         capacity = table.capacity
 

@@ -167,6 +167,11 @@ class Ledger:
         return self.writer.last_hash
 
     @property
+    def staged_head(self) -> Head:
+        """The newest entry appended, durable or not yet."""
+        return Head(self.writer.next_seq - 1, self.writer.last_hash)
+
+    @property
     def staged_bytes(self) -> int:
         return self.writer.staged_bytes
 
