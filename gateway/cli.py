@@ -219,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     hold = "seconds held (3 or more: the status page; default 0.2: a reprint)"
     p.add_argument("--hold", type=float, default=0.2, help=hold)
 
+    from gateway.web import usercli
+
+    usercli.add_parser(sub, _add_state_options)
+
     p = sub.add_parser("emulate-printer", help="a port 9100 printer that writes jobs to files")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9100)
@@ -719,6 +723,12 @@ def cmd_press_button(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_user(args: argparse.Namespace) -> int:
+    from gateway.web import usercli
+
+    return usercli.run(args, _config(args).state_dir)
+
+
 def cmd_emulate_printer(args: argparse.Namespace) -> int:
     from gateway.printing import emulator
 
@@ -742,6 +752,7 @@ COMMANDS = {
     "report": cmd_report,
     "press-button": cmd_press_button,
     "emulate-printer": cmd_emulate_printer,
+    "user": cmd_user,
 }
 
 
