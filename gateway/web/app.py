@@ -440,7 +440,9 @@ class WebApp:
         if name not in src.summary_names and len(src.summary_names) < SUMMARY_NAMES:
             src.summary_names.append(name)
         self._security(f"failed login ({src.failures} in a row)", request.source)
-        response = self._page(401, pages.login_page("Wrong name or password."))
+        response = self._page(
+            401, pages.login_page("Wrong name or password."), [("x-login-delay", f"{delay:g}")]
+        )
         response.not_before = now + delay
         return response
 
