@@ -120,7 +120,7 @@ class GatewayBackend:
 
     def zone(self) -> tuple[dt.tzinfo, str]:
         name = self.gw.config.zone_name
-        return zone.get(name), f"{name} (the gateway's zone)"
+        return zone.get(name), name
 
 
 class WebServer:
