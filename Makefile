@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-tools test-slow test-faults test-syslog test-php test-browser php-vendor lint bench bench-print bench-peers bench-micro bench-query bench-soak clean distclean wheel image image-check
+.PHONY: run test test-tools test-slow test-faults test-syslog test-php test-browser php-vendor lint bench bench-print bench-peers bench-micro bench-query bench-soak bench-web clean distclean wheel image image-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -105,6 +105,10 @@ bench-micro: $(STAMP)
 ## make bench-query: the audit index at 1,000,000 entries (filtered query time, index writes per entry); appends to bench/RESULTS.md.
 bench-query: $(STAMP)
 	$(BIN)/python -m bench.query
+
+## make bench-web: acknowledged ingest with five web dashboards polling against none, same gateway, alternating rounds; appends to bench/RESULTS.md (~2 min).
+bench-web: $(STAMP)
+	$(BIN)/python -m bench.web
 
 wheel: $(STAMP)
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .

@@ -344,3 +344,15 @@ def test_audit_parameters_are_checked(env):
     for query in ("orderby=username", "order=sideways", "paged=x", "since=yesterday"):
         r = get(app, f"/audit?{query}", cookie)
         assert r.status == 400 and b'class="bad"' in r.body, query
+
+
+def test_logins_at_once_from_a_source_that_never_failed_are_not_held_back(env):
+    app, _backend, _clock = env
+    body = f"name=op&password={PW.replace(' ', '+')}".encode()
+    headers = {"host": HOST, "origin": ORIGIN}
+    answers = [app.handle(Request("POST", "/login", headers, body)) for _ in range(5)]
+    assert all(isinstance(a, Work) for a in answers)  # five tabs: none refused
+    assert all(run(a).status == 303 for a in answers)
+    login(app, password="wrong password!")
+    held = app.handle(Request("POST", "/login", headers, body))
+    assert isinstance(held, Response) and held.status == 429  # after a failure: one at a time

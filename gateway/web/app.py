@@ -382,7 +382,9 @@ class WebApp:
         password = form.get("password", "")
         now = self.clock()
         src = self.sources.get(request.source)
-        if src is not None and (src.pending or now < src.not_before):
+        # A source that has failed waits for its answer before it may try again;
+        # one that has not (five tabs logging in at once) is never held back.
+        if src is not None and src.failures and (src.pending or now < src.not_before):
             wait = max(1, round(src.not_before - now + 0.5))
             return self._page(
                 429,
