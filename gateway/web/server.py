@@ -246,6 +246,8 @@ class WebServer:
         future = self.pools[pool].submit(job)
 
         def finished(f: concurrent.futures.Future) -> None:
+            if self.closed or f.cancelled():
+                return  # stopping: the loop may be gone, and nobody waits for the answer
             error = f.exception()
             result = None if error is not None else f.result()
             self.loop.post(lambda: done(result, error))

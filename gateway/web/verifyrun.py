@@ -91,7 +91,10 @@ class BackgroundVerify:
             outcome = self._outcome(result, checks, by, tz, zone_note)
         except Exception as exc:  # an unreadable file: said on the page, never a crash
             outcome = ({"ok": False, "summary": f"could not verify: {exc}", "by": by}, None)
-        self.post(lambda: self._done(*outcome))
+        try:
+            self.post(lambda: self._done(*outcome))
+        except OSError:
+            pass  # the gateway stopped meanwhile: nobody is left to show the result
 
     def _done(self, last: dict[str, Any], stmt: statement.Statement | None) -> None:
         self.thread = None
