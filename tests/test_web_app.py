@@ -356,3 +356,22 @@ def test_logins_at_once_from_a_source_that_never_failed_are_not_held_back(env):
     login(app, password="wrong password!")
     held = app.handle(Request("POST", "/login", headers, body))
     assert isinstance(held, Response) and held.status == 429  # after a failure: one at a time
+
+
+def test_charts_of_the_last_hour(env):
+    app, backend, clock = env
+    _, cookie = login(app, "aud")
+    empty = get(app, "/chart/ingest.svg", cookie)
+    assert empty.content_type == "image/svg+xml" and b"no samples yet" in empty.body
+    base = backend.status()
+    for i in range(4):
+        backend.status = lambda i=i: {**base, "events": 1000 + 300 * i}
+        app.sample()
+        clock.now += 30
+    assert [round(v) for _, v in app.charts()["ingest"]] == [10, 10, 10]
+    svg = get(app, "/chart/ingest.svg", cookie).body.decode()
+    assert "<polyline" in svg and "10.0 events/s" in svg
+    assert b"2.0 ms" in get(app, "/chart/commit.svg", cookie).body
+    assert get(app, "/chart/ingest.svg").status == 303  # no session, no chart
+    page = get(app, "/", cookie).body
+    assert b'src="/chart/ingest.svg"' in page and b'src="/chart/commit.svg"' in page

@@ -21,6 +21,7 @@ import collections
 import dataclasses
 import datetime as dt
 import hmac
+import itertools
 import json
 import secrets
 from collections.abc import Callable, Iterator
@@ -68,6 +69,10 @@ MAX_PER_PAGE = 500
 # Counts stop at 10,000 ("more than 10,000"): an exact count of a million
 # matches costs a scan of the index; the page itself never needs one.
 COUNT_CAP = 10_000
+
+# The dashboard's charts: one sample of the ingest count and commit p99 per
+# tick (gateway/web/server.py, every 30 s), an hour's worth kept.
+HISTORY_SAMPLES = 121
 
 CSP = "default-src 'self'; frame-ancestors 'none'"
 STATIC = {
@@ -199,6 +204,10 @@ class WebApp:
         self.stats = WebStats()
         self.verifier = verifier
         self.fingerprint = fingerprint
+        # (clock, events since start, commit p99 ms), one per tick: the charts.
+        self.history: collections.deque[tuple[float, int, float]] = collections.deque(
+            maxlen=HISTORY_SAMPLES
+        )
 
     def statistics(self) -> WebStats:
         return dataclasses.replace(self.stats, sessions=len(self.sessions))
@@ -262,6 +271,22 @@ class WebApp:
     def _security(self, what: str, source: str) -> None:
         when = dt.datetime.now(self.backend.zone()[0]).strftime("%Y-%m-%d %H:%M:%S")
         self.security.appendleft({"when": when, "what": what, "source": source})
+
+    def sample(self) -> None:
+        """One point of the dashboard's charts (the server calls it every tick)."""
+        status = self.backend.status()
+        self.history.append((self.clock(), int(status["events"]), float(status["sync_ms"]["p99"])))
+
+    def charts(self) -> dict[str, list[tuple[float, float]]]:
+        """(seconds ago, value) series: ingest events/s between samples, commit p99 ms."""
+        now = self.clock()
+        points = list(self.history)
+        rate = [
+            (now - t1, max(0.0, (n1 - n0) / (t1 - t0)))
+            for (t0, n0, _), (t1, n1, _) in itertools.pairwise(points)
+            if t1 > t0
+        ]
+        return {"ingest": rate, "commit": [(now - t, p99) for t, _, p99 in points]}
 
     def tick(self) -> None:
         """Record the failed-login summaries whose interval ended; forget old sources."""
@@ -470,6 +495,12 @@ class WebApp:
             verify = self.verifier.state() if self.verifier else {}
             figures = pages.live_figures(self.backend.status(), verify)
             return Response(200, json.dumps(figures).encode(), "application/json")
+        if path in ("/chart/ingest.svg", "/chart/commit.svg"):
+            name = path.split("/")[2].split(".")[0]
+            title, unit = {"ingest": ("Ingest rate", "events/s"),
+                           "commit": ("Commit time p99", "ms")}[name]  # fmt: skip
+            svg = pages.chart_svg(self.charts()[name], title, unit)
+            return Response(200, svg.encode(), "image/svg+xml")
         if path == "/audit":
             return self._audit(request, session)
         if path.startswith("/entry/"):

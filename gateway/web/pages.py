@@ -204,6 +204,11 @@ def dashboard(
     )
     body = (
         f'<table class="figures" id="figures">{"".join(rows)}</table>'
+        "<h3>The last hour</h3>"
+        '<p class="charts"><img src="/chart/ingest.svg" alt="ingest rate over the last hour" '
+        'data-chart="/chart/ingest.svg" width="600" height="160">'
+        '<img src="/chart/commit.svg" alt="commit time p99 over the last hour" '
+        'data-chart="/chart/commit.svg" width="600" height="160"></p>'
         f'<h3>Printers</h3><table class="figures">{printers}</table>'
         '<h3>Recent security events</h3><table class="list"><thead><tr><th>When</th>'
         f"<th>What</th><th>Source</th></tr></thead><tbody>{events}</tbody></table>"
@@ -473,3 +478,35 @@ def printers_page(
     if not may_print:
         reports += '<p class="note">Printing needs the operator or admin role.</p>'
     return layout("Printers", note + table + reports, user, role, csrf)
+
+
+# Charts: a fixed 600 x 160 drawing (it scales with the page), the last hour.
+CHART_W, CHART_H, CHART_PAD = 600, 160, 30
+CHART_SPAN_S = 3600
+
+
+def chart_svg(points: list[tuple[float, float]], title: str, unit: str) -> str:
+    """A line chart as SVG: (seconds ago, value) points over the last hour, newest right."""
+    w, h, pad = CHART_W, CHART_H, CHART_PAD
+    top = max((v for _, v in points), default=0.0) or 1.0
+    coords = " ".join(
+        f"{pad + (w - 2 * pad) * (1 - ago / CHART_SPAN_S):.1f},"
+        f"{h - pad - (h - 2 * pad) * (v / top):.1f}"
+        for ago, v in points
+        if 0 <= ago <= CHART_SPAN_S
+    )
+    last = f"{points[-1][1]:,.1f} {unit}" if points else "no samples yet"
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" '
+        f'height="{h}" font-family="sans-serif" font-size="11">'
+        f'<rect x="0" y="0" width="{w}" height="{h}" fill="#fff"/>'
+        f'<text x="{pad}" y="16" font-size="12" font-weight="bold">{e(title)}: {e(last)}</text>'
+        f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#8c8f94"/>'
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#8c8f94"/>'
+        f'<text x="{pad + 2}" y="{pad - 2}">{e(f"{top:,.1f}")} {e(unit)}</text>'
+        f'<text x="{pad}" y="{h - 10}">60 min ago</text>'
+        f'<text x="{w - pad}" y="{h - 10}" text-anchor="end">now</text>'
+        + (f'<polyline fill="none" stroke="#2271b1" stroke-width="2" points="{coords}"/>'
+           if coords else "")
+        + "</svg>\n"
+    )  # fmt: skip

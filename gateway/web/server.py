@@ -49,7 +49,8 @@ IDLE_TIMEOUT_S = 60.0
 # test) while a user is served. When full, the connection idle longest makes room.
 MAX_CONNECTIONS = 1000
 LISTEN_BACKLOG = 128
-# Timeouts are looked at once a second; failed-login summaries every 30 s.
+# Timeouts are looked at once a second; failed-login summaries and the
+# dashboard charts' samples every 30 s (120 points make the hour).
 SWEEP_S = 1.0
 TICK_S = 30.0
 RECV_BYTES = 65536
@@ -170,6 +171,7 @@ class WebServer:
                 bound.append(self._bind(address, context))
         self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
         self._ticker = self.loop.call_later(TICK_S, self._tick)
+        self.loop.call_later(SWEEP_S, self.app.sample)  # the charts' first point, once running
         return bound
 
     def _bind(self, address: str, context: ssl.SSLContext | None) -> tuple[str, int]:
@@ -234,6 +236,7 @@ class WebServer:
         if self.closed:
             return
         self.app.tick()
+        self.app.sample()
         self._ticker = self.loop.call_later(TICK_S, self._tick)
 
     # ---- work on the worker threads

@@ -5,6 +5,8 @@
 (function () {
   "use strict";
   var PERIOD_MS = 5000; // the dashboard's refresh; docs/web.md "Dashboard"
+  var CHART_EVERY = 6; // charts gain a point every 30 s: reload them every 6th refresh
+  var ticks = 0;
   function update() {
     var req = new XMLHttpRequest();
     req.open("GET", "/api/status");
@@ -19,9 +21,14 @@
           cells[i].textContent = figures[key];
         }
       }
-      var stamp = document.getElementById("updated");
-      if (stamp) { stamp.textContent = new Date().toLocaleTimeString(); }
     };
+    ticks += 1;
+    if (ticks % CHART_EVERY === 0) {
+      var charts = document.querySelectorAll("img[data-chart]");
+      for (var j = 0; j < charts.length; j++) {
+        charts[j].src = charts[j].getAttribute("data-chart") + "?t=" + Date.now();
+      }
+    }
     req.send();
   }
   window.setInterval(update, PERIOD_MS);
