@@ -660,6 +660,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"in {retention['passes']} passes since start"
             + (f" (error: {retention['error']})" if retention["error"] else "")
         )
+    web = st.get("web")
+    if web:
+        lines.append(
+            f"web         {', '.join(web['listen'])}: {web['sessions']} sessions, "
+            f"{web['connections']} connections"
+            + (f"; TLS SHA-256 {web['tls_fingerprint']}" if web["tls_fingerprint"] else "")
+        )
     for p in st.get("printers", []):
         error = f" ({p['error']}, for {p['error_for_s']:.0f} s)" if p["state"] == "error" else ""
         lines.append(f"printer     {p['name']}: {p['state']}{error}, {p['queued']} queued")

@@ -280,7 +280,8 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class WebConfig:
     # The web console (docs/web.md): HOST:PORT lists for HTTP and for HTTPS
-    # (with ingest.tls's cert and key). Empty, the default in files: off.
+    # (with ingest.tls's cert and key, else a self-signed certificate made at
+    # first start in <state_dir>/web-tls). Empty, the default in files: off.
     # `make run`'s embedded defaults serve 127.0.0.1:8080.
     listen: tuple[str, ...] = ()
     tls_listen: tuple[str, ...] = ()
@@ -450,8 +451,6 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Conf
     ):
         for i, address in enumerate(addresses):
             parse_address(address, source, f"{key}[{i}]")
-    if config.web.tls_listen and not (tls.cert and tls.key):
-        raise ConfigError(source, "web.tls_listen", "HTTPS needs ingest.tls.cert and key")
     if (tls.listen or http.tls_listen) and not (tls.cert and tls.key):
         raise ConfigError(source, "ingest.tls", "a TLS listener needs cert and key")
     if config.ingest.syslog.listen and config.ingest.require_token:

@@ -113,6 +113,8 @@ class Health:
                 "error": indexer.error if indexer else "",
             },
             "retention": gw.retention.status(),
+            # The web console (gateway/web/): None when it is off.
+            "web": gw.web.statistics() if getattr(gw, "web", None) is not None else None,
             "events": gw.intake.stats.events,
             "rejected": gw.intake.stats.rejected,
             **printing,

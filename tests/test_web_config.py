@@ -12,7 +12,7 @@ import pytest
 from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.web.server import certificate_fingerprint
-from tests.gatewayproc import free_port
+from tests.gatewayproc import free_port, run_gateway_command
 from tests.webtools import PASSWORD, web_gateway
 
 
@@ -32,8 +32,8 @@ def test_refusals_name_the_key(tmp_path):
         load_config(_write(tmp_path, "web:\n  listen: ['nowhere']\n"))
     assert info.value.key == "web.listen[0]"
     with pytest.raises(ConfigError) as info:
-        load_config(_write(tmp_path, "web:\n  tls_listen: ['127.0.0.1:8443']\n"))
-    assert info.value.key == "web.tls_listen" and "cert" in info.value.reason
+        load_config(_write(tmp_path, "web:\n  tls_listen: ['127.0.0.1:99999']\n"))
+    assert info.value.key == "web.tls_listen[0]"
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, "web:\n  port: 80\n"))
     assert "web" in info.value.key
@@ -94,3 +94,29 @@ def test_https_with_the_ingest_certificate(tmp_path):
         conn.close()
     finally:
         gateway.stop()
+
+
+def test_a_self_signed_certificate_is_made_at_first_start_and_kept(tmp_path):
+    port = free_port()
+    gateway, _base = web_gateway(tmp_path, web={"tls_listen": [f"127.0.0.1:{port}"]})
+    cert = tmp_path / "state" / "web-tls" / "cert.pem"
+    try:
+        assert cert.exists()
+        assert (tmp_path / "state" / "web-tls" / "key.pem").stat().st_mode & 0o777 == 0o600
+        first = certificate_fingerprint(str(cert))
+        seen = ssl.get_server_certificate(("127.0.0.1", port), timeout=30)
+        assert certificate_fingerprint_of_pem(seen) == first
+        gateway.restart()
+        assert certificate_fingerprint(str(cert)) == first  # kept across restarts
+        status = run_gateway_command("status", "--config", str(gateway.config_path))
+        assert status.returncode == 0, status.stderr
+        assert f"TLS SHA-256 {first}".encode() in status.stdout
+    finally:
+        gateway.stop()
+
+
+def certificate_fingerprint_of_pem(pem: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))

@@ -12,8 +12,8 @@ every socket and every piece of console state is touched only on the loop.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import datetime as dt
-import hashlib
 import logging
 import socket
 import ssl
@@ -28,6 +28,7 @@ from gateway.ingest import tls
 from gateway.ingest.server import bind_tcp
 from gateway.loop import READ, WRITE, EventLoop
 from gateway.statedir import raise_fd_limit
+from gateway.web import certificate
 from gateway.web.app import CSP, Request, Response, WebApp, Work
 from gateway.web.verifyrun import BackgroundVerify
 
@@ -83,16 +84,8 @@ SECURITY_HEADERS = [
 
 
 def certificate_fingerprint(cert_path: str) -> str:
-    """SHA-256 of the first certificate in a PEM file, as colon-separated hex."""
-    try:
-        pem = Path(cert_path).read_text(encoding="ascii")
-        begin = pem.index("-----BEGIN CERTIFICATE-----")
-        end = pem.index("-----END CERTIFICATE-----", begin) + len("-----END CERTIFICATE-----")
-        der = ssl.PEM_cert_to_DER_cert(pem[begin:end])
-    except (OSError, ValueError):
-        return ""
-    digest = hashlib.sha256(der).hexdigest().upper()
-    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+    """SHA-256 of a PEM certificate, colon-separated (gateway/web/certificate.py)."""
+    return certificate.fingerprint(cert_path)
 
 
 class GatewayBackend:
@@ -131,6 +124,8 @@ class WebServer:
         self.app = app
         self.tls_config = None
         self.tls_source = tls_source
+        self.state_dir: Path | None = None
+        self.bound: list[tuple[str, int]] = []
         self.listeners: list[_Listener] = []
         self.connections: set[WebConnection] = set()
         self.handshakes: set[tls.Handshake] = set()
@@ -154,10 +149,10 @@ class WebServer:
         verifier = BackgroundVerify(
             config.state_dir, loop.post, backend.zone, loop.time, config.name
         )
-        fingerprint = certificate_fingerprint(config.ingest.tls.cert) if web.tls_listen else ""
-        app = WebApp(backend, loop.time, verifier, fingerprint)
+        app = WebApp(backend, loop.time, verifier)
         server = cls(loop, web, app, config.source)
         server.tls_config = config.ingest.tls
+        server.state_dir = config.state_dir
         return server
 
     def listen(self) -> list[tuple[str, int]]:
@@ -166,9 +161,20 @@ class WebServer:
         for address in self.config.listen:
             bound.append(self._bind(address, None))
         if self.config.tls_listen:
-            context = tls.server_context(self.tls_config, self.tls_source)
+            assert self.tls_config is not None
+            tls_config = self.tls_config
+            if not (tls_config.cert and tls_config.key):
+                assert self.state_dir is not None
+                cert, key = certificate.self_signed(self.state_dir, self.tls_source)
+                tls_config = dataclasses.replace(tls_config, cert=cert, key=key, client_ca="")
+            else:
+                # Browsers carry no client certificate: ingest's client_ca is not asked here.
+                tls_config = dataclasses.replace(tls_config, client_ca="")
+            context = tls.server_context(tls_config, self.tls_source)
+            self.app.fingerprint = certificate.fingerprint(tls_config.cert)
             for address in self.config.tls_listen:
                 bound.append(self._bind(address, context))
+        self.bound = bound
         self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
         self._ticker = self.loop.call_later(TICK_S, self._tick)
         self.loop.call_later(SWEEP_S, self.app.sample)  # the charts' first point, once running
@@ -184,6 +190,8 @@ class WebServer:
     def statistics(self) -> dict[str, Any]:
         stats = self.app.statistics()
         return {
+            "listen": [f"{h}:{p}" for h, p in self.bound],
+            "tls_fingerprint": self.app.fingerprint,
             "connections": len(self.connections),
             "requests": stats.requests,
             "sessions": stats.sessions,
