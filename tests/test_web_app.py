@@ -15,7 +15,7 @@ import pytest
 from gateway.web import app as webapp
 from gateway.web import pages
 from gateway.web.accounts import AccountStore, new_account
-from gateway.web.app import Request, Response, WebApp, Work
+from gateway.web.app import Later, Request, Response, WebApp, Work
 
 PW = "correct horse battery"
 HOST = "127.0.0.1:8080"
@@ -27,6 +27,7 @@ class Backend:
         self.state_dir = state_dir
         self.records: list[tuple[str, dict]] = []
         self.printed: list[tuple[str | None, str]] = []
+        self.replies: list = []
 
     def status(self) -> dict:
         return {
@@ -60,7 +61,17 @@ class Backend:
         return {"ok": True, "job": "9/p"}
 
     def reprint(self, seq, by, reply):
-        reply({"ok": True, "job": f"{seq}/p"})
+        # Answered later, as the spool does (after reading the entry on a worker).
+        self.replies.append(
+            lambda: (
+                reply({"ok": True, "job": f"{seq}/p", "copy": 1})
+                if seq == 2
+                else reply({"ok": False, "error": f"seq {seq} is not an event"})
+            )
+        )
+
+    def report(self, date, by, reply):
+        self.replies.append(lambda: reply({"ok": True, "job": "9/p", "number": 3, "count": 5}))
 
     def zone(self):
         return dt.UTC, "UTC"
@@ -84,9 +95,16 @@ def env(tmp_path):
     return WebApp(backend, clock), backend, clock
 
 
-def run(answer: Response | Work) -> Response:
+def run(answer, backend: Backend | None = None) -> Response:
     if isinstance(answer, Work):
         return answer.then(answer.job())
+    if isinstance(answer, Later):
+        got: list[Response] = []
+        answer.start(got.append)
+        assert not got and backend is not None  # nothing yet: the spool answers later
+        while backend.replies:
+            backend.replies.pop(0)()
+        return got[0]
     return answer
 
 
@@ -375,3 +393,31 @@ def test_charts_of_the_last_hour(env):
     assert get(app, "/chart/ingest.svg").status == 303  # no session, no chart
     page = get(app, "/", cookie).body
     assert b'src="/chart/ingest.svg"' in page and b'src="/chart/commit.svg"' in page
+
+
+def test_reprint_and_report_answer_once_the_spool_has(env):
+    app, backend, _clock = env
+    _, cookie = login(app, "op")
+    token = csrf_of(app, cookie)
+
+    def post_later(path, fields):
+        from urllib.parse import urlencode
+
+        headers = {"host": HOST, "origin": ORIGIN, "cookie": cookie}
+        request = Request("POST", path, headers, urlencode(fields).encode())
+        return run(app.handle(request), backend)
+
+    r = post_later("/entry/2/reprint", {"csrf": token})
+    assert r.status == 303 and "queued" in dict(r.headers)["location"]
+    r = post_later("/entry/3/reprint", {"csrf": token})
+    assert "Not+reprinted" in dict(r.headers)["location"]
+    r = post_later("/reports/print", {"csrf": token, "date": "2026-01-31"})
+    assert "Report+number+3" in dict(r.headers)["location"]
+    prints = [d for n, d in backend.records if n == "web_print"]
+    assert [(d["action"], d.get("seq"), d.get("number")) for d in prints] == [
+        ("reprint", 2, None),
+        ("report", None, 3),
+    ]
+    assert all(d["account"] == "op" and d["role"] == "operator" for d in prints)
+    page = get(app, "/reports", cookie)
+    assert page.status == 200 and b"No daily report has been made yet" in page.body

@@ -133,6 +133,14 @@ class Work:
     pool: str = "pages"
 
 
+@dataclass
+class Later:
+    """An answer that comes from the loop later: `start(respond)` begins the action
+    (a reprint, a report) and calls `respond(response)` once it is answered."""
+
+    start: Callable[[Callable[[Response], None]], None]
+
+
 class Backend(Protocol):
     """What the console needs from the gateway; every method runs on the loop."""
 
@@ -145,6 +153,8 @@ class Backend(Protocol):
     def status_page(self, printer: str | None, by: str) -> dict[str, Any]: ...
 
     def reprint(self, seq: int, by: str, reply: Callable[[dict], None]) -> None: ...
+
+    def report(self, date: dt.date, by: str, reply: Callable[[dict], None]) -> None: ...
 
     def zone(self) -> tuple[dt.tzinfo, str]: ...
 
@@ -324,12 +334,12 @@ class WebApp:
 
     # ---- dispatch
 
-    def handle(self, request: Request) -> Response | Work:
+    def handle(self, request: Request) -> Response | Work | Later:
         self.stats.requests += 1
         response = self._dispatch(request)
         return response
 
-    def _dispatch(self, request: Request) -> Response | Work:
+    def _dispatch(self, request: Request) -> Response | Work | Later:
         path = request.path
         method = request.method
         if path in STATIC:
@@ -497,8 +507,10 @@ class WebApp:
             return Response(200, json.dumps(figures).encode(), "application/json")
         if path in ("/chart/ingest.svg", "/chart/commit.svg"):
             name = path.split("/")[2].split(".")[0]
-            title, unit = {"ingest": ("Ingest rate", "events/s"),
-                           "commit": ("Commit time p99", "ms")}[name]  # fmt: skip
+            title, unit = {
+                "ingest": ("Ingest rate", "events/s"),
+                "commit": ("Commit time p99", "ms"),
+            }[name]
             svg = pages.chart_svg(self.charts()[name], title, unit)
             return Response(200, svg.encode(), "image/svg+xml")
         if path == "/audit":
@@ -522,6 +534,8 @@ class WebApp:
                 kind,
                 [("content-disposition", f'attachment; filename="{name}"')],
             )
+        if path == "/reports":
+            return self._reports(request, session)
         if path == "/printers":
             message = request.query.get("done", "")
             return self._page(
@@ -534,7 +548,7 @@ class WebApp:
             404, pages.message_page("Not found", f"No page at {path}.", user, role, csrf)
         )
 
-    def _post(self, request: Request, session: Session) -> Response | Work:
+    def _post(self, request: Request, session: Session) -> Response | Work | Later:
         path = request.path
         form = request.form()
         user, role, csrf = session.account, session.role, session.csrf
@@ -553,7 +567,7 @@ class WebApp:
             if error:
                 return self._page(400, pages.message_page("Verify", error, user, role, csrf))
             return Response(303, b"", headers=[("location", "/verify")])
-        needs_print = path == "/printers/test-page" or (
+        needs_print = path in ("/printers/test-page", "/reports/print") or (
             path.startswith("/entry/") and path.endswith("/reprint")
         )
         if needs_print and "print" not in _rights(role):
@@ -582,29 +596,62 @@ class WebApp:
             else:
                 done = f"Not printed: {reply.get('error')}"
             return Response(303, b"", headers=[("location", "/printers?" + _qs(done=done))])
+        if path == "/reports/print":
+            try:
+                day = dt.date.fromisoformat(form.get("date", ""))
+            except ValueError:
+                return self._plain(400, "date must be YYYY-MM-DD")
+
+            def start_report(respond: Callable[[Response], None]) -> None:
+                def reply(answer: dict) -> None:
+                    if answer.get("ok"):
+                        self._record(
+                            "web_print",
+                            {
+                                **self._who(session, request),
+                                "action": "report",
+                                "date": day.isoformat(),
+                                "number": answer.get("number"),
+                                "job": answer.get("job"),
+                            },
+                        )
+                        text = (
+                            f"Report number {answer.get('number')} of {day} queued "
+                            f"({answer.get('count')} entries)."
+                        )
+                    else:
+                        text = f"Not printed: {answer.get('error')}"
+                    respond(_see_other("/reports?" + _qs(done=text)))
+
+                self.backend.report(day, by, reply)
+
+            return Later(start_report)
         if needs_print:
             seq_text = path.split("/")[2]
-            if not seq_text.isdigit():
+            if not seq_text.isdigit() or len(seq_text) > 19:
                 return self._plain(404, "no such entry")
             seq = int(seq_text)
-            answer: dict[str, Any] = {}
-            self.backend.reprint(seq, by, answer.update)
-            if answer.get("ok", True):
-                self._record(
-                    "web_print",
-                    {
-                        **self._who(session, request),
-                        "action": "reprint",
-                        "seq": seq,
-                        "job": answer.get("job"),
-                    },
-                )
-            text = (
-                f"Reprint of entry {seq} queued."
-                if answer.get("ok", True)
-                else f"Not reprinted: {answer.get('error')}"
-            )
-            return Response(303, b"", headers=[("location", "/printers?" + _qs(done=text))])
+
+            def start_reprint(respond: Callable[[Response], None]) -> None:
+                def reply(answer: dict) -> None:
+                    if answer.get("ok"):
+                        self._record(
+                            "web_print",
+                            {
+                                **self._who(session, request),
+                                "action": "reprint",
+                                "seq": seq,
+                                "job": answer.get("job"),
+                            },
+                        )
+                        text = f"Reprint of entry {seq} queued (copy {answer.get('copy')})."
+                    else:
+                        text = f"Not reprinted: {answer.get('error')}"
+                    respond(_see_other("/printers?" + _qs(done=text)))
+
+                self.backend.reprint(seq, by, reply)
+
+            return Later(start_reprint)
         return self._plain(404, "no such form")
 
     # ---- the audit trail (worker thread)
@@ -711,6 +758,28 @@ class WebApp:
 
         return Work(job, then)
 
+    def _reports(self, request: Request, session: Session) -> Work:
+        from gateway.audit.query import Filters
+
+        user, role, csrf = session.account, session.role, session.csrf
+        state_dir = self.backend.state_dir
+        message = request.query.get("done", "")[:200]
+        f = Filters(kind="report", limit=MAX_PER_PAGE, order="desc")
+
+        def job() -> list[dict[str, Any]]:
+            from gateway.audit.query import QueryView
+
+            with QueryView(state_dir) as view:
+                return [r["record"] for r in view.page(f)]
+
+        def then(records: list[dict[str, Any]]) -> Response:
+            return self._page(
+                200,
+                pages.reports_page(records, "print" in _rights(role), message, user, role, csrf),
+            )
+
+        return Work(job, then)
+
     def _entry(self, request: Request, session: Session) -> Response | Work:
         user, role, csrf = session.account, session.role, session.csrf
         seq_text = request.path.split("/")[2] if request.path.count("/") == 2 else ""
@@ -771,6 +840,10 @@ class WebApp:
         return Response(
             200, b"", kind, [("content-disposition", f'attachment; filename="{name}"')], chunks
         )
+
+
+def _see_other(location: str) -> Response:
+    return Response(303, b"", headers=[("location", location)])
 
 
 def _rights(role: str) -> frozenset[str]:

@@ -70,7 +70,8 @@ def layout(
     if user:
         nav = (
             '<nav><a href="/">Dashboard</a> <a href="/audit">Audit trail</a> '
-            '<a href="/verify">Verify</a> <a href="/printers">Printers</a>'
+            '<a href="/verify">Verify</a> <a href="/printers">Printers</a> '
+            '<a href="/reports">Reports</a>'
             f'<span class="who">{e(user)} ({e(role)})</span>'
             '<form method="post" action="/logout" class="inline">'
             f'<input type="hidden" name="csrf" value="{e(csrf)}">'
@@ -506,7 +507,59 @@ def chart_svg(points: list[tuple[float, float]], title: str, unit: str) -> str:
         f'<text x="{pad + 2}" y="{pad - 2}">{e(f"{top:,.1f}")} {e(unit)}</text>'
         f'<text x="{pad}" y="{h - 10}">60 min ago</text>'
         f'<text x="{w - pad}" y="{h - 10}" text-anchor="end">now</text>'
-        + (f'<polyline fill="none" stroke="#2271b1" stroke-width="2" points="{coords}"/>'
-           if coords else "")
+        + (
+            f'<polyline fill="none" stroke="#2271b1" stroke-width="2" points="{coords}"/>'
+            if coords
+            else ""
+        )
         + "</svg>\n"
-    )  # fmt: skip
+    )
+
+
+def reports_page(
+    records: list[dict[str, Any]], may_print: bool, message: str, user: str, role: str, csrf: str
+) -> str:
+    """The numbered daily reports, newest first, each with its anchor (last seq and hash)."""
+    rows = []
+    for r in records:
+        seq = r.get("seq")
+        number = r.get("number")
+        anchor = f"{r.get('last_seq')}:{str(r.get('last_hash') or '')[:16]}"
+        action = ""
+        if may_print and r.get("date"):
+            action = (
+                '<form method="post" action="/reports/print" class="inline">'
+                f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+                f'<input type="hidden" name="date" value="{e(r.get("date"))}">'
+                '<button type="submit">Print again (new number)</button></form>'
+            )
+        rows.append(
+            f'<tr><td><a href="/entry/{e(seq)}">{e(number)}</a></td><td>{e(r.get("date"))}</td>'
+            f"<td>{e(r.get('first_seq'))}-{e(r.get('last_seq'))}</td><td>{e(r.get('count'))}</td>"
+            f'<td class="hash">{e(anchor)}</td><td>{e(r.get("printer"))}</td>'
+            f"<td>{e(r.get('requested_by'))}</td><td>{action}</td></tr>"
+        )
+    note = f'<p class="good" role="status" id="report-message">{e(message)}</p>' if message else ""
+    table = (
+        '<div class="scroll"><table class="list" id="reports"><thead><tr><th>Number</th>'
+        "<th>Day</th><th>Seqs</th><th>Entries</th><th>Anchor (seq:hash)</th><th>Printer</th>"
+        f"<th>Requested by</th><th></th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        if rows
+        else "<p>No daily report has been made yet.</p>"
+    )
+    body = (
+        note
+        + table
+        + (
+            '<p class="note">Each report\'s anchor is on its paper: `gateway verify --expect` '
+            "or the Verify page checks it against the chain.</p>"
+        )
+    )
+    if may_print:
+        body += (
+            '<form method="post" action="/reports/print">'
+            f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+            '<label>Day <input name="date" placeholder="YYYY-MM-DD" required></label> '
+            '<button type="submit">Make and print the report of this day</button></form>'
+        )
+    return layout("Daily reports", body, user, role, csrf)

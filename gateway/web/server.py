@@ -29,7 +29,7 @@ from gateway.ingest.server import bind_tcp
 from gateway.loop import READ, WRITE, EventLoop
 from gateway.statedir import raise_fd_limit
 from gateway.web import certificate
-from gateway.web.app import CSP, Request, Response, WebApp, Work
+from gateway.web.app import CSP, Later, Request, Response, WebApp, Work
 from gateway.web.verifyrun import BackgroundVerify
 
 log = logging.getLogger("gateway.ops")
@@ -111,6 +111,12 @@ class GatewayBackend:
             reply({"ok": False, "error": "no printers are configured"})
             return
         self.gw.spool.request_reprint(seq, None, by, reply)
+
+    def report(self, date: dt.date, by: str, reply: Callable[[dict], None]) -> None:
+        if self.gw.spool is None:
+            reply({"ok": False, "error": "no printers are configured"})
+            return
+        self.gw.spool.request_report(date, None, by, reply)
 
     def zone(self) -> tuple[dt.tzinfo, str]:
         name = self.gw.config.zone_name
@@ -428,7 +434,18 @@ class WebConnection:
             answer = Response(500, b"internal error\n", "text/plain; charset=utf-8")
         self._answer(answer, request.method == "HEAD")
 
-    def _answer(self, answer: Response | Work, head: bool) -> None:
+    def _answer(self, answer: Response | Work | Later, head: bool) -> None:
+        if isinstance(answer, Later):
+            answered = False
+
+            def respond(response: Response) -> None:
+                nonlocal answered
+                if not answered and not self.closed:
+                    answered = True
+                    self._answer(response, head)
+
+            answer.start(respond)
+            return
         if isinstance(answer, Work):
             then = answer.then
 
