@@ -50,8 +50,13 @@ def _driver(download_dir: Path):
     )
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                f"--window-size={DESKTOP[0]},{DESKTOP[1]}"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={DESKTOP[0]},{DESKTOP[1]}",
+    ):
         options.add_argument(arg)
     options.add_experimental_option(
         "prefs",
@@ -71,29 +76,55 @@ def site(tmp_path_factory):
         )
         try:
             events = [
-                {"event_type": "ticket.updated", "action": "update", "user_id": "42",
-                 "username": "maria", "object_type": "ticket", "object_id": "T-7",
-                 "old_value": {"status": "open", "owner": {"name": "a"}, "tags": ["x"]},
-                 "new_value": {"status": "closed", "owner": {"name": "b"}, "tags": ["x", "y"],
-                               "note": "done"}},
-                {"event_type": HOSTILE["script"], "action": HOSTILE["img"],
-                 "username": HOSTILE["link"], "object_type": "page", "object_id": HOSTILE["img"],
-                 "old_value": {"body": HOSTILE["script"]}, "new_value": {"body": HOSTILE["img"]},
-                 "link": HOSTILE["link"]},
-            ]  # fmt: skip
+                {
+                    "event_type": "ticket.updated",
+                    "action": "update",
+                    "user_id": "42",
+                    "username": "maria",
+                    "object_type": "ticket",
+                    "object_id": "T-7",
+                    "old_value": {"status": "open", "owner": {"name": "a"}, "tags": ["x"]},
+                    "new_value": {
+                        "status": "closed",
+                        "owner": {"name": "b"},
+                        "tags": ["x", "y"],
+                        "note": "done",
+                    },
+                },
+                {
+                    "event_type": HOSTILE["script"],
+                    "action": HOSTILE["img"],
+                    "username": HOSTILE["link"],
+                    "object_type": "page",
+                    "object_id": HOSTILE["img"],
+                    "old_value": {"body": HOSTILE["script"]},
+                    "new_value": {"body": HOSTILE["img"]},
+                    "link": HOSTILE["link"],
+                },
+            ]
             events += [
-                {"event_type": "subscription.renewed", "action": "renew", "user_id": str(i),
-                 "username": f"user{i % 5}", "object_type": "subscription",
-                 "object_id": f"S-{i}"}
+                {
+                    "event_type": "subscription.renewed",
+                    "action": "renew",
+                    "user_id": str(i),
+                    "username": f"user{i % 5}",
+                    "object_type": "subscription",
+                    "object_id": f"S-{i}",
+                }
                 for i in range(120)
-            ]  # fmt: skip
+            ]
             send_events(gateway, [json.dumps(e) for e in events])
             downloads = tmp / "downloads"
             downloads.mkdir()
             driver = _driver(downloads)
             try:
-                yield {"gateway": gateway, "base": base, "driver": driver,
-                       "downloads": downloads, "emulator": emulator}  # fmt: skip
+                yield {
+                    "gateway": gateway,
+                    "base": base,
+                    "driver": driver,
+                    "downloads": downloads,
+                    "emulator": emulator,
+                }
             finally:
                 driver.quit()
         finally:
@@ -215,8 +246,11 @@ def test_hostile_values_are_shown_as_text_and_never_run(site):
     page = d.find_element(By.TAG_NAME, "main")
     assert HOSTILE["link"] in page.text and HOSTILE["script"] in page.text
     assert not page.find_elements(By.TAG_NAME, "img")
-    assert not [a for a in page.find_elements(By.TAG_NAME, "a")
-                if (a.get_attribute("href") or "").startswith("javascript")]  # fmt: skip
+    assert not [
+        a
+        for a in page.find_elements(By.TAG_NAME, "a")
+        if (a.get_attribute("href") or "").startswith("javascript")
+    ]
     # Even a script the page itself did not write is refused by the CSP.
     d.execute_script(
         "var s = document.createElement('script'); s.textContent = \"window.__pwned='csp'\";"
@@ -284,3 +318,31 @@ def test_test_page_as_operator_and_refused_as_auditor(site):
     assert "queued" in d.find_element(By.ID, "printer-message").text
     jobs = emulator.wait_jobs(before + 1, WAIT_S)
     assert len(jobs) == before + 1 and b"STATUS" in jobs[-1].upper()
+
+
+def test_daily_report_made_and_listed_as_operator(site):
+    import datetime as dt
+
+    from selenium.webdriver.common.by import By
+
+    d = site["driver"]
+    emulator = site["emulator"]
+    before = len(emulator.jobs())
+    _login(site, "operator")
+    d.get(site["base"] + "/reports")
+    day = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+    d.find_element(By.CSS_SELECTOR, "form[action='/reports/print'] input[name='date']").send_keys(
+        day
+    )
+    d.find_element(By.XPATH, "//button[text()='Make and print the report of this day']").click()
+    _wait(lambda: d.find_elements(By.ID, "report-message"), "the message")
+    assert "Report number 1" in d.find_element(By.ID, "report-message").text
+    jobs = emulator.wait_jobs(before + 1, WAIT_S)
+    assert len(jobs) == before + 1
+    _wait(
+        lambda: (d.refresh(), d.find_elements(By.CSS_SELECTOR, "#reports tbody tr"))[1],
+        "the report in the list",
+    )
+    row = d.find_element(By.CSS_SELECTOR, "#reports tbody tr").text
+    assert day in row and "web:otto" in row
+    _shot(site, "reports")
