@@ -214,6 +214,10 @@ class WebApp:
         self.stats = WebStats()
         self.verifier = verifier
         self.fingerprint = fingerprint
+        # Entries by seq without segment scans; used on the pages thread only.
+        from gateway.web.seqmap import SeqMap
+
+        self.seqmap = SeqMap(backend.state_dir / "ledger")
         # (clock, events since start, commit p99 ms), one per tick: the charts.
         self.history: collections.deque[tuple[float, int, float]] = collections.deque(
             maxlen=HISTORY_SAMPLES
@@ -717,11 +721,11 @@ class WebApp:
                 ),
             )
         state_dir = self.backend.state_dir
+        seqmap = self.seqmap
 
         def job() -> tuple:
             from gateway.audit import present
-            from gateway.audit.check import Cursor
-            from gateway.audit.query import QueryView, check_rows
+            from gateway.audit.query import QueryView
 
             with QueryView(state_dir) as view:
                 rows = view.page(f)
@@ -731,7 +735,7 @@ class WebApp:
                     total = view.count_upto(f, f.offset + COUNT_CAP + 1)
                     capped = total > f.offset + COUNT_CAP
                 provenance = present.provenance(view.result([]), True)
-            problems = check_rows(Cursor(state_dir / "ledger"), rows)
+            problems = seqmap.check_rows(rows)
             return rows, problems, total, capped, provenance
 
         def then(result: tuple) -> Response:
@@ -788,13 +792,11 @@ class WebApp:
                 404, pages.message_page("Not found", "No such entry.", user, role, csrf)
             )
         seq = int(seq_text)
-        ledger_dir = self.backend.state_dir / "ledger"
         tz, note = self.backend.zone()
+        seqmap = self.seqmap
 
         def job() -> Any:
-            from gateway.audit.check import checked_entries
-
-            return next(checked_entries(ledger_dir, seq, seq, True), None)
+            return seqmap.get(seq)
 
         def then(item: Any) -> Response:
             if item is None or (item.seq != seq and not item.damage):
