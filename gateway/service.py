@@ -204,6 +204,7 @@ class Gateway:
                 "fields": {
                     "version": __version__,
                     "listen": [f"{h}:{p}" for h, p in bound],
+                    "web": [f"{h}:{p}" for h, p in self.web_bound],
                     "state_dir": str(config.state_dir),
                     "head_seq": self.ledger.next_seq - 1,
                     "fsync": config.ledger.fsync,
