@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-tools test-slow test-faults test-syslog test-php php-vendor lint bench bench-print bench-peers bench-micro bench-query bench-soak clean distclean wheel image image-check
+.PHONY: run test test-tools test-slow test-faults test-syslog test-php test-browser php-vendor lint bench bench-print bench-peers bench-micro bench-query bench-soak bench-web clean distclean wheel image image-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -31,13 +31,25 @@ test-tools:
 
 ## make test: the default suite (well under 15 minutes on 2 cores).
 test: $(STAMP) test-tools
-	$(BIN)/python -m pytest -q -m "not slow and not faults and not syslog and not php"
+	$(BIN)/python -m pytest -q -m "not slow and not faults and not syslog and not php and not browser"
 
 ## make test-php: the PHP client library (PHPUnit) and the WordPress plugin in a real WordPress on MariaDB, against the real gateway; installs the Debian packages it needs when run as root, fails without them (~1 min).
 test-php: $(STAMP)
 	sh clients/install-php-deps.sh
 	phpunit -c clients/php/phpunit.xml
 	$(BIN)/python -m pytest -q -m php tests/test_wordpress.py tests/test_wordpress_dedup.py
+
+## make test-browser: the web console in Debian's chromium through chromedriver and Selenium (the browser extra); installs chromium and chromium-driver when root, fails without them; screenshots into docs/web/ (~1 min).
+test-browser: $(STAMP)
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "test-browser: chromium is missing; as root: apt-get install -y --no-install-recommends chromium chromium-driver" >&2; \
+	  fi; \
+	fi
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,browser]'
+	$(BIN)/python -m pytest -q -m browser tests/test_web_browser.py
 
 ## make php-vendor: refresh the WordPress plugin's copy of the PHP client library (tests/test_php_vendored.py checks it).
 php-vendor:
@@ -93,6 +105,10 @@ bench-micro: $(STAMP)
 ## make bench-query: the audit index at 1,000,000 entries (filtered query time, index writes per entry); appends to bench/RESULTS.md.
 bench-query: $(STAMP)
 	$(BIN)/python -m bench.query
+
+## make bench-web: acknowledged ingest with five web dashboards polling against none, same gateway, alternating rounds; appends to bench/RESULTS.md (~2 min).
+bench-web: $(STAMP)
+	$(BIN)/python -m bench.web
 
 wheel: $(STAMP)
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .

@@ -231,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     hold = "seconds held (3 or more: the status page; default 0.2: a reprint)"
     p.add_argument("--hold", type=float, default=0.2, help=hold)
 
+    from gateway.web import usercli
+
+    usercli.add_parser(sub, _add_state_options)
+
     p = sub.add_parser("emulate-printer", help="a port 9100 printer that writes jobs to files")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9100)
@@ -681,6 +685,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"in {retention['passes']} passes since start"
             + (f" (error: {retention['error']})" if retention["error"] else "")
         )
+    web = st.get("web")
+    if web:
+        lines.append(
+            f"web         {', '.join(web['listen'])}: {web['sessions']} sessions, "
+            f"{web['connections']} connections"
+            + (f"; TLS SHA-256 {web['tls_fingerprint']}" if web["tls_fingerprint"] else "")
+        )
     for p in st.get("printers", []):
         error = f" ({p['error']}, for {p['error_for_s']:.0f} s)" if p["state"] == "error" else ""
         lines.append(f"printer     {p['name']}: {p['state']}{error}, {p['queued']} queued")
@@ -744,6 +755,12 @@ def cmd_press_button(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_user(args: argparse.Namespace) -> int:
+    from gateway.web import usercli
+
+    return usercli.run(args, _config(args).state_dir)
+
+
 def cmd_emulate_printer(args: argparse.Namespace) -> int:
     from gateway.printing import emulator
 
@@ -767,6 +784,7 @@ COMMANDS = {
     "report": cmd_report,
     "press-button": cmd_press_button,
     "emulate-printer": cmd_emulate_printer,
+    "user": cmd_user,
 }
 
 

@@ -297,6 +297,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    # The web console (docs/web.md): HOST:PORT lists for HTTP and for HTTPS
+    # (with ingest.tls's cert and key, else a self-signed certificate made at
+    # first start in <state_dir>/web-tls). Empty, the default in files: off.
+    # `make run`'s embedded defaults serve 127.0.0.1:8080.
+    listen: tuple[str, ...] = ()
+    tls_listen: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RetentionConfig:
     # Where closed segments are copied, gzip-compressed (docs/ledger-format.md,
     # "Retention"); it must exist. None: nothing is archived.
@@ -342,6 +352,7 @@ class Config:
     index: IndexConfig = IndexConfig()
     metrics: MetricsConfig = MetricsConfig()
     retention: RetentionConfig = RetentionConfig()
+    web: WebConfig = WebConfig()
     # Where the configuration came from (a file path, or "<defaults>"); not a YAML key.
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -411,6 +422,8 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Conf
             "routes": [{"printer": "paper"}],
             "reports": {"daily": {"printer": "paper"}},
             "board": {"fake": True},
+            # The web console on loopback only (docs/web.md).
+            "web": {"listen": ["127.0.0.1:8080"]},
         }
         source = "<defaults>"
     else:
@@ -452,6 +465,8 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Conf
         ("ingest.http.listen", http.listen),
         ("ingest.http.tls_listen", http.tls_listen),
         ("ingest.syslog.listen", config.ingest.syslog.listen),
+        ("web.listen", config.web.listen),
+        ("web.tls_listen", config.web.tls_listen),
     ):
         for i, address in enumerate(addresses):
             parse_address(address, source, f"{key}[{i}]")

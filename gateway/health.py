@@ -115,6 +115,8 @@ class Health:
             },
             "retention": gw.retention.status(),
             "dedup": asdict(gw.dedup.statistics()),
+            # The web console (gateway/web/): None when it is off.
+            "web": gw.web.statistics() if gw.web is not None else None,
             "events": gw.intake.stats.events,
             "rejected": gw.intake.stats.rejected,
             **printing,

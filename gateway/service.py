@@ -50,6 +50,7 @@ from gateway.statedir import (
     make_durable_dirs,
     raise_fd_limit,
 )
+from gateway.web.server import WebServer
 
 log = logging.getLogger("gateway.ops")
 
@@ -91,6 +92,9 @@ class Gateway:
             else None
         )
         self.metrics_address: tuple[str, int] | None = None
+        # The web console (gateway/web/), when web.listen or web.tls_listen is set.
+        self.web = WebServer.for_gateway(self)
+        self.web_bound: list[tuple[str, int]] = []
         self.indexer = (
             Indexer(config.state_dir, config.ledger_dir) if config.index.enabled else None
         )
@@ -123,6 +127,8 @@ class Gateway:
             self.control.close()
             if self.metrics is not None:
                 self.metrics.close()
+            if self.web is not None:
+                self.web.close()
             self.ledger.close()
             self.dedup.close(save=False)
             self.loop.close()
@@ -150,6 +156,8 @@ class Gateway:
         self.bound = bound
         if self.metrics is not None:
             self.metrics_address = self.metrics.listen()
+        if self.web is not None:
+            self.web_bound = self.web.listen()
         if not config.printers:
             log.warning("no printer is configured: events are stored, nothing is printed")
         if config.ledger.fsync == "off":
@@ -200,6 +208,7 @@ class Gateway:
                 "fields": {
                     "version": __version__,
                     "listen": [f"{h}:{p}" for h, p in bound],
+                    "web": [f"{h}:{p}" for h, p in self.web_bound],
                     "state_dir": str(config.state_dir),
                     "head_seq": self.ledger.next_seq - 1,
                     "fsync": config.ledger.fsync,
@@ -264,6 +273,7 @@ class Gateway:
                 ("ingest.syslog.listen", old.ingest.syslog.listen, new.ingest.syslog.listen),
                 ("ledger", old.ledger, new.ledger),
                 ("board", old.board, new.board),
+                ("web", old.web, new.web),
             )
             if before != after
         ]
@@ -289,6 +299,7 @@ class Gateway:
             ),
             ledger=old.ledger,
             board=old.board,
+            web=old.web,
         )
         self.config = effective
         self.ingest.reconfigure(effective.ingest)
@@ -345,6 +356,8 @@ class Gateway:
         log.info("stopping: no new connections; committing what clients already sent")
         self.ingest.stop_accepting()
         self.ingest.drain_all()
+        if self.web is not None:
+            self.web.close()  # its failed-login summaries go into the ledger before `stopped`
         self._in_flight = self.spool.stop() if self.spool is not None else []
         self.retention.stop()
         self.ledger.system(
@@ -383,6 +396,8 @@ class Gateway:
         self.control.close()
         if self.metrics is not None:
             self.metrics.close()
+        if self.web is not None:
+            self.web.close()
         self.panel.close()
         if self.spool is not None:
             self.spool.close(self._in_flight)

@@ -314,6 +314,13 @@ class QueryView:
         sql, params = self._matches(f)
         return self.db.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()[0]
 
+    def count_upto(self, f: Filters, cap: int) -> int:
+        """How many entries match, counting no further than `cap` (a bounded cost)."""
+        sql, params = self._matches(f)
+        return self.db.execute(f"SELECT count(*) FROM ({sql} LIMIT ?)", [*params, cap]).fetchone()[
+            0
+        ]
+
     def result(self, rows: list[dict[str, Any]]) -> Result:
         return Result(rows, self.indexed_to, self.from_ledger, self.present)
 

@@ -1,0 +1,1 @@
+"""The web console's stylesheet and script, served from the package."""

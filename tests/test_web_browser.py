@@ -1,0 +1,348 @@
+"""The web console in a real browser: Debian's chromium through chromedriver and Selenium.
+
+`make test-browser` (marker `browser`, not in `make test`). Nothing is
+downloaded: Selenium is pointed at /usr/bin/chromedriver and /usr/bin/chromium,
+which the make target installs from Debian when run as root. Without them
+these tests fail; they never skip.
+
+Every page is also photographed at desktop and phone width into docs/web/
+(the README shows them).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.printing.emulator import Emulator
+from tests.gatewayproc import ROOT
+from tests.webtools import PASSWORD, ROLES, query_all_csv, send_events, web_gateway
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+SHOTS = ROOT / "docs" / "web"
+DESKTOP = (1280, 900)
+PHONE = (390, 844)  # a common phone's CSS pixels
+WAIT_S = 30.0
+
+HOSTILE = {
+    "script": "<script>window.__pwned = 'script'</script>",
+    "img": '"><img src=x onerror="window.__pwned=\'img\'">',
+    "link": "javascript:window.__pwned='link'",
+}
+
+
+def _driver(download_dir: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: apt-get install chromium"
+    assert os.path.exists(CHROMEDRIVER), (
+        f"{CHROMEDRIVER} is missing: apt-get install chromium-driver"
+    )
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={DESKTOP[0]},{DESKTOP[1]}",
+    ):
+        options.add_argument(arg)
+    options.add_experimental_option(
+        "prefs",
+        {"download.default_directory": str(download_dir), "download.prompt_for_download": False},
+    )
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    with Emulator(tmp / "paper") as emulator:
+        gateway, base = web_gateway(
+            tmp,
+            printers={"counter": {"uri": f"socket://127.0.0.1:{emulator.port}"}},
+            routes=[{"printer": "counter", "match": {"event_type": "receipt.print"}}],
+        )
+        try:
+            events = [
+                {
+                    "event_type": "ticket.updated",
+                    "action": "update",
+                    "user_id": "42",
+                    "username": "maria",
+                    "object_type": "ticket",
+                    "object_id": "T-7",
+                    "old_value": {"status": "open", "owner": {"name": "a"}, "tags": ["x"]},
+                    "new_value": {
+                        "status": "closed",
+                        "owner": {"name": "b"},
+                        "tags": ["x", "y"],
+                        "note": "done",
+                    },
+                },
+                {
+                    "event_type": HOSTILE["script"],
+                    "action": HOSTILE["img"],
+                    "username": HOSTILE["link"],
+                    "object_type": "page",
+                    "object_id": HOSTILE["img"],
+                    "old_value": {"body": HOSTILE["script"]},
+                    "new_value": {"body": HOSTILE["img"]},
+                    "link": HOSTILE["link"],
+                },
+            ]
+            events += [
+                {
+                    "event_type": "subscription.renewed",
+                    "action": "renew",
+                    "user_id": str(i),
+                    "username": f"user{i % 5}",
+                    "object_type": "subscription",
+                    "object_id": f"S-{i}",
+                }
+                for i in range(120)
+            ]
+            send_events(gateway, [json.dumps(e) for e in events])
+            downloads = tmp / "downloads"
+            downloads.mkdir()
+            driver = _driver(downloads)
+            try:
+                yield {
+                    "gateway": gateway,
+                    "base": base,
+                    "driver": driver,
+                    "downloads": downloads,
+                    "emulator": emulator,
+                }
+            finally:
+                driver.quit()
+        finally:
+            gateway.stop()
+
+
+def _wait(predicate, what: str, timeout: float = WAIT_S):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _login(site, role: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    d = site["driver"]
+    d.delete_all_cookies()
+    d.get(site["base"] + "/")
+    d.find_element(By.NAME, "name").send_keys(ROLES[role])
+    d.find_element(By.NAME, "password").send_keys(PASSWORD)
+    d.find_element(By.CSS_SELECTOR, "form.login button").click()
+    _wait(lambda: "Dashboard" in d.title, "the dashboard")
+    assert f"({role})" in d.find_element(By.CSS_SELECTOR, "nav .who").text
+
+
+def _shot(site, name: str) -> None:
+    d = site["driver"]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for label, (w, h) in (("desktop", DESKTOP), ("phone", PHONE)):
+        d.set_window_size(w, h)
+        d.save_screenshot(str(SHOTS / f"{name}-{label}.png"))
+    d.set_window_size(*DESKTOP)
+
+
+def _not_pwned(site) -> None:
+    assert site["driver"].execute_script("return window.__pwned === undefined")
+
+
+def test_login_form_and_each_role(site):
+    from selenium.webdriver.common.by import By
+
+    d = site["driver"]
+    d.delete_all_cookies()
+    d.get(site["base"] + "/")
+    assert d.find_element(By.NAME, "password")
+    _shot(site, "login")
+    d.find_element(By.NAME, "name").send_keys("audrey")
+    d.find_element(By.NAME, "password").send_keys("wrong password!")
+    d.find_element(By.CSS_SELECTOR, "form.login button").click()
+    _wait(lambda: "Wrong name or password" in d.page_source, "the refusal")
+    for role in ROLES:
+        _login(site, role)
+    text = d.find_element(By.ID, "figures").text
+    assert "Health" in text and "ok" in text and "Ledger head seq" in text
+    _shot(site, "dashboard")
+
+
+def test_dashboard_updates_without_reload(site):
+    from selenium.webdriver.common.by import By
+
+    d = site["driver"]
+    _login(site, "auditor")
+    cell = d.find_element(By.CSS_SELECTOR, '[data-live="head_seq"]')
+    before = int(cell.text)
+    send_events(site["gateway"], [json.dumps({"event_type": "live.check"})])
+    _wait(lambda: int(cell.text) > before, "the live update of the head seq", 20)
+
+
+def test_filter_the_table_and_open_a_detail_with_its_diff(site):
+    from selenium.webdriver.common.by import By
+
+    d = site["driver"]
+    _login(site, "auditor")
+    d.get(site["base"] + "/audit")
+    _shot(site, "audit")
+    field = d.find_element(By.NAME, "username")
+    field.send_keys("user3")
+    d.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    _wait(lambda: "username=user3" in d.current_url, "the filtered table")
+    assert "showing 1-24 of 24" in d.find_element(By.ID, "shown").text
+    rows = d.find_elements(By.CSS_SELECTOR, "#audit tbody tr")
+    assert len(rows) == 24 and all("user3" in r.text for r in rows)
+    d.get(site["base"] + "/audit?object_id=T-7")
+    d.find_element(By.CSS_SELECTOR, "#audit tbody tr td a").click()
+    _wait(lambda: "Entry" in d.title, "the detail view")
+    diff = {
+        tuple(c.text for c in r.find_elements(By.TAG_NAME, "td"))[:2]
+        for r in d.find_elements(By.CSS_SELECTOR, "#diff tbody tr")
+    }
+    assert diff == {
+        ("changed", "status"),
+        ("changed", "owner.name"),
+        ("added", "tags[1]"),
+        ("added", "note"),
+    }
+    assert "ok: its stored bytes" in d.find_element(By.ID, "fields").text
+    _shot(site, "detail")
+
+
+def test_hostile_values_are_shown_as_text_and_never_run(site):
+    from selenium.webdriver.common.by import By
+
+    d = site["driver"]
+    _login(site, "auditor")
+    d.get(site["base"] + "/audit?object_type=page")
+    _wait(lambda: d.find_elements(By.CSS_SELECTOR, "#audit tbody tr"), "the row")
+    table = d.find_element(By.ID, "audit").text
+    assert HOSTILE["script"] in table and HOSTILE["img"] in table and HOSTILE["link"] in table
+    _not_pwned(site)
+    assert not d.find_elements(By.CSS_SELECTOR, "#audit img")
+    d.find_element(By.CSS_SELECTOR, "#audit tbody tr td a").click()
+    _wait(lambda: "Entry" in d.title, "the detail view")
+    _not_pwned(site)
+    page = d.find_element(By.TAG_NAME, "main")
+    assert HOSTILE["link"] in page.text and HOSTILE["script"] in page.text
+    assert not page.find_elements(By.TAG_NAME, "img")
+    assert not [
+        a
+        for a in page.find_elements(By.TAG_NAME, "a")
+        if (a.get_attribute("href") or "").startswith("javascript")
+    ]
+    # Even a script the page itself did not write is refused by the CSP.
+    d.execute_script(
+        "var s = document.createElement('script'); s.textContent = \"window.__pwned='csp'\";"
+        "document.body.appendChild(s);"
+    )
+    _not_pwned(site)
+
+
+def test_csv_download_has_every_row(site):
+    from selenium.webdriver.common.by import By
+
+    d = site["driver"]
+    _login(site, "auditor")
+    d.get(site["base"] + "/audit?event_type=subscription.renewed")
+    d.find_element(By.LINK_TEXT, "Export CSV").click()
+    done = _wait(
+        lambda: [p for p in site["downloads"].glob("*.csv") if p.stat().st_size],
+        "the CSV download",
+    )
+    rows = list(csv.reader(io.StringIO(done[0].read_text(encoding="utf-8"))))
+    expected = query_all_csv(site["gateway"], "--event-type", "subscription.renewed")
+    assert len(rows) == len(list(csv.reader(io.StringIO("\n".join(expected))))) == 121
+    assert "UTC" in done[0].name
+
+
+def test_verify_runs_to_its_result(site):
+    from selenium.webdriver.common.by import By
+
+    d = site["driver"]
+    _login(site, "auditor")
+    d.get(site["base"] + "/verify")
+    d.find_element(By.ID, "verify-start").click()
+    _wait(lambda: "ok:" in d.find_element(By.ID, "verify-state").text, "the verification")
+    assert d.find_element(By.LINK_TEXT, "Verification statement (HTML)")
+    _shot(site, "verify")
+
+
+def test_test_page_as_operator_and_refused_as_auditor(site):
+    from selenium.webdriver.common.by import By
+
+    d = site["driver"]
+    emulator = site["emulator"]
+    before = len(emulator.jobs())
+    _login(site, "auditor")
+    d.get(site["base"] + "/printers")
+    assert not d.find_elements(By.XPATH, "//button[text()='Print test page']")
+    # A forged form from an auditor's own page: refused by role, not only hidden.
+    token = d.find_element(By.NAME, "csrf").get_attribute("value")
+    d.execute_script(
+        "var f = document.createElement('form'); f.method = 'post';"
+        "f.action = '/printers/test-page';"
+        "for (var [k, v] of [['csrf', arguments[0]], ['printer', 'counter']]) {"
+        " var i = document.createElement('input'); i.type = 'hidden'; i.name = k; i.value = v;"
+        " f.appendChild(i); }"
+        "document.body.appendChild(f); f.submit();",
+        token,
+    )
+    _wait(lambda: "Refused" in d.title, "the refusal")
+    assert "operator or admin" in d.page_source
+    _login(site, "operator")
+    d.get(site["base"] + "/printers")
+    _shot(site, "printers")
+    d.find_element(By.XPATH, "//button[text()='Print test page']").click()
+    _wait(lambda: d.find_elements(By.ID, "printer-message"), "the message")
+    assert "queued" in d.find_element(By.ID, "printer-message").text
+    jobs = emulator.wait_jobs(before + 1, WAIT_S)
+    assert len(jobs) == before + 1 and b"STATUS" in jobs[-1].upper()
+
+
+def test_daily_report_made_and_listed_as_operator(site):
+    import datetime as dt
+
+    from selenium.webdriver.common.by import By
+
+    d = site["driver"]
+    emulator = site["emulator"]
+    before = len(emulator.jobs())
+    _login(site, "operator")
+    d.get(site["base"] + "/reports")
+    day = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+    d.find_element(By.CSS_SELECTOR, "form[action='/reports/print'] input[name='date']").send_keys(
+        day
+    )
+    d.find_element(By.XPATH, "//button[text()='Make and print the report of this day']").click()
+    _wait(lambda: d.find_elements(By.ID, "report-message"), "the message")
+    assert "Report number 1" in d.find_element(By.ID, "report-message").text
+    jobs = emulator.wait_jobs(before + 1, WAIT_S)
+    assert len(jobs) == before + 1
+    _wait(
+        lambda: (d.refresh(), d.find_elements(By.CSS_SELECTOR, "#reports tbody tr"))[1],
+        "the report in the list",
+    )
+    row = d.find_element(By.CSS_SELECTOR, "#reports tbody tr").text
+    assert day in row and "web:otto" in row
+    _shot(site, "reports")

@@ -1,0 +1,70 @@
+"""The console's seq-to-offset map gives what a scan from the segment's start gives."""
+
+from __future__ import annotations
+
+import json
+
+from gateway.audit.check import checked_entries
+from gateway.audit.query import QueryView
+from gateway.ledger.store import list_segments
+from gateway.web import seqmap as seqmap_module
+from gateway.web.seqmap import SeqMap
+from tests.gatewayproc import GatewayProcess
+from tests.webtools import send_events
+
+
+def _ledger(tmp_path, n: int) -> GatewayProcess:
+    # 64 KiB segments (the smallest allowed): a few thousand entries make several.
+    gateway = GatewayProcess(tmp_path, ledger={"segment_bytes": 65536})
+    send_events(
+        gateway, [json.dumps({"event_type": "t", "i": i, "pad": "x" * 40}) for i in range(n)]
+    )
+    return gateway
+
+
+def test_every_entry_as_a_scan_finds_it_while_the_ledger_grows(tmp_path, monkeypatch):
+    monkeypatch.setattr(seqmap_module, "STRIDE", 7)  # many marks, and lookups between them
+    gateway = _ledger(tmp_path, 1500)
+    try:
+        ledger_dir = gateway.state_dir / "ledger"
+        assert len(list_segments(ledger_dir)) >= 3
+        m = SeqMap(ledger_dir)
+        scanned = {c.seq: c for c in checked_entries(ledger_dir)}
+        order = sorted(scanned, key=lambda s: (s * 7919) % len(scanned))  # out of order
+        for seq in order:
+            got = m.get(seq)
+            assert got is not None and got.damage is None, seq
+            assert (got.hash, got.record) == (scanned[seq].hash, scanned[seq].record), seq
+        head = max(scanned)
+        assert m.get(head + 1) is None
+        send_events(gateway, [json.dumps({"event_type": "later"})])  # the live segment grows
+        later = m.get(head + 1)
+        assert later is not None and later.record["event"]["event_type"] == "later"
+        assert m.get(0) is None
+        with QueryView(gateway.state_dir) as view:
+            from gateway.audit.query import Filters
+
+            rows = view.page(Filters(limit=100))
+        assert m.check_rows(rows) == {}
+        rows[0]["record"]["event"] = {"forged": True}
+        assert m.check_rows(rows) == {rows[0]["seq"]: "the index differs from the ledger"}
+    finally:
+        gateway.stop()
+
+
+def test_a_changed_byte_is_damage_at_that_seq(tmp_path, monkeypatch):
+    monkeypatch.setattr(seqmap_module, "STRIDE", 5)
+    gateway = _ledger(tmp_path, 300)
+    gateway.stop()
+    ledger_dir = gateway.state_dir / "ledger"
+    _first, path = list_segments(ledger_dir)[0]
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x18{")  # the CBOR integer 123 (the event with i = 123)
+    data[at + 1] ^= 0x01  # 123 becomes 122: the frame is intact, its hash no longer matches
+    path.write_bytes(bytes(data))
+    scanned = {c.seq: c.damage for c in checked_entries(ledger_dir)}
+    bad = [s for s, d in scanned.items() if d]
+    assert len(bad) == 1
+    m = SeqMap(ledger_dir)
+    assert m.get(bad[0]).damage == scanned[bad[0]]
+    assert m.get(bad[0] + 1).damage is None  # its own link holds
