@@ -75,6 +75,8 @@ class Health:
             health = "printer alert"
         elif not self.clock.synced and spool is not None and gw.config.reports.daily is not None:
             health = "degraded: the clock is not synchronised; the daily report waits"
+        elif fleet_reason := gw.fleet.health():
+            health = f"degraded: {fleet_reason}"
         indexer = gw.indexer
         return {
             "version": __version__,
@@ -113,6 +115,7 @@ class Health:
                 "error": indexer.error if indexer else "",
             },
             "retention": gw.retention.status(),
+            **gw.fleet.status(),
             "events": gw.intake.stats.events,
             "rejected": gw.intake.stats.rejected,
             **printing,

@@ -30,6 +30,7 @@ from gateway.commands import Commands
 from gateway.config import Config, load_config
 from gateway.control import ControlServer
 from gateway.errors import ConfigError
+from gateway.fleet.member import FleetMember
 from gateway.health import Health
 from gateway.ingest import http, syslog
 from gateway.ingest.intake import Intake
@@ -103,6 +104,9 @@ class Gateway:
             indexer = self.indexer
             self.ledger.subscribe(lambda batch: indexer.notify(batch.head.seq))
         self.ledger.subscribe(self.retention.on_durable)
+        # Signed checkpoints and replication (gateway/fleet/).
+        self.fleet = FleetMember(config, loop, self.ledger)
+        self.ledger.subscribe(self.fleet.on_durable)
         self.bound: list[tuple[str, int]] = []
         self._in_flight: list[str] = []
         self.stopping = False
@@ -179,6 +183,7 @@ class Gateway:
                 "timezone": config.zone_name,
             },
         )
+        self.fleet.start()
         self.ledger.start()
         if self.indexer is not None:
             self.indexer.start()
@@ -343,6 +348,7 @@ class Gateway:
         self.ingest.drain_all()
         self._in_flight = self.spool.stop() if self.spool is not None else []
         self.retention.stop()
+        self.fleet.stop()
         self.ledger.system(
             "stopped",
             {
@@ -383,6 +389,7 @@ class Gateway:
         if self.spool is not None:
             self.spool.close(self._in_flight)
         self.retention.close()
+        self.fleet.close()
         if not self.ledger.close():
             log.error("a ledger write never returned; exiting without it")
             self.exit_code = 1
