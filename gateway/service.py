@@ -223,6 +223,9 @@ class Gateway:
             needed.append(self.spool.floor())
         if self.indexer is not None and not self.indexer.error:
             needed.append(self.indexer.indexed + 1)
+        replicating = self.fleet.keep_from()  # not removed before the store confirms it
+        if replicating is not None:
+            needed.append(replicating)
         return min(needed)
 
     def status(self) -> dict:

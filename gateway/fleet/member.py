@@ -69,6 +69,10 @@ class FleetMember:
         if self.replicator is not None:
             self.replicator.close()
 
+    def keep_from(self) -> int | None:
+        """The oldest seq retention must keep for replication (None: no constraint)."""
+        return self.replicator.keep_from() if self.replicator is not None else None
+
     def health(self) -> str:
         """'' or why the fleet part degrades health (replication lag)."""
         return self.replicator.health() if self.replicator is not None else ""
