@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_state_options(p)
     p.add_argument("--json", action="store_true", help="print the identity as JSON")
 
+    from gateway.fleet.command import add_fleet_parser
+
+    add_fleet_parser(sub, _add_state_options)
+
     p = sub.add_parser("export", help="print ledger entries, each checked against the chain")
     _add_state_options(p)
     p.add_argument("--from-seq", type=int, default=1)
@@ -348,6 +352,12 @@ def cmd_identity(args: argparse.Namespace) -> int:
         f"origin       {identity.origin}"
     )
     return EXIT_OK
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from gateway.fleet.command import cmd_fleet as run
+
+    return run(args, _existing_state)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -819,6 +829,7 @@ COMMANDS = {
     "check-config": cmd_check_config,
     "verify": cmd_verify,
     "identity": cmd_identity,
+    "fleet": cmd_fleet,
     "export": cmd_export,
     "send": cmd_send,
     "query": cmd_query,

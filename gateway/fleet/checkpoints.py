@@ -186,8 +186,10 @@ class Checkpointer:
             tmp.write_text(note, encoding="utf-8")
             os.replace(tmp, path)
         except OSError as exc:
-            log.warning("cannot write the latest checkpoint note", extra={"fields": {
-                "path": str(path), "error": str(exc)}})  # fmt: skip
+            log.warning(
+                "cannot write the latest checkpoint note",
+                extra={"fields": {"path": str(path), "error": str(exc)}},
+            )
 
     def statistics(self) -> CheckpointerStatistics:
         from gateway.fleet.note import parse_note

@@ -337,8 +337,10 @@ class Replicator:
                 return
             except (S3Error, S3Unavailable, OSError, GatewayError) as exc:
                 self._report(state="retrying", error=str(exc))
-                log.warning("replication failed; retrying", extra={"fields": {
-                    "error": str(exc), "retry_in_s": delay}})  # fmt: skip
+                log.warning(
+                    "replication failed; retrying",
+                    extra={"fields": {"error": str(exc), "retry_in_s": delay}},
+                )
                 listed = listed and isinstance(exc, S3Error)  # after an outage: ask again
                 if self._stop.wait(delay):
                     return
