@@ -82,7 +82,12 @@ def send(proc: GatewayProcess, n: int, start: int = 0, pad: int = 1000) -> None:
 
 def caught_up(proc: GatewayProcess, min_confirmed: int = 1) -> dict | None:
     st = status(proc)["replication"]
-    if st["lag_segments"] == 0 and st["confirmed"] >= min_confirmed and st["notes_pending"] == 0:
+    if (
+        st["lag_segments"] == 0
+        and st["confirmed"] >= min_confirmed
+        and st["notes_pending"] == 0
+        and not st["error"]
+    ):
         return st
     return None
 

@@ -121,3 +121,169 @@ def test_two_boxes_verify_and_a_deleted_segment_still_verifies(tmp_path, ceph, b
     code, out = _verify(ceph, bucket, tmp_path, "--expect", f"box-b:{head['head_seq']}:" + "0" * 16)
     assert code == 1
     assert any("anchor" in f["problem"] for r in out["boxes"] for f in r["findings"])
+
+
+def _versions_per_key(bucket, prefix):
+    counts: dict[str, int] = {}
+    for v in bucket.list_versions(prefix):
+        if not v.delete_marker:
+            counts[v.key] = counts.get(v.key, 0) + 1
+    return counts
+
+
+def test_a_store_outage_is_caught_up_with_nothing_lost_or_sent_twice(tmp_path, ceph, bucket):
+    from fleetsupport import OUTAGE_TIMEOUT_S
+
+    box = fleet_gateway(tmp_path / "a", ceph, bucket.bucket, "box-a")
+    try:
+        send(box, 100)
+        first = wait_for(lambda: caught_up(box, 1), CONFIRM_TIMEOUT_S, "replication")
+        ceph.stop_rgw()
+        try:
+            send(box, 200, start=100)  # ingest goes on while the store is away
+            st = wait_for(
+                lambda: (s := status(box)["replication"])["error"] and s["lag_segments"] and s,
+                CONFIRM_TIMEOUT_S,
+                "the outage to show in status",
+            )
+            assert st["lag_bytes"] > 0
+        finally:
+            ceph.start_rgw()
+        st = wait_for(lambda: caught_up(box, first["confirmed"] + 2), OUTAGE_TIMEOUT_S, "catch-up")
+        assert st["error"] == ""
+    finally:
+        box.close()
+    sealed = sorted(p.name for p in (box.state_dir / "ledger").glob("*.seg"))[:-1]
+    counts = _versions_per_key(bucket, "box-a/segments/")
+    assert {f"box-a/segments/{n}" for n in sealed} <= set(counts)
+    assert all(n == 1 for n in counts.values()), counts
+    code, out = _verify(ceph, bucket, tmp_path)
+    assert code == 0, out
+
+
+def test_kill_9_during_an_upload_resumes_with_at_most_one_extra_version(tmp_path, ceph, bucket):
+    # 20 kB/s: a 64 KiB segment takes about 3 s to send, long enough to be killed in.
+    box = fleet_gateway(tmp_path / "a", ceph, bucket.bucket, "box-a", max_bytes_per_s=20_000)
+    try:
+        send(box, 150)
+        wait_for(
+            lambda: status(box)["replication"]["state"].startswith("uploading"),
+            CONFIRM_TIMEOUT_S,
+            "an upload in progress",
+        )
+        box.kill()
+        import yaml
+
+        config = yaml.safe_load(box.config_path.read_text())
+        config["fleet"]["max_bytes_per_s"] = 0
+        box.config_path.write_text(yaml.safe_dump(config))
+        box.start()
+        wait_for(lambda: caught_up(box, 2), CONFIRM_TIMEOUT_S, "replication after the kill")
+    finally:
+        box.close()
+    counts = _versions_per_key(bucket, "box-a/segments/")
+    assert counts and all(n <= 2 for n in counts.values()), counts
+    assert sum(n - 1 for n in counts.values()) <= 1, counts
+    code, out = _verify(ceph, bucket, tmp_path)
+    assert code == 0, out
+
+
+def test_fleet_check_names_a_local_segment_changed_after_replication(tmp_path, ceph, bucket):
+    from fleetsupport import fleet_cli
+
+    box = fleet_gateway(tmp_path / "a", ceph, bucket.bucket, "box-a")
+    try:
+        send(box, 150)
+        wait_for(lambda: caught_up(box, 2), CONFIRM_TIMEOUT_S, "replication")
+    finally:
+        box.close()
+    done = fleet_cli("check", "--config", str(box.config_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    segment = sorted((box.state_dir / "ledger").glob("*.seg"))[0]
+    data = bytearray(segment.read_bytes())
+    data[200] ^= 0x01
+    segment.write_bytes(bytes(data))
+    done = fleet_cli("check", "--config", str(box.config_path))
+    assert done.returncode == 1
+    assert segment.name.encode() in done.stdout and b"changed after replication" in done.stdout
+
+
+def _problems(out, box):
+    return [f["problem"] for r in out["boxes"] if r["box"] == box for f in r["findings"]]
+
+
+def test_a_changed_key_is_named(tmp_path, ceph, bucket):
+    box = fleet_gateway(tmp_path / "a", ceph, bucket.bucket, "box-a")
+    try:
+        send(box, 80)
+        wait_for(lambda: caught_up(box, 1), CONFIRM_TIMEOUT_S, "replication")
+        box.stop()
+        (box.state_dir / "box.ed25519").unlink()  # a new key at the next start
+        box.start()
+        send(box, 80, start=80)
+        wait_for(lambda: caught_up(box, 2), CONFIRM_TIMEOUT_S, "replication with the new key")
+    finally:
+        box.close()
+    code, out = _verify(ceph, bucket, tmp_path)
+    assert code == 1
+    problems = _problems(out, "box-a")
+    assert any("key changed" in p for p in problems), problems
+    assert any("checkpoint refused" in p for p in problems), problems
+
+
+def test_a_rolled_back_box_is_named(tmp_path, ceph, bucket):
+    import shutil
+
+    box = fleet_gateway(tmp_path / "a", ceph, bucket.bucket, "box-a")
+    saved = tmp_path / "saved-ledger"
+    try:
+        send(box, 80)
+        wait_for(lambda: caught_up(box, 1), CONFIRM_TIMEOUT_S, "replication")
+        box.stop()
+        shutil.copytree(box.state_dir / "ledger", saved)  # the card as it was then
+        box.start()
+        send(box, 150, start=80)
+        wait_for(lambda: caught_up(box, 3), CONFIRM_TIMEOUT_S, "replication")
+        box.stop()
+        shutil.rmtree(box.state_dir / "ledger")
+        shutil.copytree(saved, box.state_dir / "ledger")  # an older ledger put back
+        box.start()
+        send(box, 150, start=1000)
+        wait_for(lambda: caught_up(box, 3), CONFIRM_TIMEOUT_S, "replication after the rollback")
+    finally:
+        box.close()
+    code, out = _verify(ceph, bucket, tmp_path)
+    assert code == 1
+    problems = _problems(out, "box-a")
+    assert any("different contents" in p or "rollback" in p or "fork" in p for p in problems), (
+        problems
+    )
+
+
+def test_a_forked_chain_is_named(tmp_path, ceph, bucket):
+    import shutil
+
+    a = fleet_gateway(tmp_path / "a", ceph, bucket.bucket, "box-a")
+    try:
+        send(a, 40)
+        wait_for(lambda: caught_up(a, 0), CONFIRM_TIMEOUT_S, "replication")
+        a.stop()
+        # The same box's state (key and ledger) copied onto a second card: two chains.
+        twin_dir = tmp_path / "twin"
+        twin_dir.mkdir()
+        shutil.copytree(a.state_dir, twin_dir / "state", ignore=shutil.ignore_patterns("*.sock"))
+        a.start()
+        twin = fleet_gateway(twin_dir, ceph, bucket.bucket, "box-a")
+        try:
+            send(a, 150, start=100)
+            send(twin, 150, start=500)
+            wait_for(lambda: caught_up(a, 2), CONFIRM_TIMEOUT_S, "box-a")
+            wait_for(lambda: caught_up(twin, 2), CONFIRM_TIMEOUT_S, "its twin")
+        finally:
+            twin.close()
+    finally:
+        a.close()
+    code, out = _verify(ceph, bucket, tmp_path)
+    assert code == 1
+    problems = _problems(out, "box-a")
+    assert any("different contents" in p or "fork" in p for p in problems), problems

@@ -233,31 +233,28 @@ class S3Client:
         url = _quote(path, "/")
         if query:
             url += "?" + "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items()))
-        conn = self._connection()
-        try:
-            conn.putrequest(method, url, skip_host=True, skip_accept_encoding=True)
-            for name, value in headers.items():
-                conn.putheader(name, value)
-            conn.endheaders()
-            view = memoryview(body)
-            for start in range(0, len(body), SEND_CHUNK_BYTES):
-                piece = view[start : start + SEND_CHUNK_BYTES]
-                if pace is not None:
-                    pace(len(piece))
-                conn.send(piece)
-            self.bytes_sent += len(body)
-            response = conn.getresponse()
-            data = response.read()
-            answer_headers = {k.lower(): v for k, v in response.getheaders()}
-            status = response.status
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise S3Unavailable(f"{self.scheme}://{self.host_header}: {exc}") from exc
+        # A kept-alive connection the store has closed meanwhile fails on its
+        # first use: that request is sent once more on a new connection. (Had
+        # the store taken it whole before closing, the second PUT adds an
+        # identical version, which the verifier counts as one.)
+        for attempt in (1, 2):
+            reused = self._conn is not None
+            conn = self._connection()
+            try:
+                status, answer_headers, data, reason, closing = self._exchange(
+                    conn, method, url, headers, body, pace
+                )
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if reused and attempt == 1 and not isinstance(exc, TimeoutError):
+                    continue
+                raise S3Unavailable(f"{self.scheme}://{self.host_header}: {exc}") from exc
         self.requests += 1
-        if response.will_close:
+        if closing:
             self.close()
         if status not in ok:
-            code, message = str(status), response.reason
+            code, message = str(status), reason
             if data:
                 try:
                     root = ET.fromstring(data)
@@ -267,6 +264,23 @@ class S3Client:
                     pass
             raise S3Error(status, code, message, key)
         return status, answer_headers, data
+
+    def _exchange(self, conn, method, url, headers, body, pace):
+        conn.putrequest(method, url, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        view = memoryview(body)
+        for start in range(0, len(body), SEND_CHUNK_BYTES):
+            piece = view[start : start + SEND_CHUNK_BYTES]
+            if pace is not None:
+                pace(len(piece))
+            conn.send(piece)
+        self.bytes_sent += len(body)
+        response = conn.getresponse()
+        data = response.read()
+        answer_headers = {k.lower(): v for k, v in response.getheaders()}
+        return response.status, answer_headers, data, response.reason, response.will_close
 
     # ---- bucket
 
