@@ -39,7 +39,7 @@ from blake3 import blake3
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.fleet.identity import BoxIdentity
-from gateway.fleet.s3 import S3Client, S3Error, S3Unavailable, load_credentials
+from gateway.fleet.s3 import S3Client, S3Error, S3Unavailable, digests, load_credentials
 from gateway.ledger import format as fmt
 from gateway.ledger.commit import DurableBatch, Ledger
 from gateway.ledger.store import SegmentReader, list_segments
@@ -373,8 +373,7 @@ class Replicator:
         """One locked PUT, its retention read back; returns the MD5 the store holds."""
         client = self._client()
         until = self._retain_until()
-        data = body.read_bytes() if isinstance(body, Path) else body
-        version = client.put_object(key, data, lock_mode=LOCK_MODE, retain_until=until, pace=pace)
+        version = client.put_object(key, body, lock_mode=LOCK_MODE, retain_until=until, pace=pace)
         mode, retained = client.get_retention(key, version)
         wanted = until - dt.timedelta(seconds=RETAIN_SLACK_S)
         if mode != LOCK_MODE or retained is None or retained < wanted:
@@ -382,8 +381,9 @@ class Replicator:
                 f"{key} version {version} is not locked as asked ({mode or 'no lock'}, "
                 f"until {retained}); the store ignored the lock headers"
             )
-        self._report(uploaded=1, bytes_uploaded=len(data))
-        return hashlib.md5(data).hexdigest()
+        _sha, md5, size = digests(body)
+        self._report(uploaded=1, bytes_uploaded=size)
+        return md5.hex()
 
     def _put_identity(self, store: dict[str, list[str]], pace: Pacer) -> None:
         body = json.dumps(self.identity.public.as_json(), sort_keys=True).encode()

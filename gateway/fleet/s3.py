@@ -215,7 +215,7 @@ class S3Client:
         method: str,
         key: str = "",
         query: dict[str, str] | None = None,
-        body: bytes = b"",
+        body: bytes | Path = b"",
         headers: dict[str, str] | None = None,
         pace: Callable[[int], None] | None = None,
         ok: tuple[int, ...] = (200,),
@@ -223,13 +223,14 @@ class S3Client:
         """One signed request; S3Error for an error answer, S3Unavailable for no answer.
 
         `pace(n)` is called before each piece of the body is sent (the bandwidth bound).
+        A Path body is read from its file in pieces (a 64 MiB segment is never in memory).
         """
         query = dict(query or {})
         headers = dict(headers or {})
         path = f"{self.base_path}/{self.bucket}" + (f"/{key}" if key else "")
-        sha = hashlib.sha256(body).hexdigest()
+        sha, _md5, size = digests(body)
         self._sign(method, path, query, headers, sha)
-        headers["content-length"] = str(len(body))
+        headers["content-length"] = str(size)
         url = _quote(path, "/")
         if query:
             url += "?" + "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items()))
@@ -270,13 +271,11 @@ class S3Client:
         for name, value in headers.items():
             conn.putheader(name, value)
         conn.endheaders()
-        view = memoryview(body)
-        for start in range(0, len(body), SEND_CHUNK_BYTES):
-            piece = view[start : start + SEND_CHUNK_BYTES]
+        for piece in _pieces(body):
             if pace is not None:
                 pace(len(piece))
             conn.send(piece)
-        self.bytes_sent += len(body)
+            self.bytes_sent += len(piece)
         response = conn.getresponse()
         data = response.read()
         answer_headers = {k.lower(): v for k, v in response.getheaders()}
@@ -301,7 +300,7 @@ class S3Client:
     def put_object(
         self,
         key: str,
-        body: bytes,
+        body: bytes | Path,
         *,
         lock_mode: str = "",
         retain_until: dt.datetime | None = None,
@@ -309,8 +308,9 @@ class S3Client:
         pace: Callable[[int], None] | None = None,
     ) -> str:
         """One PUT with Content-MD5 (and a lock when asked); returns the version id ('' if none)."""
+        _sha, md5, _size = digests(body)
         headers = {
-            "content-md5": base64.b64encode(hashlib.md5(body).digest()).decode(),
+            "content-md5": base64.b64encode(md5).decode(),
             "content-type": content_type,
         }
         if lock_mode:
@@ -319,7 +319,7 @@ class S3Client:
             headers["x-amz-object-lock-retain-until-date"] = iso_utc(retain_until)
         _status, answer, _data = self.request("PUT", key, body=body, headers=headers, pace=pace)
         etag = answer.get("etag", "").strip('"')
-        if etag and "-" not in etag and etag != hashlib.md5(body).hexdigest():
+        if etag and "-" not in etag and etag != md5.hex():
             raise S3Error(200, "BadDigest", f"the store's ETag {etag} is not our MD5", key)
         return answer.get("x-amz-version-id", "")
 
@@ -401,6 +401,27 @@ class S3Client:
             token = _find(root, "NextContinuationToken")
             if _find(root, "IsTruncated") != "true" or not token:
                 return found
+
+
+def _pieces(body: bytes | Path) -> Iterator[bytes | memoryview]:
+    if isinstance(body, Path):
+        with open(body, "rb") as f:
+            while piece := f.read(SEND_CHUNK_BYTES):
+                yield piece
+        return
+    view = memoryview(body)
+    for start in range(0, len(body), SEND_CHUNK_BYTES):
+        yield view[start : start + SEND_CHUNK_BYTES]
+
+
+def digests(body: bytes | Path) -> tuple[str, bytes, int]:
+    """(SHA-256 hex, MD5 digest, size) of a body, a file read in pieces."""
+    sha, md5, size = hashlib.sha256(), hashlib.md5(), 0
+    for piece in _pieces(body):
+        sha.update(piece)
+        md5.update(piece)
+        size += len(piece)
+    return sha.hexdigest(), md5.digest(), size
 
 
 def _find(element: ET.Element, name: str) -> str:
