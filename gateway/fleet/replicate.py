@@ -28,6 +28,7 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ HASH_CHUNK_BYTES = 1024 * 1024
 # The thread is given this long to finish its request at close.
 CLOSE_TIMEOUT_S = 10.0
 LOCK_MODE = "COMPLIANCE"
+# The upload thread's nice value (the loop keeps 0): 10 is what background
+# work such as logrotate and man-db get on Debian.
+UPLOADER_NICE = 10
 
 
 def segment_key(box: str, name: str) -> str:
@@ -312,6 +316,12 @@ class Replicator:
     # ---- the upload thread
 
     def _run(self) -> None:
+        # Hashing and sending yield to the loop when the CPU is short: the
+        # uploader catches up later, acknowledgements must not wait for it.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPLOADER_NICE)
+        except OSError:
+            pass
         delay = RETRY_START_S
         listed = False
         store: dict[str, list[str]] = {}
