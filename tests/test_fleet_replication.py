@@ -287,3 +287,63 @@ def test_a_forked_chain_is_named(tmp_path, ceph, bucket):
     assert code == 1
     problems = _problems(out, "box-a")
     assert any("different contents" in p or "fork" in p for p in problems), problems
+
+
+def test_a_replaced_box_continues_the_chain(tmp_path, ceph, bucket):
+    import json
+    import shutil
+
+    from fleetsupport import fleet_cli
+
+    old = fleet_gateway(tmp_path / "old", ceph, bucket.bucket, "box-a")
+    try:
+        send(old, 150)
+        wait_for(lambda: caught_up(old, 2), CONFIRM_TIMEOUT_S, "replication")
+    finally:
+        old.kill()  # the card dies
+    # The new box: the configuration and the key from the backup, an empty ledger.
+    new_dir = tmp_path / "new"
+    (new_dir / "state").mkdir(parents=True)
+    shutil.copy(old.state_dir / "box.ed25519", new_dir / "state" / "box.ed25519")
+    config = new_dir / "gateway.yaml"
+    config.write_text(
+        old.config_path.read_text().replace(str(old.state_dir), str(new_dir / "state"))
+    )
+    done = fleet_cli("restore", "--config", str(config), "--box", "box-a", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    detail = json.loads(done.stdout)
+    replicated_head = detail["head_seq"]
+    assert detail["segments"] >= 2 and replicated_head > 0
+    # The restored ledger verifies, and its first new entry records the restore.
+    from gatewayproc import run_gateway_command
+
+    done = run_gateway_command("verify", "--json", "--config", str(config))
+    assert done.returncode == 0, done.stdout
+    done = run_gateway_command("export", "--config", str(config),
+                               "--from-seq", str(replicated_head + 1))  # fmt: skip
+    first = json.loads(done.stdout.splitlines()[0])
+    assert first["seq"] == replicated_head + 1 and first.get("name") == "restored", first
+    # The new box runs on, replicates, and the store's chain continues unbroken.
+    import yaml
+    from gatewayproc import GatewayProcess
+
+    overrides = yaml.safe_load(config.read_text())
+    overrides.pop("ingest", None)
+    new = GatewayProcess(new_dir, **overrides)
+    try:
+        send(new, 150, start=1000)
+        wait_for(lambda: caught_up(new, detail["segments"] + 2), CONFIRM_TIMEOUT_S, "new box")
+        assert status(new)["replication"]["skipped"] >= detail["segments"]
+    finally:
+        new.close()
+    code, out = _verify(ceph, bucket, tmp_path)
+    problems = _problems(out, "box-a")
+    assert code == (1 if problems else 0)
+    # Only the old box's checkpoints over entries that were never replicated
+    # (its live segment, lost with the card) are off the chain: nothing else.
+    assert all("does not pass through" in p for p in problems), problems
+    lost = detail["lost"]
+    for r in out["boxes"]:
+        for f in r["findings"]:
+            assert lost and lost[0] <= f["seq"] <= lost[1], (f, lost)
+    assert out["boxes"][0]["head_seq"] > replicated_head

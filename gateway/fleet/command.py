@@ -41,6 +41,12 @@ def add_fleet_parser(sub, add_state_options) -> None:
     )
     p = fsub.add_parser("list", help="each box, its last checkpoint and its lag")
     _store_options(p, True)
+    p = fsub.add_parser(
+        "restore", help="on a new box's empty state directory: continue a box's chain"
+    )
+    add_state_options(p)
+    p.add_argument("--box", required=True, help="the replaced box's name in the bucket")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p = fsub.add_parser("check", help="compare this box's local segments with the store's")
     add_state_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -66,6 +72,8 @@ def cmd_fleet(args: argparse.Namespace, config_of) -> int:
             return _verify(args)
         if args.fleet_command == "list":
             return _list(args)
+        if args.fleet_command == "restore":
+            return _restore(args, config_of(args))
         return _check(args, config_of(args))
     except (S3Error, S3Unavailable) as exc:
         print(f"gateway fleet: the store: {exc}", file=sys.stderr)
@@ -117,6 +125,45 @@ def _list(args: argparse.Namespace) -> int:
         print(
             f"{b['box']:<24} {b['segments']:>8} {b['last_checkpoint_seq']:>16} "
             f"{b['last_upload']:<26} {b['lag_s']:.0f} s"
+        )
+    return 0
+
+
+def _box_client(config):
+    from gateway.fleet.s3 import S3Client, load_credentials
+
+    fleet = config.fleet
+    if not fleet.enabled:
+        raise GatewayError("fleet.endpoint is not configured: there is no store to ask")
+    return S3Client(
+        fleet.endpoint,
+        fleet.bucket,
+        load_credentials(fleet.credentials_file),
+        region=fleet.region,
+        ca_file=fleet.ca_file,
+    )
+
+
+def _restore(args: argparse.Namespace, config) -> int:
+    from gateway.fleet.restore import restore_box
+
+    client = _box_client(config)
+    try:
+        detail = restore_box(client, args.box, config)
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps(detail))
+        return 0
+    print(
+        f"restored {detail['segments']} segments of {args.box}: the ledger continues after seq "
+        f"{detail['head_seq']} (hash {detail['head_hash'][:16]})"
+    )
+    if detail["lost"]:
+        first, last = detail["lost"]
+        print(
+            f"seqs {first} to {last} were signed by the old box but never replicated: they "
+            "were on its card only, and fleet verify will name those checkpoints"
         )
     return 0
 
