@@ -107,6 +107,16 @@ def test_two_boxes_verify_and_a_deleted_segment_still_verifies(tmp_path, ceph, b
     code, out = _verify(ceph, bucket, tmp_path)
     assert code == 0, out
     assert [r["box"] for r in out["boxes"]] == ["box-a", "box-b"]
+    from fleetsupport import credentials_file, fleet_cli
+
+    creds = str(credentials_file(tmp_path, ceph))
+    listed = fleet_cli("list", "--endpoint", ceph.endpoint, "--bucket", bucket.bucket,
+                       "--credentials-file", creds, "--json")  # fmt: skip
+    import json
+
+    boxes = json.loads(listed.stdout)
+    assert [b["box"] for b in boxes] == ["box-a", "box-b"]
+    assert all(b["last_checkpoint_seq"] > 0 and b["lag_s"] >= 0 for b in boxes)
     assert all(r["segments"] >= 2 and r["checkpoints"] >= 1 for r in out["boxes"])
     # A delete marker on a segment: the locked version is still there and verified.
     key = next(v.key for v in bucket.list_versions("box-a/segments/") if v.key.endswith(".seg"))
