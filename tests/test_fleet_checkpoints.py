@@ -219,3 +219,20 @@ def test_verify_checkpoint_command(tmp_path):
     assert done.returncode == 1 and b"CHECKPOINT REFUSED" in done.stdout
     done = run_gateway_command("identity", "--state", str(state), "--json")
     assert done.returncode == 0 and b'"fingerprint"' in done.stdout
+
+
+def test_the_status_page_shows_the_box_key_and_the_latest_checkpoint():
+    from gateway.render.languages import render
+    from gateway.render.templates import status_page
+
+    status = {
+        "ledger": {"entries": 5, "head_seq": 5, "head_hash": "ab" * 32},
+        "identity": {"box": "branch-1", "fingerprint": "1123050291ded24c" + "0" * 48},
+        "checkpoint": {
+            "latest_seq": 4,
+            "latest_short": "checkpoint 4:4b3e4a69c6dbd135 sig 7a2c71c2",
+        },
+    }
+    text = render(status_page("branch-1", status), "text", 48).decode()
+    assert "branch-1 1123050291ded24c" in text
+    assert "checkpoint: 4:4b3e4a69c6dbd135 sig 7a2c71c2" in text
