@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-tools test-slow test-faults test-syslog test-php test-browser php-vendor lint bench bench-print bench-peers bench-micro bench-query bench-soak bench-web clean distclean wheel image image-check
+.PHONY: run test test-tools test-slow test-faults test-syslog test-php test-browser test-fleet php-vendor lint bench bench-print bench-peers bench-micro bench-query bench-soak bench-web clean distclean wheel image image-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -31,7 +31,7 @@ test-tools:
 
 ## make test: the default suite (well under 15 minutes on 2 cores).
 test: $(STAMP) test-tools
-	$(BIN)/python -m pytest -q -m "not slow and not faults and not syslog and not php and not browser"
+	$(BIN)/python -m pytest -q -m "not slow and not faults and not syslog and not php and not browser and not fleet"
 
 ## make test-php: the PHP client library (PHPUnit) and the WordPress plugin in a real WordPress on MariaDB, against the real gateway; installs the Debian packages it needs when run as root, fails without them (~1 min).
 test-php: $(STAMP)
@@ -75,6 +75,17 @@ test-syslog: $(STAMP)
 	  fi; \
 	fi
 	$(BIN)/python -m pytest -q -m syslog tests/test_syslog_rsyslog.py
+
+## make test-fleet: signed checkpoints, replication and the HQ verifier against a real Ceph RGW with Object Lock started on loopback (tests/cephrgw.py); installs ceph-mon, ceph-osd, radosgw and ceph-common when root, fails without them.
+test-fleet: $(STAMP)
+	@if ! command -v radosgw >/dev/null 2>&1 || ! command -v ceph-mon >/dev/null 2>&1 || ! command -v ceph-osd >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ceph-mon ceph-osd radosgw ceph-common; \
+	  else \
+	    echo "test-fleet: Ceph is missing; as root: apt-get install -y --no-install-recommends ceph-mon ceph-osd radosgw ceph-common" >&2; \
+	  fi; \
+	fi
+	$(BIN)/python -m pytest -q -m fleet tests/test_fleet_store.py tests/test_fleet_replication.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway board tests bench tools

@@ -123,12 +123,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--expect-file", type=Path, metavar="FILE", help="anchors, one a line")
     p.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="FILE",
+        help="a signed checkpoint note: its signature must verify with the box key and the "
+        "chain must pass through its head",
+    )
+    p.add_argument(
+        "--key",
+        metavar="VKEY",
+        help="the box's verifier key for --checkpoint (default: the state directory's, "
+        "box.ed25519.pub)",
+    )
+    p.add_argument(
         "--statement",
         type=Path,
         metavar="FILE",
         help="write a verification statement (HTML when FILE ends in .html, else text)",
     )
     _add_zone_option(p)
+
+    p = sub.add_parser("identity", help="the box's name, public key and fingerprint")
+    _add_state_options(p)
+    p.add_argument("--json", action="store_true", help="print the identity as JSON")
+
+    from gateway.fleet.command import add_fleet_parser
+
+    add_fleet_parser(sub, _add_state_options)
 
     p = sub.add_parser("export", help="print ledger entries, each checked against the chain")
     _add_state_options(p)
@@ -299,6 +320,62 @@ def _anchors(args: argparse.Namespace) -> list:
     return anchors
 
 
+def _checkpoint_anchor(args: argparse.Namespace, config: Config):
+    """The anchor a signed checkpoint note gives, once its signature verifies (None: it does
+    not, said on stdout)."""
+    from gateway.fleet.identity import load_public, parse_vkey
+    from gateway.fleet.note import NoteError, verify_note
+    from gateway.ledger.verify import ExpectedAnchor
+
+    try:
+        note = args.checkpoint.read_bytes()
+    except OSError as exc:
+        raise CannotAnswer(f"cannot read {args.checkpoint}: {exc.strerror}") from None
+    try:
+        key = parse_vkey(args.key) if args.key else load_public(config.state_dir)
+    except GatewayError as exc:
+        raise CannotAnswer(str(exc)) from None
+    try:
+        checkpoint = verify_note(note, key)
+    except NoteError as exc:
+        print(f"CHECKPOINT REFUSED: {args.checkpoint}: {exc}")
+        return None
+    print(
+        f"checkpoint {args.checkpoint}: signed by {key.key_name} "
+        f"(fingerprint {key.fingerprint[:16]}), head seq {checkpoint.seq}"
+    )
+    return ExpectedAnchor(checkpoint.seq, checkpoint.hash.hex())
+
+
+def cmd_identity(args: argparse.Namespace) -> int:
+    from gateway.fleet.identity import load_identity, load_public
+
+    config = _existing_state(args)
+    try:
+        identity = load_identity(config.state_dir, config.name).public
+    except PermissionError:  # an auditor without the private key: the public file
+        try:
+            identity = load_public(config.state_dir)
+        except GatewayError as exc:
+            raise CannotAnswer(str(exc)) from None
+    if args.json:
+        print(json.dumps(identity.as_json()))
+        return EXIT_OK
+    print(
+        f"box          {identity.box}\n"
+        f"fingerprint  {identity.fingerprint}\n"
+        f"verifier key {identity.vkey}\n"
+        f"origin       {identity.origin}"
+    )
+    return EXIT_OK
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from gateway.fleet.command import cmd_fleet as run
+
+    return run(args, _existing_state)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from gateway.ledger.verify import check_anchors, verify_ledger
 
@@ -306,6 +383,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.archive is not None and not args.archive.is_dir():
         raise CannotAnswer(f"no archive directory at {args.archive}")
     anchors = _anchors(args)
+    signed = None
+    if args.checkpoint is not None:
+        signed = _checkpoint_anchor(args, config)
+        if signed is None:
+            return EXIT_FAILURE
+        anchors.append(signed)
     try:
         result = verify_ledger(config.ledger_dir, args.archive, args.jobs)
     except OSError as exc:  # an unreadable file, or a directory named like a segment
@@ -678,6 +761,20 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{dedup['conflicts']} conflicts"
             + (f", {dedup['evicted_early']} forgotten early" if dedup["evicted_early"] else "")
         )
+    if "identity" in st:
+        lines.append(
+            f"identity    {st['identity']['box']}, key fingerprint {st['identity']['fingerprint']}"
+        )
+    if st.get("checkpoint", {}).get("latest_seq"):
+        lines.append(f"checkpoint  {st['checkpoint']['latest_short']}")
+    replication = st.get("replication", {})
+    if replication.get("enabled"):
+        lines.append(
+            f"replication {replication['state']}: {replication['lag_segments']} segments "
+            f"({replication['lag_bytes']} bytes) behind, oldest waiting "
+            f"{replication['lag_s']:.0f} s, {replication['uploaded']} uploaded"
+            + (f" (error: {replication['error']})" if replication["error"] else "")
+        )
     retention = st["retention"]
     if retention["active"]:
         lines.append(
@@ -773,6 +870,8 @@ COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
     "verify": cmd_verify,
+    "identity": cmd_identity,
+    "fleet": cmd_fleet,
     "export": cmd_export,
     "send": cmd_send,
     "query": cmd_query,

@@ -332,6 +332,41 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointsConfig:
+    # A signed checkpoint (docs/fleet.md) is recorded this often while entries
+    # arrive, besides one at each segment seal and at a clean stop: 5 minutes
+    # bounds what a box can lose unseen to 5 minutes; 10 s to 1 day.
+    interval_s: float = field(default=300.0, metadata=_limit(10, 86_400))
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    # Replication of sealed segments and signed checkpoints to S3 Object Lock
+    # storage (docs/fleet.md). Off while endpoint is empty.
+    endpoint: str = ""  # http:// or https:// URL of the S3 service (path-style)
+    bucket: str = ""
+    region: str = ""  # empty: us-east-1 (what Ceph RGW and MinIO accept by default)
+    # YAML with access_key_id and secret_access_key; readable by the service only.
+    credentials_file: Path | None = None
+    ca_file: str = ""  # PEM bundle for an https endpoint; empty: the system's
+    # Each object is locked in COMPLIANCE mode this many days: 2,555 days is
+    # 7 years (SEC 17a-4 and FINRA 4511's six years, plus one); at least 1.
+    retain_days: int = field(default=2555, metadata=_limit(1, 36_500))
+    # Upload bandwidth in bytes per second; 0: unbounded.
+    max_bytes_per_s: int = field(default=0, metadata=_limit(0, 10_000_000_000))
+    # A live segment with entries is sealed once it is this old, so that a
+    # quiet branch's events leave the box within the hour; 60 s to 1 day.
+    seal_after_s: float = field(default=3600.0, metadata=_limit(60, 86_400))
+    # Health turns degraded when the oldest unreplicated sealed segment has
+    # waited this long: two seal periods plus an hour of outage (3 h).
+    max_lag_s: float = field(default=3 * 3600.0, metadata=_limit(60, 30 * 86_400))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.endpoint)
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = Path("./var")
     # The gateway's name on paper; empty: the host name.
@@ -353,6 +388,8 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     retention: RetentionConfig = RetentionConfig()
     web: WebConfig = WebConfig()
+    checkpoints: CheckpointsConfig = CheckpointsConfig()
+    fleet: FleetConfig = FleetConfig()
     # Where the configuration came from (a file path, or "<defaults>"); not a YAML key.
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -508,7 +545,19 @@ def load_config(path: Path | None = None, state_dir: Path | None = None) -> Conf
             )
     _check_printing(config, source)
     _check_retention(config.retention, source)
+    _check_fleet(config.fleet, source)
     return config
+
+
+def _check_fleet(fleet: FleetConfig, source: str) -> None:
+    if not fleet.enabled:
+        return
+    if not re.fullmatch(r"https?://[^/\s]+/?", fleet.endpoint):
+        raise ConfigError(source, "fleet.endpoint", "an http:// or https:// URL with no path")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", fleet.bucket):
+        raise ConfigError(source, "fleet.bucket", "an S3 bucket name (3-63 of a-z 0-9 . -)")
+    if fleet.credentials_file is None:
+        raise ConfigError(source, "fleet.credentials_file", "required with fleet.endpoint")
 
 
 def _check_retention(retention: RetentionConfig, source: str) -> None:

@@ -76,6 +76,8 @@ class Health:
             health = "printer alert"
         elif not self.clock.synced and spool is not None and gw.config.reports.daily is not None:
             health = "degraded: the clock is not synchronised; the daily report waits"
+        elif fleet_reason := gw.fleet.health():
+            health = f"degraded: {fleet_reason}"
         indexer = gw.indexer
         return {
             "version": __version__,
@@ -117,6 +119,7 @@ class Health:
             "dedup": asdict(gw.dedup.statistics()),
             # The web console (gateway/web/): None when it is off.
             "web": gw.web.statistics() if gw.web is not None else None,
+            **gw.fleet.status(),
             "events": gw.intake.stats.events,
             "rejected": gw.intake.stats.rejected,
             **printing,

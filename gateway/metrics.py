@@ -69,6 +69,16 @@ def exposition(status: dict[str, Any]) -> str:
         metric("dedup_evicted_early_total", "counter",
                "event_ids forgotten before their window ended (the table was full)",
                [("", dedup["evicted_early"])])  # fmt: skip
+    replication = status.get("replication", {})
+    if replication.get("enabled"):
+        for name, key, help_ in (
+            ("replication_lag_segments", "lag_segments", "sealed segments not yet confirmed"),
+            ("replication_lag_bytes", "lag_bytes", "bytes of those segments"),
+            ("replication_lag_seconds", "lag_s", "how long the oldest of them has waited"),
+        ):
+            metric(name, "gauge", help_, [("", replication[key])])
+        metric("replication_uploaded_bytes_total", "counter", "bytes put into the store",
+               [("", replication["bytes_uploaded"])])  # fmt: skip
     printers = status.get("printers", [])
     if printers:
         metric("printer_ready", "gauge", "1 when the printer's last attempt worked",

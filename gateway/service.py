@@ -30,6 +30,7 @@ from gateway.commands import Commands
 from gateway.config import Config, load_config
 from gateway.control import ControlServer
 from gateway.errors import ConfigError
+from gateway.fleet.member import FleetMember
 from gateway.health import Health
 from gateway.ingest import http, syslog
 from gateway.ingest.dedup import Deduplicator
@@ -109,6 +110,9 @@ class Gateway:
             indexer = self.indexer
             self.ledger.subscribe(lambda batch: indexer.notify(batch.head.seq))
         self.ledger.subscribe(self.retention.on_durable)
+        # Signed checkpoints and replication (gateway/fleet/).
+        self.fleet = FleetMember(config, loop, self.ledger)
+        self.ledger.subscribe(self.fleet.on_durable)
         self.bound: list[tuple[str, int]] = []
         self._in_flight: list[str] = []
         self.stopping = False
@@ -191,6 +195,7 @@ class Gateway:
                 "timezone": config.zone_name,
             },
         )
+        self.fleet.start()
         self.ledger.start()
         if self.indexer is not None:
             self.indexer.start()
@@ -231,6 +236,9 @@ class Gateway:
             needed.append(self.spool.floor())
         if self.indexer is not None and not self.indexer.error:
             needed.append(self.indexer.indexed + 1)
+        replicating = self.fleet.keep_from()  # not removed before the store confirms it
+        if replicating is not None:
+            needed.append(replicating)
         return min(needed)
 
     def status(self) -> dict:
@@ -360,6 +368,7 @@ class Gateway:
             self.web.close()  # its failed-login summaries go into the ledger before `stopped`
         self._in_flight = self.spool.stop() if self.spool is not None else []
         self.retention.stop()
+        self.fleet.stop()
         self.ledger.system(
             "stopped",
             {
@@ -402,6 +411,7 @@ class Gateway:
         if self.spool is not None:
             self.spool.close(self._in_flight)
         self.retention.close()
+        self.fleet.close()
         settled = self.ledger.close()
         if not settled:
             log.error("a ledger write never returned; exiting without it")

@@ -33,3 +33,32 @@ def gateway(request, tmp_path):
         code = proc.close()
         if was_running:
             assert code == 0, f"gateway exited with {code} at teardown\n{proc.log_text()}"
+
+
+@pytest.fixture(scope="session")
+def ceph(tmp_path_factory):
+    """A real one-node Ceph with radosgw on loopback (tests/cephrgw.py), for the fleet suite."""
+    from cephrgw import CephRGW
+
+    store = CephRGW(tmp_path_factory.mktemp("ceph") / "cluster")
+    try:
+        store.start()
+        yield store
+    finally:
+        store.stop()
+
+
+_buckets = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def bucket(ceph):
+    """A new bucket with Object Lock on the session's Ceph store."""
+    from gateway.fleet.s3 import Credentials, S3Client
+
+    client = S3Client(
+        ceph.endpoint, f"fleet-{next(_buckets)}", Credentials(ceph.access_key, ceph.secret_key)
+    )
+    client.create_bucket(object_lock=True)
+    yield client
+    client.close()

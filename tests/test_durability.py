@@ -107,7 +107,7 @@ def test_no_ack_while_writes_fail_and_ack_once_they_succeed(gateway_factory, cod
     result = verify_ledger(gw.config.ledger_dir)
     assert result.ok
     seqs = [seq for seq, _payload, _hash in LedgerReader(gw.config.ledger_dir).entries()]
-    assert seqs == [1, 2, 3]  # started, the event, stopped
+    assert seqs == [1, 2, 3, 4]  # started, the event, the signed checkpoint, stopped
 
 
 def test_fire_and_forget_events_are_committed_after_the_client_closes(gateway_factory):
@@ -131,8 +131,9 @@ def test_shutdown_records_a_line_still_missing_its_newline_as_incomplete(gateway
         entries.decode(payload)
         for _seq, payload, _hash in LedgerReader(gw.config.ledger_dir).entries()
     ]
-    # started, the whole event, the fragment (the client had not closed), stopped
-    assert [d["kind"] for d in decoded] == ["system", "event", "rejected", "system"]
+    # started, the whole event, the fragment (the client had not closed), the
+    # signed checkpoint of a clean stop, stopped
+    assert [d["kind"] for d in decoded] == ["system", "event", "rejected", "system", "system"]
     assert decoded[2]["reason"] == "incomplete_line"
     assert decoded[2]["excerpt"] == b'{"event_type":"cut'
 
@@ -149,7 +150,7 @@ def test_shutdown_stores_a_last_line_without_newline_from_a_client_that_closed(g
         entries.decode(payload)["kind"]
         for _seq, payload, _hash in LedgerReader(gw.config.ledger_dir).entries()
     ]
-    assert kinds == ["system", "event", "system"]
+    assert kinds == ["system", "event", "system", "system"]  # ..., signed_checkpoint, stopped
 
 
 def test_a_port_in_use_stops_the_start_before_recovery_touches_the_ledger(tmp_path):

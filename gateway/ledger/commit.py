@@ -195,6 +195,12 @@ class Ledger:
     def system(self, name: str, detail: dict[str, Any]) -> int:
         return self.record(entries.SYSTEM, {"name": name, "detail": detail})
 
+    def seal_segment(self) -> bool:
+        """The next entry starts a new segment (sealing by age); False if the live one is empty.
+
+        Subscribers see the seal as `writer.segments_created` going up."""
+        return self.writer.seal_segment()
+
     # ---- group commit
 
     def _commit_if_idle(self) -> None:

@@ -568,6 +568,17 @@ class LedgerWriter:
         self.last_hash = digest
         return seq
 
+    @property
+    def live_segment_has_entries(self) -> bool:
+        return self._seg_size > fmt.SEGMENT_HEADER_BYTES
+
+    def seal_segment(self) -> bool:
+        """The next entry starts a new segment (sealing by age); False if the live one is empty."""
+        if not self.live_segment_has_entries:
+            return False
+        self._rotate()
+        return True
+
     def _rotate(self) -> None:
         seq = self.next_seq
         self._seg_path = self.directory / fmt.segment_name(seq)

@@ -349,6 +349,13 @@ def status_page(
                 + (f", error: {printer['error']}" if printer.get("error") else ""),
             )
         )
+    # The box key's short fingerprint and the latest signed checkpoint (docs/fleet.md).
+    identity = status.get("identity")
+    if identity:
+        blocks.append(Field("box key", f"{identity['box']} {identity['fingerprint'][:16]}"))
+    checkpoint = status.get("checkpoint") or {}
+    if checkpoint.get("latest_seq"):
+        blocks.append(Field("checkpoint", checkpoint["latest_short"].removeprefix("checkpoint ")))
     blocks.append(Rule())
     if ledger.get("head_seq"):
         blocks.append(Anchor(ledger["head_seq"], ledger.get("head_hash", "")))

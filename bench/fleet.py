@@ -1,0 +1,272 @@
+"""Fleet benchmarks against a real Ceph RGW on loopback (tests/cephrgw.py).
+
+`python -m bench.fleet [--rounds N] [--duration S]`, appending to bench/RESULTS.md:
+
+1. ingest with and without replication: the same gateway configuration
+   (1 MiB segments, so that replication is busy all along), the same load
+   (bench.loadgen, acknowledged, audit-sized events), rounds interleaved;
+   acknowledged events/s, the gateway's CPU and its RSS at the end;
+2. replication throughput: the ledger written by a replication-off round,
+   then the gateway started with replication on; MB/s until every sealed
+   segment is confirmed, and the gateway's CPU seconds over that time (the
+   uploader's cost: the gateway does nothing else then);
+3. `gateway fleet verify` across 10 boxes: entries verified per second.
+
+The machine is shared: figures are as measured, with the load said.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.harness import free_port, gateway_command, stop_process, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from cephrgw import CephRGW  # noqa: E402
+
+SEGMENT_BYTES = 1024 * 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# A start takes well under a second; replication of ~100 MB on loopback well
+# under a minute; the bounds only catch a hang.
+START_TIMEOUT_S = 30.0
+REPLICATE_TIMEOUT_S = 600.0
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Box:
+    def __init__(self, root: Path, name: str, fleet: dict | None) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.config = {
+            "state_dir": str(root / "state"),
+            "name": name,
+            "ingest": {"listen": [f"127.0.0.1:{self.port}"]},
+            "ledger": {"segment_bytes": SEGMENT_BYTES},
+            "index": {"enabled": False},
+            "clock": {"check_sync": False},
+            "log": {"level": "warning"},
+        }
+        if fleet:
+            self.config["fleet"] = fleet
+        self.path = root / "gateway.yaml"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.path.write_text(yaml.safe_dump(self.config))
+        self.proc = subprocess.Popen(
+            gateway_command("run", "--config", str(self.path)),
+            cwd=ROOT,
+            stdout=open(self.root / "out.log", "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self.status, START_TIMEOUT_S, "the gateway to start")
+
+    def status(self) -> dict | None:
+        done = subprocess.run(
+            gateway_command("status", "--json", "--config", str(self.path)),
+            cwd=ROOT,
+            capture_output=True,
+            check=False,
+        )
+        return json.loads(done.stdout) if done.returncode == 0 else None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
+def load(port: int, duration: float, pid: int) -> dict:
+    cmd = [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--conns", "16",
+           "--duration", str(duration), "--size", "audit", "--mode", "ack",
+           "--watch-pid", str(pid)]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, check=True)
+    return json.loads(done.stdout.decode().strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--boxes", type=int, default=10)
+    args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    store = CephRGW(work / "ceph")
+    store.start()
+    try:
+        return run(args, work, store)
+    finally:
+        store.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path, store: CephRGW) -> int:
+    from gateway.fleet.s3 import Credentials, S3Client
+
+    creds = work / "s3.yaml"
+    creds.write_text(
+        yaml.safe_dump({"access_key_id": store.access_key, "secret_access_key": store.secret_key})
+    )
+    client = S3Client(store.endpoint, "bench", Credentials(store.access_key, store.secret_key))
+    client.create_bucket()
+    client.close()
+    fleet = {"endpoint": store.endpoint, "bucket": "bench", "credentials_file": str(creds),
+             "retain_days": 1}  # fmt: skip
+    rows: dict[str, list[dict]] = {"off": [], "on": []}
+    replication: list[dict] = []
+    for r in range(args.rounds):
+        for mode in ("off", "on"):
+            box = Box(work / f"{mode}-{r}", f"ingest-{mode}-{r}", fleet if mode == "on" else None)
+            box.start()
+            assert box.proc is not None
+            result = load(box.port, args.duration, box.proc.pid)
+            result["rss_kib"] = rss_kib(box.proc.pid)
+            rows[mode].append(result)
+            box.stop()
+            if mode == "off":
+                replication.append(replicate(box, fleet))
+    verify = fleet_verify(args, work, fleet, creds, store)
+    report(args, rows, replication, verify, store)
+    return 0
+
+
+def replicate(box: Box, fleet: dict) -> dict:
+    """Start a written ledger with replication on; time until every sealed segment is confirmed."""
+    ledger = Path(box.config["state_dir"]) / "ledger"
+    sealed = sorted(ledger.glob("*.seg"))[:-1]
+    nbytes = sum(p.stat().st_size for p in sealed)
+    box.config["fleet"] = fleet
+    box.config["name"] = box.config["name"] + "-r"
+    box.start()
+    assert box.proc is not None
+    t0, c0 = time.monotonic(), cpu_s(box.proc.pid)
+
+    def done() -> bool:
+        st = box.status()
+        return bool(st) and st["replication"]["confirmed"] >= len(sealed)
+
+    wait_for(done, REPLICATE_TIMEOUT_S, "replication", interval=0.1)
+    elapsed, cpu = time.monotonic() - t0, cpu_s(box.proc.pid) - c0
+    rss = rss_kib(box.proc.pid)
+    box.stop()
+    return {"segments": len(sealed), "bytes": nbytes, "seconds": elapsed, "cpu_s": cpu,
+            "rss_kib": rss}  # fmt: skip
+
+
+def fleet_verify(args, work: Path, fleet: dict, creds: Path, store: CephRGW) -> dict:
+    """`gateway fleet verify` over every box in the bucket (the ingest rounds' and 10 more)."""
+    for i in range(args.boxes):
+        box = Box(work / f"box-{i}", f"box-{i:02d}", fleet)
+        box.start()
+        assert box.proc is not None
+        load(box.port, 2.0, box.proc.pid)
+        ledger = Path(box.config["state_dir"]) / "ledger"
+        sealed = len(sorted(ledger.glob("*.seg"))) - 1
+
+        def caught_up(box=box, sealed=sealed) -> bool:
+            st = box.status()
+            return bool(st) and st["replication"]["confirmed"] >= sealed
+
+        wait_for(caught_up, REPLICATE_TIMEOUT_S, "replication", interval=0.1)
+        box.stop()
+    t0 = time.monotonic()
+    done = subprocess.run(
+        gateway_command("fleet", "verify", "--endpoint", store.endpoint, "--bucket", "bench",
+                        "--credentials-file", str(creds), "--json"),
+        cwd=ROOT, capture_output=True, check=False,
+    )  # fmt: skip
+    elapsed = time.monotonic() - t0
+    out = json.loads(done.stdout)
+    entries = sum(b["head_seq"] for b in out["boxes"])
+    return {"ok": out["ok"], "boxes": len(out["boxes"]), "entries": entries, "seconds": elapsed,
+            "segments": sum(b["segments"] for b in out["boxes"])}  # fmt: skip
+
+
+def report(args, rows, replication, verify, store: CephRGW) -> None:
+    def med(mode: str, key: str) -> float:
+        return statistics.median(r[key] for r in rows[mode])
+
+    def rounds(mode: str) -> str:
+        return ", ".join(f"{r['events_per_s']:,.0f}" for r in rows[mode])
+
+    off, on = med("off", "events_per_s"), med("on", "events_per_s")
+    mb_s = [r["bytes"] / r["seconds"] / 1e6 for r in replication]
+    cpu_per_mb = [r["cpu_s"] / (r["bytes"] / 1e6) for r in replication]
+    runs = ", ".join(
+        f"{r['segments']} segments {r['bytes'] / 1e6:.1f} MB in {r['seconds']:.1f} s"
+        for r in replication
+    )
+    rep_rss = statistics.median(r["rss_kib"] for r in replication) / 1024
+    per_s = verify["entries"] / verify["seconds"]
+    lines = [
+        "",
+        f"## {time.strftime('%Y-%m-%d')}: fleet replication "
+        f"(`python -m bench.fleet --rounds {args.rounds} --duration {args.duration:g}`)",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other work (load "
+        f"average {os.getloadavg()[0]:.1f} at the end), Linux, Python "
+        f"{platform.python_version()}; the store is a one-node Ceph {store_version()} RGW "
+        "(memstore) on loopback, on the same cores. Gateway: 1 MiB segments, `fsync: batch`, "
+        "index off; load: bench.loadgen, 16 acknowledged connections, audit-sized events, "
+        f"{args.duration:g} s per round, rounds interleaved.",
+        "",
+        "| | replication off | replication on | ratio |",
+        "|---|--:|--:|--:|",
+        f"| acked events/s, median of {args.rounds} | {off:,.0f} | {on:,.0f} | {on / off:.2f} |",
+        f"| rounds (events/s) | {rounds('off')} | {rounds('on')} | |",
+        f"| gateway RSS at the end, median | {med('off', 'rss_kib') / 1024:.1f} MB | "
+        f"{med('on', 'rss_kib') / 1024:.1f} MB | |",
+        "",
+        "Replication of a written ledger (sealed 1 MiB segments, the gateway started with "
+        f"replication on, timed until the store confirmed every one): {runs}; median "
+        f"{statistics.median(mb_s):.1f} MB/s; the gateway's CPU over that time (the uploader, "
+        f"its only work then) {statistics.median(cpu_per_mb):.3f} CPU s per MB; RSS "
+        f"{rep_rss:.1f} MB. Each object: one PUT with Content-MD5 and a COMPLIANCE lock, then "
+        "its retention read back.",
+        "",
+        f"`gateway fleet verify` over {verify['boxes']} boxes ({verify['segments']} segments, "
+        f"{verify['entries']:,} entries): {verify['seconds']:.1f} s, {per_s:,.0f} entries/s, "
+        f"ok={verify['ok']} (download, chain verification, metadata, checkpoint signatures; "
+        "one process).",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
+        f.write(text)
+
+
+def store_version() -> str:
+    done = subprocess.run(["ceph", "--version"], capture_output=True, text=True, check=False)
+    parts = done.stdout.split()
+    return parts[2] if len(parts) > 2 else "?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
