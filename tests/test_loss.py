@@ -22,6 +22,7 @@ from gateway.ledger import format as fmt
 from gateway.ledger import mark as hwm
 from gateway.ledger.store import (
     QUARANTINE_DIR,
+    LedgerFollower,
     LedgerReader,
     LedgerWriter,
     list_segments,
@@ -92,6 +93,9 @@ def test_a_byte_flipped_in_an_acknowledged_entry_after_a_clean_stop_is_kept_and_
     assert result.losses == [(flipped_seq, head, fmt.segment_name(head + 1))]
     seqs = [seq for seq, _p, _h in LedgerReader(d).entries()]
     assert seqs == [*range(1, flipped_seq), head + 1, head + 2]
+    # The query index's follower crosses the gap the same way.
+    followed = LedgerFollower(d, 1).read(10_000, head + 2)
+    assert [seq for seq, _p, _h in followed] == seqs
     # And after another start the ledger is whole: nothing damaged, nothing reused.
     again = LedgerWriter(d, segment_bytes=SEGMENT).open()
     assert again.damage is None and again.next_seq == head + 3

@@ -1032,8 +1032,19 @@ class LedgerFollower:
                     if len(out) >= limit:
                         return out
                 ended = reader.tail == TailState.CLEAN
-            following = [p for first, p in list_segments(self.directory) if first == self.next_seq]
+            following = [p for first, p in list_segments(self.directory) if first >= self.next_seq]
             if not (ended and following):
                 return out
+            first = fmt.parse_segment_name(following[0].name) or 0
+            if first > self.next_seq:
+                # Only across an accepted loss: the next segment's header skips the gap.
+                try:
+                    with SegmentReader(following[0]) as after:
+                        header = after.read_header()
+                except (OSError, EOFError, fmt.HeaderDamaged):
+                    return out
+                if first - header.skipped != self.next_seq:
+                    return out
+                self.next_seq = first
             self.path, self.offset = following[0], None
         return out
