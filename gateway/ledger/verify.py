@@ -332,7 +332,9 @@ def verify_ledger(
     expect = 1
     result = VerifyResult(True, 0, 0, running, segments=len(sources), archive=archive_dir)
     records = _Records()
-    watching = hashing  # retention entries are looked for once they can matter
+    # Retention entries are always looked for: a checkpoint must agree with the
+    # chain even while its segment is still here (cheap: few entries are system).
+    watching = True
     at_start = True  # no segment header read yet
     start_path = directory  # the segment the chain started in, when not at genesis
     seen: dict[str, tuple[str, tuple[str, int]]] = {}  # segment name -> (file, BLAKE3 and size)
@@ -351,8 +353,7 @@ def verify_ledger(
 
     chain = fmt.chain_hash
     # Archives need every byte hashed as it is read: the careful path only then.
-    watch_all = bool(sources) and sources[0].first > 1
-    checked = {} if hashing else _check_live_segments(sources, watch_all, jobs)
+    checked = {} if hashing else _check_live_segments(sources, True, jobs)
     for index, src in enumerate(sources):
         first, path = src.first, src.path
         last_segment = index == len(sources) - 1 and not src.archived
@@ -381,6 +382,10 @@ def verify_ledger(
                         # A segment being created, or whose creation a crash cut short.
                         result.tail_incomplete = True
                         break
+                    if stream is not None and stream.error:
+                        return bad(path, 0, expect, stream.error)  # the archive's own error
+                    if src.archived:
+                        return bad(path, 0, expect, f"archive holds no valid segment: {exc}")
                     return bad(path, 0, expect, str(exc) or "segment header incomplete")
             if header.first_seq != first:
                 return bad(path, 0, expect, "segment header first_seq does not match its name")
@@ -455,6 +460,10 @@ def verify_ledger(
             result.start, seq, reason = problem
             running = result.start.hash
             return bad(start_path, 0, seq, reason)
+    contradiction = _check_checkpoints(directory, archive_dir, result, records)
+    if contradiction is not None:
+        seq, reason = contradiction
+        return bad(directory, 0, seq, reason)
     mark_problem = _check_mark(directory, result)
     if mark_problem is not None:
         seq, reason = mark_problem
@@ -470,6 +479,28 @@ def verify_ledger(
                     f"bytes differ from the BLAKE3 its archived entry (seq {entry_seq}) records",
                 )
     return result
+
+
+def _check_checkpoints(
+    directory: Path, archive_dir: Path | None, result: VerifyResult, records: _Records
+) -> tuple[int, str] | None:
+    """A checkpoint whose seq is still in the verified chain must record its hash."""
+    inside = {
+        last_seq: (entry_seq, detail)
+        for last_seq, (entry_seq, detail) in records.checkpoints.items()
+        if result.start.seq < last_seq <= result.head_seq
+    }
+    if not inside:
+        return None
+    anchors = [ExpectedAnchor(last_seq, str(d["hash"])) for last_seq, (_e, d) in inside.items()]
+    for check in check_anchors(directory, anchors, archive_dir):
+        if check.found is not None and not check.ok:
+            entry_seq, _detail = inside[check.anchor.seq]
+            return check.anchor.seq, (
+                f"the retention checkpoint at seq {entry_seq} records another hash for seq "
+                f"{check.anchor.seq} than the chain has there"
+            )
+    return None
 
 
 def _check_mark(directory: Path, result: VerifyResult) -> tuple[int, str] | None:
