@@ -187,6 +187,7 @@ class Health:
         self.check_clock()
         gw.ledger.check_space()
         gw.ledger.check_files()
+        gw.intake.summarise()  # refused lines counted, not stored one by one
         self.event_samples.append((self.clock.monotonic(), gw.intake.stats.events))
         if gw.indexer is not None and len(self.event_samples) >= 2:
             (t0, n0), (t1, n1) = self.event_samples[-2], self.event_samples[-1]

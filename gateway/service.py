@@ -345,6 +345,7 @@ class Gateway:
         self.ingest.drain_all()
         self._in_flight = self.spool.stop() if self.spool is not None else []
         self.retention.stop()
+        self.intake.summarise(force=True)
         self.ledger.system(
             "stopped",
             {
