@@ -287,3 +287,22 @@ def test_sigterm_while_damaged_is_a_clean_stop_and_the_watchdog_is_fed(tmp_path)
         assert time.monotonic() - started < 10
     finally:
         gw.close()
+
+
+def test_a_loss_from_the_first_entry_leaves_a_header_only_segment_the_follower_passes(tmp_path):
+    d = tmp_path / "ledger"
+    writer = LedgerWriter(d, segment_bytes=SEGMENT).open()
+    write_entries(writer, [_payload(i) for i in range(3)])
+    _clean_stop(writer)
+    ((_f, only),) = list_segments(d)
+    data = bytearray(only.read_bytes())
+    data[64 + 20] ^= 0x01  # seq 1's payload
+    only.write_bytes(bytes(data))
+    reopened = LedgerWriter(d, segment_bytes=SEGMENT).open()
+    assert reopened.damage is not None and reopened.damage.first_seq == 1
+    loss_seq, _cut = reopened.accept_loss(_payload(9))
+    assert loss_seq == 4 and only.stat().st_size == fmt.SEGMENT_HEADER_BYTES
+    followed = LedgerFollower(d, 1).read(100, 4)  # returns: no loop on the empty segment
+    assert [seq for seq, _p, _h in followed] == [4]
+    result = verify_ledger(d, jobs=1)
+    assert result.ok and result.losses == [(1, 3, fmt.segment_name(4))]

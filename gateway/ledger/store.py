@@ -1032,7 +1032,11 @@ class LedgerFollower:
                     if len(out) >= limit:
                         return out
                 ended = reader.tail == TailState.CLEAN
-            following = [p for first, p in list_segments(self.directory) if first >= self.next_seq]
+            following = [
+                p
+                for first, p in list_segments(self.directory)
+                if first >= self.next_seq and p != self.path
+            ]
             if not (ended and following):
                 return out
             first = fmt.parse_segment_name(following[0].name) or 0
