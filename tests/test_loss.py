@@ -306,3 +306,47 @@ def test_a_loss_from_the_first_entry_leaves_a_header_only_segment_the_follower_p
     assert [seq for seq, _p, _h in followed] == [4]
     result = verify_ledger(d, jobs=1)
     assert result.ok and result.losses == [(1, 3, fmt.segment_name(4))]
+
+
+def test_the_mark_follows_the_durable_head_every_ten_seconds_off_the_commit_path(tmp_path):
+    from gateway.clock import FakeClock
+    from gateway.config import LedgerConfig
+    from gateway.ledger import commit
+    from gateway.ledger.commit import Ledger
+    from gateway.loop import EventLoop
+
+    clock = FakeClock()
+    loop = EventLoop(clock)
+    ledger = Ledger(LedgerConfig(), tmp_path / "ledger", loop)
+    ledger.open()
+    ledger.start()
+    try:
+
+        def commit_some(n: int) -> None:
+            for i in range(n):
+                ledger.append(_payload(i))
+            for _ in range(2000):
+                if ledger.settled:
+                    return
+                loop.run_once(max_wait=0.01)
+            raise AssertionError("not committed")
+
+        def mark_seq() -> int:
+            mark = hwm.read_mark(tmp_path / "ledger")
+            assert mark is not None
+            return mark.seq
+
+        clock.advance(commit.MARK_INTERVAL_S)
+        commit_some(5)
+        wait_for(lambda: mark_seq() == 5, 10, "the first periodic mark")
+        commit_some(5)  # within the interval: the mark stays
+        assert mark_seq() == 5
+        clock.advance(commit.MARK_INTERVAL_S)
+        commit_some(5)
+        wait_for(lambda: mark_seq() == 15, 10, "the next periodic mark")
+        assert ledger.syncs == ledger.batches  # the commits took no sync for the mark
+    finally:
+        assert ledger.close()
+        loop.close()
+    mark = hwm.read_mark(tmp_path / "ledger")
+    assert mark is not None and mark.state == hwm.CLEAN and mark.seq == 15

@@ -6,6 +6,8 @@ A small JSON file beside the segments (`highwater.json`), replaced atomically
 - at start, once recovery is done and the newest segment synced (`running`);
 - after each batch that starts a new segment, before that batch's
   acknowledgements are sent (`running`): once per segment, never per commit;
+- every 10 s while entries are committed, up to the durable head, on a thread
+  of its own (`running`; commit.py MARK_INTERVAL_S);
 - at a clean stop, after the last commit (`clean`);
 - when the running gateway finds its open segment removed, replaced or cut
   (`damaged`, naming the last seq it ever gave out);
@@ -39,6 +41,9 @@ RUNNING, CLEAN, DAMAGED = "running", "clean", "damaged"
 # another process, clears it).
 _lock = threading.Lock()
 _damaged_dirs: set[Path] = set()
+# The highest seq this process marked per directory: a `running` mark never
+# goes back (a late periodic mark must not undo a newer one).
+_last_seq: dict[Path, int] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +101,19 @@ def write_mark(
     *,
     sync: bool = True,
     dirsync: Callable[[Path], None] = _fsync_directory,
+    reset: bool = False,
 ) -> bool:
     """Replace the mark atomically; False when a `damaged` mark must stay.
 
     `dirsync`: how the directory is synced (the ledger's own function, so that
-    a test build without directory syncs has none here either)."""
+    a test build without directory syncs has none here either). `reset`: start-up
+    recovery's mark, which may be below one this process wrote before."""
     with _lock:
         if mark.state != DAMAGED and directory in _damaged_dirs:
             return False
+        if mark.state == RUNNING and not reset and mark.seq < _last_seq.get(directory, -1):
+            return False
+        _last_seq[directory] = mark.seq
         if mark.state == DAMAGED:
             _damaged_dirs.add(directory)
         tmp = directory / f".{MARK_FILE}.{os.getpid()}.tmp"

@@ -458,6 +458,7 @@ class LedgerWriter:
         is appended until `accept_loss`.
         """
         self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        hwm.forget_damage(self.directory)  # judged again from the files, here
         self.mark = mark = hwm.read_mark(self.directory)
         covered = mark.seq if mark is not None else 0
         segments = list_segments(self.directory)
@@ -501,7 +502,7 @@ class LedgerWriter:
             self.recovery.removed_segments = removed
         self.durable = Head(self.next_seq - 1, self.last_hash)
         self._sync_open_segment()
-        self._write_mark(hwm.RUNNING)
+        self._write_mark(hwm.RUNNING, reset=True)
         self._start_staging()
         self.opened = True
         return self
@@ -520,13 +521,20 @@ class LedgerWriter:
         self._durable_end = self._seg_size
         self._durable_path = self._seg_path
 
-    def _write_mark(self, state: str, detail: dict | None = None) -> bool:
+    def _write_mark(self, state: str, detail: dict | None = None, reset: bool = False) -> bool:
         head = self.durable if state != hwm.DAMAGED else Head(self.next_seq - 1, self.last_hash)
         return hwm.write_mark(
             self.directory,
             hwm.Mark(head.seq, head.hash, state, detail or {}),
             sync=self.sync,
             dirsync=fsync_directory,
+            reset=reset,
+        )
+
+    def write_periodic_mark(self, head: Head) -> bool:
+        """From the ledger's marker thread: `head` is durable (never on the commit path)."""
+        return hwm.write_mark(
+            self.directory, hwm.Mark(head.seq, head.hash), sync=self.sync, dirsync=fsync_directory
         )
 
     def write_clean_mark(self) -> bool:
@@ -731,7 +739,7 @@ class LedgerWriter:
         self.opened = True
         seq = write_entries(self, [loss_payload])[0]
         self._sync_open_segment()
-        self._write_mark(hwm.RUNNING)
+        self._write_mark(hwm.RUNNING, reset=True)
         return seq, cut
 
     # ---- noticing damage while running (loop thread, once a second)
