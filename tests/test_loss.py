@@ -350,3 +350,21 @@ def test_the_mark_follows_the_durable_head_every_ten_seconds_off_the_commit_path
         loop.close()
     mark = hwm.read_mark(tmp_path / "ledger")
     assert mark is not None and mark.state == hwm.CLEAN and mark.seq == 15
+
+
+def test_retention_sees_where_a_segment_before_an_accepted_loss_ends(tmp_path):
+    from gateway.ledger.retention import closed_segments
+
+    d = tmp_path / "ledger"
+    writer = _build(d, 60)
+    _clean_stop(writer)
+    head = writer.next_seq - 1
+    segments = list_segments(d)
+    first, newest = segments[-1]
+    newest.unlink()
+    reopened = LedgerWriter(d, segment_bytes=SEGMENT).open()
+    loss_seq, _cut = reopened.accept_loss(_payload(0))
+    closed = closed_segments(d, loss_seq)
+    assert closed[-1].path == segments[-2][1]
+    assert closed[-1].last == first - 1  # not head: the seqs after it were given up
+    assert loss_seq == head + 1
