@@ -326,6 +326,12 @@ def verify_ledger(
 
     `jobs`: at most this many processes check live segments (default: one per CPU).
     """
+    # The mark is read before the segments: a running gateway only ever moves it
+    # up to entries already on disk, so it cannot be ahead of what is read next.
+    try:
+        mark: hwm.Mark | LedgerCorruption | None = hwm.read_mark(directory)
+    except LedgerCorruption as exc:
+        mark = exc
     sources = _sources(directory, archive_dir)
     hashing = archive_dir is not None
     running = fmt.GENESIS_HASH
@@ -464,7 +470,7 @@ def verify_ledger(
     if contradiction is not None:
         seq, reason = contradiction
         return bad(directory, 0, seq, reason)
-    mark_problem = _check_mark(directory, result)
+    mark_problem = _check_mark(directory, result, mark)
     if mark_problem is not None:
         seq, reason = mark_problem
         return bad(directory / hwm.MARK_FILE, 0, seq, reason)
@@ -503,13 +509,13 @@ def _check_checkpoints(
     return None
 
 
-def _check_mark(directory: Path, result: VerifyResult) -> tuple[int, str] | None:
+def _check_mark(
+    directory: Path, result: VerifyResult, mark: hwm.Mark | LedgerCorruption | None
+) -> tuple[int, str] | None:
     """The high-water mark's entry must be in the verified chain, with its hash:
     entries a completed sync covered cannot have vanished from the end."""
-    try:
-        mark = hwm.read_mark(directory)
-    except LedgerCorruption as exc:
-        return 0, exc.reason
+    if isinstance(mark, LedgerCorruption):
+        return 0, mark.reason
     if mark is None:
         return None
     result.mark_seq = mark.seq
