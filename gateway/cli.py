@@ -97,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a configuration file without starting")
     p.add_argument("file", type=Path, help="configuration file (YAML)")
 
+    p = sub.add_parser(
+        "accept-loss",
+        help="with the gateway stopped: record the loss of damaged or missing acknowledged "
+        "entries and give their seqs up for good, so that events are taken again",
+    )
+    _add_state_options(p)
+    p.add_argument("--reason", default="", help="why (recorded in the loss entry)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="say what would be recorded; change nothing"
+    )
+
     p = sub.add_parser("verify", help="re-derive the ledger's hash chain")
     _add_state_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -417,6 +428,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"verified from retained checkpoint at seq {start.seq} hash {start.hash.hex()} "
             f"(recorded at seq {result.checkpoint_seq}); earlier entries are not in the "
             "ledger: check them against the archive (--archive DIR) or a kept anchor"
+        )
+    for first, last, name in result.losses:
+        print(
+            f"LOSS ACCEPTED: seqs {first} to {last} were given up (gateway accept-loss); "
+            f"the chain continues in {name}"
         )
     if result.ok:
         tail = (
@@ -858,6 +874,46 @@ def cmd_user(args: argparse.Namespace) -> int:
     return usercli.run(args, _config(args).state_dir)
 
 
+def cmd_accept_loss(args: argparse.Namespace) -> int:
+    """Record a `loss` entry for the damage start-up found, and skip its seqs for good."""
+    from gateway.ledger import entries
+    from gateway.ledger.store import LedgerWriter
+    from gateway.statedir import lock_state_dir
+
+    config = _existing_state(args)
+    fd = lock_state_dir(config.state_dir)  # the gateway must be stopped
+    try:
+        writer = LedgerWriter(
+            config.ledger_dir,
+            segment_bytes=config.ledger.segment_bytes,
+        )
+        writer.sync = config.ledger.fsync != "off"
+        writer.open()
+        damage = writer.damage
+        if damage is None:
+            print("no loss to accept: the ledger holds every entry its high-water mark records")
+            return EXIT_OK
+        print(f"loss: {damage.describe()}")
+        if args.dry_run:
+            print("dry run: nothing recorded")
+            return EXIT_OK
+        detail = {**damage.as_json(), "reason_given": args.reason, "pid": os.getpid()}
+        now_us = time.time_ns() // 1000
+        # The quarantine's name and digest are known only once the bytes are moved:
+        # the entry records the damage; the quarantine file is named beside it.
+        seq, cut = writer.accept_loss(entries.encode_system(now_us, "loss", detail))
+        where = (
+            f"; damaged bytes kept in {cut.quarantine_file}" if cut and cut.quarantine_file else ""
+        )
+        print(
+            f"recorded: loss entry at seq {seq}; seqs {damage.first_seq} to {damage.last_seq} "
+            f"are given up for good{where}"
+        )
+        return EXIT_OK
+    finally:
+        os.close(fd)
+
+
 def cmd_emulate_printer(args: argparse.Namespace) -> int:
     from gateway.printing import emulator
 
@@ -872,6 +928,7 @@ COMMANDS = {
     "verify": cmd_verify,
     "identity": cmd_identity,
     "fleet": cmd_fleet,
+    "accept-loss": cmd_accept_loss,
     "export": cmd_export,
     "send": cmd_send,
     "query": cmd_query,

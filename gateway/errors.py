@@ -58,6 +58,11 @@ class StorageError(GatewayError):
     """Retention or an archive store cannot do its work now (logged, shown, retried)."""
 
 
+class LedgerDamaged(LedgerError):
+    """Acknowledged entries are gone or damaged: nothing is appended until the loss
+    is accepted (`gateway accept-loss`)."""
+
+
 class LedgerCorruption(LedgerError):
     """Damage found in the ledger: where it is and what is wrong."""
 

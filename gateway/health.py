@@ -70,6 +70,11 @@ class Health:
         reason = self.reason()
         if reason:
             health = f"unhealthy: {reason}"
+        elif ledger.damage is not None:
+            health = (
+                f"ledger damaged: seqs {ledger.damage['first_seq']} to {ledger.damage['last_seq']} "
+                f"({ledger.damage['reason']}); new events refused until `gateway accept-loss`"
+            )
         elif ledger.disk_full:
             health = "disk full: new events refused"
         elif spool is not None and not spool.healthy:
@@ -93,6 +98,7 @@ class Health:
                 # Since start: commit batches written, and the fdatasync calls they took.
                 "batches": ledger.batches,
                 "syncs": ledger.syncs,
+                "damage": ledger.damage,
             },
             "clock": {
                 "synced": self.clock.synced,
@@ -187,6 +193,8 @@ class Health:
         gw = self.gw
         self.check_clock()
         gw.ledger.check_space()
+        gw.ledger.check_files()
+        gw.intake.summarise()  # refused lines counted, not stored one by one
         self.event_samples.append((self.clock.monotonic(), gw.intake.stats.events))
         if gw.indexer is not None and len(self.event_samples) >= 2:
             (t0, n0), (t1, n1) = self.event_samples[-2], self.event_samples[-1]
@@ -210,7 +218,7 @@ class Health:
                 self._last_status, self._status_sent_at = line, now
         gw.panel.show(
             "ledger"
-            if reason
+            if reason or gw.ledger.damage is not None
             else "printer"
             if gw.spool is not None and any(p.state == "error" for p in gw.spool.printers.values())
             else "ok"

@@ -36,6 +36,8 @@ def exposition(status: dict[str, Any]) -> str:
     metric("up", "gauge", "1 when healthy (the watchdog's rules)",
            [("", 1 if status["health"] == "ok" else 0)])  # fmt: skip
     metric("ledger_head_seq", "gauge", "seq of the last durable entry", [("", ledger["head_seq"])])
+    metric("ledger_damaged", "gauge", "1 while acknowledged entries are gone (gateway accept-loss)",
+           [("", 1 if ledger.get("damage") else 0)])  # fmt: skip
     metric("events_total", "counter", "events stored since start", [("", status["events"])])
     clock = status["clock"]
     metric("clock_synced", "gauge", "1 while the system clock is synchronised (NTP)",

@@ -200,9 +200,11 @@ class Gateway:
         if self.indexer is not None:
             self.indexer.start()
             self.indexer.notify(self.ledger.durable.seq)
-        self.retention.start()
+        damaged = self.ledger.damage is not None  # up, refusing events, until accept-loss
+        if not damaged:
+            self.retention.start()
         self.control.listen()
-        if self.spool is not None:
+        if self.spool is not None and not damaged:
             self.spool.start(clean_stop)
         self.panel.start()
         # Recovery is done and every listener is bound: now systemd may count us up.
@@ -369,6 +371,7 @@ class Gateway:
         self._in_flight = self.spool.stop() if self.spool is not None else []
         self.retention.stop()
         self.fleet.stop()
+        self.intake.summarise(force=True)
         self.ledger.system(
             "stopped",
             {

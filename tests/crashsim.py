@@ -702,6 +702,10 @@ def check_crash_state(state: CrashState, sent: Sent, workdir: Path, ledger_dir: 
         else:
             verdict.refused = str(exc)
         return verdict
+    if writer.damage is not None:
+        # Recovery found entries a completed sync covered gone or damaged.
+        verdict.refused = f"damaged: {writer.damage.describe()}"
+        return verdict
     after = verify_ledger(target, jobs=1)
     if not after.ok:
         verdict.verify_after = f"{after.reason} at seq {after.first_bad_seq}"

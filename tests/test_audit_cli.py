@@ -183,6 +183,16 @@ def test_the_readme_exit_code_table_is_what_the_commands_do(state, tmp_path, cap
         tamper(copy, 9)
         return cli_main(["verify", "--state", str(copy)])
 
+    def cut_after_a_clean_stop():
+        copy = tmp_path / "cut"
+        writer = LedgerWriter(copy / "ledger", segment_bytes=1 << 20).open()
+        write_entries(writer, [entries.encode_system(NOON_US, "x", {"i": i}) for i in range(5)])
+        assert writer.write_clean_mark()
+        ((_first, segment),) = list_segments(copy / "ledger")
+        with open(segment, "r+b") as f:
+            f.truncate(segment.stat().st_size - 60)  # the last entry, acknowledged, cut
+        return cli_main(["verify", "--state", str(copy)])
+
     def refused_event():
         import socket
         import threading
@@ -225,6 +235,7 @@ def test_the_readme_exit_code_table_is_what_the_commands_do(state, tmp_path, cap
     cases = {
         "`verify` finds the chain intact": lambda: cli_main(["verify", "--state", str(state)]),
         "`verify`, `show`, `export` or `query` find damage": tampered,
+        "`verify` finds entries missing up to the high-water mark": cut_after_a_clean_stop,
         "an event refused by the gateway (`send --ack`)": refused_event,
         "a configuration refused (`run`, `check-config`)": lambda: cli_main(
             ["check-config", str(bad_config)]

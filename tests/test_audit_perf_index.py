@@ -227,3 +227,36 @@ def test_statistics_are_taken_as_the_index_doubles(tmp_path, monkeypatch):
     assert reindex(state) == 6
     assert analyzed()[0] == "11"  # 17 < 22: not doubled yet
     assert seqs(state, user_id="u", limit=3) == [17, 16, 15]
+
+
+def test_the_indexer_tries_again_after_the_disk_was_full(tmp_path, monkeypatch):
+    state = tmp_path / "state"
+    append(state / "ledger", [(T0 + i, {"event_type": "e", "user_id": f"u{i}"}) for i in range(5)])
+    monkeypatch.setattr(index, "RETRY_START_S", 0.01)
+    real_add = index._add
+    failures = {"left": 3}
+
+    def full_disk(db, batch, where):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_add(db, batch, where)
+
+    monkeypatch.setattr(index, "_add", full_disk)
+    indexer = index.Indexer(state, state / "ledger")
+    indexer.start()
+    try:
+        indexer.notify(5)
+        deadline = time.monotonic() + 30
+        while indexer.indexed < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert indexer.indexed == 5, indexer.error
+        assert indexer.retries == 3
+        deadline = time.monotonic() + 10
+        while indexer.error and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not indexer.error
+    finally:
+        indexer.stop()
+    result = run(state, Filters(user_id="u3"))
+    assert [r["seq"] for r in result.rows] == [4]

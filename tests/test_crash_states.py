@@ -26,8 +26,8 @@ from crashsim import (
     run_traced,
 )
 
-from gateway.errors import LedgerCorruption
 from gateway.ledger import entries
+from gateway.ledger import mark as hwm
 from gateway.ledger.store import LedgerWriter, list_segments, write_entries
 
 FULL = os.environ.get("GATEWAY_FAULTS") == "full"
@@ -75,27 +75,46 @@ def test_no_crash_state_loses_or_reuses_an_acknowledged_seq(today_states):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=LedgerCorruption,
-    reason="finding: a new segment whose header sector was lost while a later sector "
-    "reached the disk is taken for damage, and the gateway refuses to start "
-    "(docs/testing.md); nothing acknowledged is lost",
-)
 def test_a_power_cut_while_a_segment_is_created_never_stops_the_next_start(tmp_path):
+    ledger = tmp_path / "ledger"
+    writer = LedgerWriter(ledger, segment_bytes=64 * 1024).open()
+    payload = entries.encode_system(0, "test", {"pad": "x" * 200})
+    mark_before = (ledger / hwm.MARK_FILE).read_bytes()
+    while len(list_segments(ledger)) < 2:
+        mark_before = (ledger / hwm.MARK_FILE).read_bytes()
+        write_entries(writer, [payload] * 8, batch=8)
+    first_seq, newest = list_segments(ledger)[-1]
+    # The crash states' case: the segment's creating write was not synced (so
+    # nothing in it was acknowledged, and the high-water mark that follows that
+    # sync was never written) and of its sectors only the second arrived.
+    (ledger / hwm.MARK_FILE).write_bytes(mark_before)
+    data = newest.read_bytes()
+    assert len(data) > 2 * SECTOR
+    torn = bytes(SECTOR) + data[SECTOR : 2 * SECTOR]
+    newest.write_bytes(torn)
+    recovered = LedgerWriter(ledger, segment_bytes=64 * 1024).open()
+    assert recovered.damage is None
+    assert recovered.next_seq == first_seq
+    assert recovered.recovery is not None
+    assert recovered.recovery.removed_segments == [newest.name]
+    (kept,) = (ledger / "quarantine").iterdir()
+    assert kept.read_bytes() == torn  # the evidence is kept
+
+
+def test_a_bad_header_on_a_segment_the_mark_covers_is_damage_not_a_torn_creation(tmp_path):
     ledger = tmp_path / "ledger"
     writer = LedgerWriter(ledger, segment_bytes=64 * 1024).open()
     payload = entries.encode_system(0, "test", {"pad": "x" * 200})
     while len(list_segments(ledger)) < 2:
         write_entries(writer, [payload] * 8, batch=8)
     first_seq, newest = list_segments(ledger)[-1]
-    # The crash states' case: the segment's creating write was not synced (so
-    # nothing in it was acknowledged) and of its sectors only the second arrived.
     data = newest.read_bytes()
-    assert len(data) > 2 * SECTOR
-    newest.write_bytes(bytes(SECTOR) + data[SECTOR : 2 * SECTOR])
+    newest.write_bytes(bytes(SECTOR) + data[SECTOR:])
     recovered = LedgerWriter(ledger, segment_bytes=64 * 1024).open()
-    assert recovered.next_seq == first_seq
+    assert recovered.damage is not None
+    assert recovered.damage.first_seq == first_seq
+    assert recovered.next_seq > writer.next_seq - 1  # no acknowledged seq given again
+    assert newest.exists()
 
 
 MUTANTS = {

@@ -281,3 +281,52 @@ def test_a_hello_with_a_repeated_key_is_refused_and_keeps_no_excerpt(make):
     outcome, replies, _ = feed(intake, session, hello)
     assert outcome == FINISHED and replies[0]["error"] == "bad_hello"
     assert all(SECRET not in repr(e) for e in staged(intake))
+
+
+def _summaries(intake: Intake) -> list[dict]:
+    return [e["detail"] for e in staged(intake) if e.get("name") == "refused_summary"]
+
+
+def test_refused_lines_count_against_the_rate_limit_and_are_then_summarised(make):
+    intake, session, clock = make(rate_limit_eps=10, rate_burst=10)
+    feed(intake, session, b"not json\n" * 500)
+    rejected = [e for e in staged(intake) if e["kind"] == "rejected"]
+    assert len(rejected) == 10  # the burst; the rest is counted, not stored one by one
+    assert intake.stats.summarised == 490
+    # They took the source's tokens: an event right after is over the limit.
+    outcome, replies, _ = feed(intake, session, b'{"event_type": "a"}\n')
+    assert outcome == FINISHED and replies[-1]["error"] == "rate_limited"
+    assert intake.summarise() == 0  # not before the interval
+    clock.advance(60)
+    assert intake.summarise() == 1
+    (summary,) = _summaries(intake)
+    assert summary["source"] == "10.0.0.7" and summary["reason"] == "rate_limited"
+    assert summary["lines"] == 490 and summary["codes"] == {"bad_json": 490}
+    assert summary["bytes"] == 490 * len(b"not json")
+
+
+def test_refused_lines_counted_while_the_disk_is_full_are_summarised_when_space_returns(make):
+    intake, session, _clock = make()
+    intake.ledger.disk_full = True
+    feed(intake, session, b"not json\n" * 3 + b"[1]\n")
+    assert intake.summarise() == 0 and staged(intake) == []  # nothing can be written yet
+    intake.ledger.disk_full = False
+    assert intake.summarise() == 1  # at once, not after the interval
+    (summary,) = _summaries(intake)
+    assert summary["reason"] == "disk_full" and summary["lines"] == 4
+    assert sum(summary["codes"].values()) == 4
+
+
+def test_the_summary_holds_a_bounded_number_of_sources(make, monkeypatch):
+    from gateway.ingest import intake as intake_module
+
+    monkeypatch.setattr(intake_module, "SUMMARY_MAX_SOURCES", 3)
+    intake, _session, _clock = make()
+    intake.ledger.disk_full = True
+    for i in range(10):
+        other = Session(f"10.0.1.{i}", 4000, i + 2, intake.policy)
+        feed(intake, other, b"not json\n")
+    intake.ledger.disk_full = False
+    assert intake.summarise() == 4
+    by_source = {s["source"]: s["lines"] for s in _summaries(intake)}
+    assert by_source["*"] == 7 and len(by_source) == 4

@@ -14,6 +14,7 @@ import pytest
 
 from gateway.ledger import entries
 from gateway.ledger import format as fmt
+from gateway.ledger import mark as hwm
 from gateway.ledger import verify as verify_module
 from gateway.ledger.store import LedgerWriter, list_segments, write_entries
 from gateway.ledger.verify import verify_ledger
@@ -331,6 +332,11 @@ def test_complete_rewrite_verifies_but_changes_the_head(ledger):
     before = hashes_of(ledger)
     anchor = verify_ledger(ledger)
     rewrite(ledger, 4, payload(99))
+    # The high-water mark is an anchor beside the segments: a rewrite that leaves
+    # it is caught; whoever holds the files can rewrite it too.
+    caught = verify_ledger(ledger)
+    assert not caught.ok and "high-water mark" in (caught.reason or "")
+    (ledger / hwm.MARK_FILE).unlink()
     result = verify_ledger(ledger)
     assert result.ok and result.entries == anchor.entries
     after = hashes_of(ledger)
@@ -413,6 +419,10 @@ def test_documented_verifier_agrees_on_intact_and_torn_ledgers(tmp_path):
     head = expected(d)
     assert head == (25, hashes_of(d)[25].hex())
     assert doc_result(verify, d) == head
+    # The torn tails below were never covered by the high-water mark (which the
+    # documented verifier does not read): as after a crash before the mark was
+    # written, or a ledger from before marks.
+    (d / hwm.MARK_FILE).unlink()
     last = list_segments(d)[-1][1]
     original = last.read_bytes()
     for cut in range(len(original) - 120, len(original) + 1):
@@ -537,3 +547,41 @@ def test_a_seq_gap_is_found_even_with_a_valid_chain(tmp_path):
     assert not result.ok
     assert result.first_bad_seq == 3, result
     assert "seq 4" in (result.reason or ""), result.reason
+
+
+# ------------------------------------------------------------- a checkpoint against the chain
+
+
+def test_a_checkpoint_that_contradicts_the_chain_is_damage_while_its_segment_is_present(tmp_path):
+    d = tmp_path / "l"
+    build(d, 12)
+    hashes = hashes_of(d)
+    writer = LedgerWriter(d, segment_bytes=700).open()
+    right = {"segment": fmt.segment_name(1), "last_seq": 5, "hash": hashes[5].hex()}
+    write_entries(writer, [entries.encode_system(T0, "checkpoint", right)])
+    assert verify_ledger(d).ok  # a checkpoint that agrees with the chain is fine
+    wrong = {"segment": fmt.segment_name(1), "last_seq": 6, "hash": hashes[7].hex()}
+    write_entries(writer, [entries.encode_system(T0, "checkpoint", wrong)])
+    for jobs in (1, None):
+        result = verify_ledger(d, jobs=jobs)
+        assert not result.ok
+        assert result.first_bad_seq == 6
+        assert "checkpoint at seq 14" in (result.reason or "")
+
+
+def test_a_truncated_archive_file_is_named_as_an_archive_error(tmp_path):
+    import gzip
+
+    d = tmp_path / "l"
+    build(d, 12)
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    first = list_segments(d)[0][1]
+    packed = gzip.compress(first.read_bytes())
+    for cut in (5, 15, len(packed) // 2):
+        (archive / f"{first.name}.gz").write_bytes(packed[:cut])
+        result = verify_ledger(d, archive_dir=archive)
+        assert not result.ok, cut
+        assert result.file == str(archive / f"{first.name}.gz")
+        assert "archive" in (result.reason or ""), (cut, result.reason)
+        assert "segment header incomplete" not in (result.reason or "")

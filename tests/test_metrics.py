@@ -49,6 +49,7 @@ def test_metrics_expose_the_status_read_only(tmp_path):
     code, body = fetch(gw, f"http://{host}:{port}/metrics")
     assert code == 200
     assert "gateway_events_total 3" in body and "gateway_up 1" in body
+    assert "gateway_ledger_damaged 0" in body
     assert 'gateway_printer_queued{printer="p"}' in body
     assert 'gateway_commit_seconds{quantile="0.99"}' in body
     assert re.search(r"^gateway_syncs_total [1-9]", body, re.M) and "gateway_commits_total" in body

@@ -576,6 +576,20 @@ def test_a_printer_that_closes_before_reading_a_large_job_is_retried(gateways, e
     assert outcomes(gw)[0]["attempts"] == 3
 
 
+def test_a_printer_that_closes_at_once_gets_the_receipt_again(gateways, emulator):
+    # A receipt small enough to sit whole in the printer's socket buffer: the
+    # printer closes at once, unread. The attempt is judged not delivered (the
+    # printer closed before anything was sent), and the job is printed again.
+    gw, address = gateways.start(gateways.config({"p": socket_printer(emulator, "text")}))
+    for n in range(1, 6):  # the race between the printer's close and the send, 5 times
+        emulator.set_fault(Fault("close-before-read", times=1))
+        send(address, [event_line(n)])
+        jobs = printed(gw, emulator, n, 10.0)
+        pump(gw, lambda n=n: len(outcomes(gw)) == n)
+        assert len(jobs) == n
+        assert outcomes(gw)[-1]["attempts"] == 2, outcomes(gw)[-1]
+
+
 def test_a_printer_that_stops_reading_fails_the_attempt_and_the_job_waits(
     gateways, emulator, tmp_path
 ):
@@ -772,6 +786,13 @@ def test_retry_backoff_doubles_up_to_its_cap_and_starts_over_after_a_success(gat
     emulator.set_fault(Fault())
     pump(gw, lambda: printer.retry_timer is not None)
     clock.now += 8 + step
+    # The delivery waits SETTLE_S of the fake clock after connecting: step it on.
+    for _ in range(4000):
+        if emulator.jobs():
+            break
+        clock.now += step / 5
+        for _turn in range(3):
+            gw.loop.run_once(max_wait=0.005)
     printed(gw, emulator, 1)
     pump(gw, lambda: len(outcomes(gw)) == 1 and printer.state == "ready")
 

@@ -69,6 +69,11 @@ ANALYZE_FROM = 10_000
 # The indexer catches up at most once a second, a second after it is told of
 # new entries: it lags by a second or two and takes them in batches.
 INTERVAL_S = 1.0
+# After a storage error (the disk full, say) the indexer tries again after 1 s,
+# doubling up to 60 s: it comes back soon after space returns without spinning
+# on a dead card. The ledger is unaffected: queries read it meanwhile.
+RETRY_START_S = 1.0
+RETRY_CAP_S = 60.0
 # Summaries are cut to this many characters (a table row stays readable).
 SUMMARY_CHARS = 120
 # received_at is an SQLite INTEGER (64-bit): an open end of a time window.
@@ -379,7 +384,8 @@ class Indexer:
         # that it takes the GIL and the disk only when there is time to spare.
         self.yield_to_ingest = False
         self.indexed = 0
-        self.error = ""
+        self.error = ""  # the last storage error, while the index cannot be written
+        self.retries = 0
         self._wake = threading.Event()
         self._stop = False
         self._stopping = threading.Event()
@@ -404,15 +410,34 @@ class Indexer:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        """Serve until stopped; after a storage error (ENOSPC, EIO, a locked or
+        damaged file) open the index again and go on, waiting longer each time."""
+        delay = RETRY_START_S
+        while not self._stop:
+            try:
+                self._serve()
+                return
+            except ValueError as exc:  # an entry that does not decode: retrying cannot help
+                self.error = str(exc)
+                log.error("query index stopped", extra={"fields": {"error": str(exc)}})
+                return
+            except (sqlite3.Error, OSError) as exc:
+                if not self.error:
+                    log.error(
+                        "query index failed; retrying",
+                        extra={"fields": {"error": str(exc), "retry_s": delay}},
+                    )
+                self.error = str(exc)
+                self.retries += 1
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, RETRY_CAP_S)
+
+    def _serve(self) -> None:
+        db = open_index(self.path)
         try:
-            db = open_index(self.path)
-        except sqlite3.Error as exc:
-            self.error = str(exc)
-            log.error("query index unavailable", extra={"fields": {"error": str(exc)}})
-            return
-        self.indexed = last_seq(db)
-        follower = LedgerFollower(self.ledger_dir, self.indexed + 1)
-        try:
+            self.indexed = last_seq(db)
+            follower = LedgerFollower(self.ledger_dir, self.indexed + 1)
             while not self._stop:
                 self._wake.wait(timeout=INTERVAL_S)
                 self._wake.clear()
@@ -425,11 +450,11 @@ class Indexer:
                 if self.durable - before > BATCH:
                     continue
                 self._catch_up(db, follower)
+                if self.error:
+                    log.warning("query index works again", extra={"fields": {"seq": self.indexed}})
+                    self.error = ""
                 if not (self.yield_to_ingest or self._stop):
                     analyze(db)
-        except (sqlite3.Error, OSError, ValueError) as exc:
-            self.error = str(exc)
-            log.error("query index stopped", extra={"fields": {"error": str(exc)}})
         finally:
             db.close()
 

@@ -50,12 +50,24 @@ RETRY_DETAIL = "the gateway is loading its event_id table; send this event again
 # Refusals of lines that are, or may be, a hello: they keep no excerpt.
 HELLO_REFUSALS = frozenset({"bad_hello", "unexpected_hello"})
 
+# Refused lines beyond the source's rate limit, or while the ledger takes
+# nothing (disk full, damaged), are counted instead of stored, and written as
+# one `refused_summary` entry per source and reason at most once a minute: a
+# flood costs a few entries a minute, and an auditor still sees how many lines
+# were refused, with which codes, from where and when.
+SUMMARY_INTERVAL_S = 60.0
+# Sources counted apart in one interval; beyond that they share one count
+# (source "*"): memory stays bounded whatever the number of addresses.
+SUMMARY_MAX_SOURCES = 1024
+
 
 @dataclass(slots=True)
 class IngestStats:
     events: int = 0
     rejected: int = 0
     unstored: int = 0  # refused lines not written because the ledger took nothing (disk full)
+    summarised: int = 0  # refused lines counted past the rate limit instead of written
+    summaries: int = 0  # refused_summary entries written
     accepted_connections: int = 0
     refused_connections: int = 0
     idle_closed: int = 0
@@ -78,6 +90,9 @@ class Intake:
         self.dedup = dedup if dedup is not None and dedup.enabled else None
         self.stats = IngestStats()
         self._security = RateLimitedLog(security_log)
+        # (source address, reason) -> counts of refused lines not stored one by one.
+        self._counted: dict[tuple[str, str], dict] = {}
+        self._counted_since = self.clock.monotonic()
 
     def reconfigure(self, config: IngestConfig, redactor: Redactor | None) -> None:
         """New limits and redaction (a reload); per-source counts carry over."""
@@ -290,6 +305,55 @@ class Intake:
             )
         return refusal
 
+    def _within_rate(self, session: Session, exc: RemoteInputError) -> bool:
+        """A refused line takes from its source's rate limit as an event does."""
+        buckets = self.policy.buckets
+        if buckets is None or exc.code == "rate_limited":  # that one is the limit's own record
+            return True
+        return buckets.take(session.addr, self.clock.monotonic())
+
+    def _count(self, session: Session, exc: RemoteInputError, reason: str) -> None:
+        key = (session.addr, reason)
+        counts = self._counted.get(key)
+        if counts is None:
+            if len(self._counted) >= SUMMARY_MAX_SOURCES:
+                key = ("*", reason)
+                counts = self._counted.get(key)
+            if counts is None:
+                now = self.clock.wall_us()
+                counts = self._counted[key] = {"lines": 0, "bytes": 0, "codes": {}, "first": now}
+        counts["lines"] += 1
+        counts["bytes"] += exc.length or 0
+        counts["codes"][exc.code] = counts["codes"].get(exc.code, 0) + 1
+        counts["last"] = self.clock.wall_us()
+
+    def summarise(self, *, force: bool = False) -> int:
+        """Write the counts of refused lines not stored one by one, once per
+        SUMMARY_INTERVAL_S (every health tick asks), as soon as the ledger takes
+        entries again after disk_full, and at stop (`force`). Returns entries written."""
+        if not self._counted or self.ledger.refusal() is not None:
+            return 0
+        now = self.clock.monotonic()
+        waited = any(reason != "rate_limited" for _addr, reason in self._counted)
+        if not (force or waited or now - self._counted_since >= SUMMARY_INTERVAL_S):
+            return 0
+        counted, self._counted, self._counted_since = self._counted, {}, now
+        for (addr, reason), counts in counted.items():
+            self.ledger.system(
+                "refused_summary",
+                {
+                    "source": addr,
+                    "reason": reason,
+                    "lines": counts["lines"],
+                    "bytes": counts["bytes"],
+                    "codes": counts["codes"],
+                    "first_at": counts["first"],
+                    "last_at": counts["last"],
+                },
+            )
+        self.stats.summaries += len(counted)
+        return len(counted)
+
     def _refuse_sender(
         self, session: Session, line: bytes, replies: ReplyQueue, received: int
     ) -> None:
@@ -331,9 +395,14 @@ class Intake:
         """
         self.stats.rejected += 1
         seq = 0
-        if exc.length is not None and self.ledger.refusal() is not None:
+        refusal = self.ledger.refusal() if exc.length is not None else None
+        if refusal is not None:
             # The ledger takes nothing now (disk full): refusals are counted, not written.
             self.stats.unstored += 1
+            self._count(session, exc, refusal[0])
+        elif exc.length is not None and not self._within_rate(session, exc):
+            self.stats.summarised += 1
+            self._count(session, exc, "rate_limited")
         elif exc.length is not None:
             excerpt, digest, redacted = self._evidence(exc)
             if self.redactor is not None:

@@ -18,6 +18,7 @@ subscribers run, so the disk is never idle while there is work.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
 import logging
 import os
@@ -29,7 +30,13 @@ from typing import Any
 from gateway.config import LedgerConfig
 from gateway.ledger import entries
 from gateway.ledger.durability import BatchResult, DurabilityThread
-from gateway.ledger.store import MAX_BATCH_BYTES, Head, LedgerWriter, RecoveryReport
+from gateway.ledger.store import (
+    MAX_BATCH_BYTES,
+    Head,
+    LedgerDamage,
+    LedgerWriter,
+    RecoveryReport,
+)
 from gateway.loop import EventLoop, Timer
 
 log = logging.getLogger("gateway.ops")
@@ -39,6 +46,11 @@ log = logging.getLogger("gateway.ops")
 SYNC_PENDING_LIMIT_S = 10.0
 # Commit durations kept for the status's p50/p99: the last 1,000 commits.
 SYNC_SAMPLES = 1000
+# While entries are committed, the high-water mark is moved up to the durable
+# head at most this often, on a thread of its own (never on the commit path):
+# after a crash only entries synced in the last 10 s can be taken for a torn
+# tail. Two small syncs per 10 s: nothing against the commits' own.
+MARK_INTERVAL_S = 10.0
 
 __all__ = ["DurableBatch", "Ledger", "LedgerStatistics", "StagedEntry"]
 
@@ -85,6 +97,8 @@ class LedgerStatistics:
     disk_full: bool
     free_bytes: int | None
     commit_pending_s: float  # how long the commit in flight has been pending (0: none)
+    damage: dict[str, Any] | None = None  # acknowledged entries gone (LedgerDamage.as_json)
+    dropped: int = 0  # appends refused since the damage was found (not recorded)
 
 
 Subscriber = Callable[[DurableBatch], None]
@@ -123,6 +137,9 @@ class Ledger:
         self.latencies: collections.deque[float] = collections.deque(maxlen=SYNC_SAMPLES)
         self.disk_full = False
         self.free: int | None = None
+        self.dropped = 0  # appends refused while damaged
+        self._marker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mark")
+        self._marked_at = 0.0
 
     # ---- wiring
 
@@ -145,8 +162,29 @@ class Ledger:
 
     def open(self) -> RecoveryReport | None:
         """Recover the tail; returns what recovery discarded (None: nothing)."""
+        self.writer.sync = self.config.fsync != "off"
         self.writer.open()
+        if self.writer.damage is not None:
+            self._log_damage(self.writer.damage)
         return self.writer.recovery
+
+    @property
+    def damage(self) -> LedgerDamage | None:
+        """Acknowledged entries gone or damaged: nothing is stored until accept-loss."""
+        return self.writer.damage
+
+    def _log_damage(self, damage: LedgerDamage) -> None:
+        log.error(
+            "LEDGER DAMAGED: acknowledged entries are gone or damaged; new events are "
+            "refused (ledger_damaged) until an operator runs `gateway accept-loss`",
+            extra={"fields": damage.as_json()},
+        )
+
+    def check_files(self) -> None:
+        """Every health tick: is the open segment still the file being written?"""
+        if self.writer.damage is None and self.writer.check_files() is not None:
+            assert self.writer.damage is not None
+            self._log_damage(self.writer.damage)
 
     def start(self) -> None:
         self.durability.start()
@@ -181,7 +219,13 @@ class Ledger:
         return self.writer.staged_bytes >= MAX_BATCH_BYTES
 
     def append(self, payload: bytes, value: dict[str, Any] | None = None) -> int:
-        """Stage one entry; durable once a DurableBatch covering its seq is published."""
+        """Stage one entry; durable once a DurableBatch covering its seq is published.
+
+        While the ledger is damaged nothing is staged: returns 0 (not recorded).
+        """
+        if self.writer.damage is not None:
+            self.dropped += 1
+            return 0
         seq = self.writer.append(payload)
         if self._keep_entries:
             self._staged.append(StagedEntry(seq, self.writer.last_hash, payload, value))
@@ -205,7 +249,7 @@ class Ledger:
 
     def _commit_if_idle(self) -> None:
         """An idle hook: hand everything staged to the disk when no commit runs."""
-        if self.durability.busy or not self.writer.staged_entries:
+        if self.durability.busy or not self.writer.staged_entries or self.writer.damage:
             return
         wait = self._submitted_at + self._min_interval_s - self.clock.monotonic()
         if wait > 0 and not self._flushing:
@@ -242,6 +286,10 @@ class Ledger:
         if self.error is not None:
             log.warning("ledger writes succeed again")
             self.error = None
+        if self.writer.damage is not None:
+            # Written to a segment that is gone: never acknowledged, never published.
+            self._in_flight = []
+            return
         self.batches += 1
         self.syncs += result.syncs
         self.latencies.append(result.elapsed_s)
@@ -249,19 +297,41 @@ class Ledger:
         made_durable = tuple(self._in_flight)
         self._in_flight = []
         self._commit_if_idle()  # what was staged meanwhile goes to the disk at once
+        now = self.clock.monotonic()
+        if now - self._marked_at >= MARK_INTERVAL_S and self.config.fsync != "off":
+            self._marked_at = now
+            try:
+                self._marker.submit(self._mark, self.writer.durable)
+            except RuntimeError:
+                pass  # closing: the clean-stop mark follows
         published = DurableBatch(result.batch.first_seq, self.writer.durable, made_durable)
         for subscriber in self._subscribers:
             subscriber(published)
 
+    def _mark(self, head: Head) -> None:
+        """On the marker thread: move the high-water mark up to a durable head."""
+        try:
+            self.writer.write_periodic_mark(head)
+        except OSError as exc:  # the next interval tries again; the commits are unaffected
+            log.warning("high-water mark not written", extra={"fields": {"error": str(exc)}})
+
     @property
     def settled(self) -> bool:
-        """Everything appended so far is durable."""
+        """Everything appended so far is durable (damaged: nothing more will be)."""
+        if self.writer.damage is not None:
+            return not self.durability.busy
         return self.writer.durable.seq == self.writer.next_seq - 1 and not self.durability.busy
 
     # ---- what others may ask
 
     def refusal(self) -> tuple[str, str] | None:
         """Why new events cannot be taken now: (code, detail), or None."""
+        if self.writer.damage is not None:
+            return (
+                "ledger_damaged",
+                f"acknowledged entries are gone or damaged ({self.writer.damage.describe()}); "
+                "nothing is stored until an operator accepts the loss",
+            )
         if self.disk_full:
             return (
                 "disk_full",
@@ -335,12 +405,24 @@ class Ledger:
             disk_full=self.disk_full,
             free_bytes=self.free,
             commit_pending_s=round(self.pending_s(), 3),
+            damage=self.writer.damage.as_json() if self.writer.damage is not None else None,
+            dropped=self.dropped,
         )
 
     def close(self) -> bool:
         """Stop the durability thread; False when a write never returned (it is left)."""
         if self._timer is not None:
             self._timer.cancel()
+        stopped = True
         if self.durability.is_alive():
-            return self.durability.stop()
-        return True
+            stopped = self.durability.stop()
+        self._marker.shutdown(wait=True)  # a periodic mark never follows the clean one
+        if stopped and self.error is None and self.settled:
+            try:
+                # A clean stop: the next start holds every entry to this head.
+                self.writer.write_clean_mark()
+            except OSError as exc:
+                log.error(
+                    "the clean-stop mark was not written", extra={"fields": {"error": str(exc)}}
+                )
+        return stopped

@@ -4,7 +4,7 @@ No files here: everything works on bytes, so corruption tests need no disk.
 docs/ledger-format.md is the normative description; keep the two in step.
 
 Segment file:   [segment header, 64 bytes] [frame] [frame] ...
-Segment header: magic "PGWLEDGR" | version u16 | reserved u16 (0) | reserved u32 (0)
+Segment header: magic "PGWLEDGR" | version u16 | reserved u16 (0) | skipped u32
                 | first_seq u64 | prev_hash 32 bytes | check = BLAKE3(first 56 bytes)[:8]
 Frame:          length u32 | seq u64 | crc32(length||seq) u32 | payload (CBOR, `length`
                 bytes) | chain hash 32 bytes
@@ -50,14 +50,17 @@ _CRC = struct.Struct(">I")
 class SegmentHeader:
     first_seq: int
     prev_hash: bytes
+    # Seqs given up for good just before first_seq (`gateway accept-loss`): the
+    # chain continues from prev_hash, the hash of seq first_seq - skipped - 1.
+    skipped: int = 0
 
 
 class HeaderDamaged(GatewayError, ValueError):
     """A segment or frame header fails its check: damage, not a torn write."""
 
 
-def encode_segment_header(first_seq: int, prev_hash: bytes) -> bytes:
-    body = _SEG_BODY.pack(MAGIC, VERSION, 0, 0, first_seq, prev_hash)
+def encode_segment_header(first_seq: int, prev_hash: bytes, skipped: int = 0) -> bytes:
+    body = _SEG_BODY.pack(MAGIC, VERSION, 0, skipped, first_seq, prev_hash)
     return body + blake3(body).digest()[:8]
 
 
@@ -68,14 +71,14 @@ def decode_segment_header(data: bytes) -> SegmentHeader:
     body = bytes(data[:56])
     if blake3(body).digest()[:8] != bytes(data[56:64]):
         raise HeaderDamaged("segment header check does not match")
-    magic, version, _r1, _r2, first_seq, prev_hash = _SEG_BODY.unpack(body)
+    magic, version, _r1, skipped, first_seq, prev_hash = _SEG_BODY.unpack(body)
     if magic != MAGIC:
         raise HeaderDamaged("not a ledger segment (bad magic)")
     if version != VERSION:
         raise HeaderDamaged(f"unsupported segment format version {version}")
-    if first_seq < 1:
-        raise HeaderDamaged("segment first_seq must be at least 1")
-    return SegmentHeader(first_seq, prev_hash)
+    if first_seq < 1 or skipped >= first_seq:
+        raise HeaderDamaged("segment first_seq must be at least 1 and above its skipped seqs")
+    return SegmentHeader(first_seq, prev_hash, skipped)
 
 
 def frame_header(length: int, seq: int) -> bytes:

@@ -57,6 +57,7 @@ from gateway.ledger.archive import (
 from gateway.ledger.store import (
     LedgerFollower,
     LedgerReader,
+    SegmentReader,
     fsync_directory,
     list_segments,
 )
@@ -134,8 +135,18 @@ def closed_segments(ledger_dir: Path, durable: int) -> list[Segment]:
     for (first, path), (next_first, next_path) in itertools.pairwise(segments):
         if next_first - 1 > durable:
             break
-        out.append(Segment(first, next_first - 1, path, next_path))
+        # After an accepted loss the next segment starts `skipped` seqs later.
+        last = next_first - 1 - _skipped(next_path)
+        out.append(Segment(first, last, path, next_path))
     return out
+
+
+def _skipped(path: Path) -> int:
+    try:
+        with SegmentReader(path) as reader:
+            return reader.read_header().skipped
+    except (OSError, EOFError, fmt.HeaderDamaged):
+        return 0
 
 
 @dataclass

@@ -17,8 +17,9 @@ from typing import BinaryIO
 
 from blake3 import blake3
 
-from gateway.errors import LedgerCorruption
+from gateway.errors import LedgerCorruption, LedgerDamaged
 from gateway.ledger import format as fmt
+from gateway.ledger import mark as hwm
 
 # Read segments in 4 MiB chunks: large enough that per-read overhead vanishes
 # against hashing, small enough to keep resident memory low while verifying.
@@ -258,10 +259,6 @@ class LedgerReader:
             first, path = segments[i]
             if to_seq is not None and first > to_seq:
                 return
-            if expect is not None and first != expect:
-                raise LedgerCorruption(
-                    str(path), 0, expect, f"segment starts at seq {first}, expected {expect}"
-                )
             last_segment = i == len(segments) - 1
             try:
                 reader = SegmentReader(path)
@@ -271,11 +268,16 @@ class LedgerReader:
                 raise
             with reader:
                 try:
-                    reader.read_header()
+                    header = reader.read_header()
                 except (EOFError, fmt.HeaderDamaged) as exc:
                     if last_segment and newest_segment_is_torn(path):
                         return
                     raise LedgerCorruption(str(path), 0, first, str(exc)) from None
+                # A segment after an accepted loss starts `skipped` seqs later.
+                if expect is not None and first - header.skipped != expect:
+                    raise LedgerCorruption(
+                        str(path), 0, expect, f"segment starts at seq {first}, expected {expect}"
+                    )
                 for _offset, seq, stored, digest in reader.frames():
                     if seq < from_seq:
                         continue
@@ -303,7 +305,8 @@ class LedgerReader:
         for first, path in list_segments(self.directory):
             try:
                 with SegmentReader(path) as reader:
-                    return Head(first - 1, reader.read_header().prev_hash)
+                    header = reader.read_header()
+                    return Head(first - 1 - header.skipped, header.prev_hash)
             except FileNotFoundError:
                 continue  # removed by retention since it was listed
             except (EOFError, fmt.HeaderDamaged):
@@ -319,7 +322,7 @@ class LedgerReader:
                     header = reader.read_header()
                 except (EOFError, fmt.HeaderDamaged):
                     continue
-                last = Head(first - 1, header.prev_hash)
+                last = Head(first - 1 - header.skipped, header.prev_hash)
                 for _offset, seq, _stored, digest in reader.frames():
                     last = Head(seq, bytes(digest))
                 return last
@@ -366,6 +369,42 @@ class RecoveryReport:
     removed_segments: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerDamage:
+    """Acknowledged entries that are gone or damaged: seqs first_seq..last_seq.
+
+    `good` is the last intact entry before them (the chain continues from it
+    once the loss is accepted); `file` and `offset` say where the damage
+    starts (`file` may be a segment that no longer exists).
+    """
+
+    first_seq: int
+    last_seq: int
+    file: str
+    offset: int
+    reason: str
+    good: Head
+
+    def describe(self) -> str:
+        span = (
+            f"seq {self.first_seq}"
+            if self.first_seq == self.last_seq
+            else f"seqs {self.first_seq} to {self.last_seq}"
+        )
+        return f"{span}: {self.reason} ({Path(self.file).name} offset {self.offset})"
+
+    def as_json(self) -> dict:
+        return {
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "file": self.file,
+            "offset": self.offset,
+            "reason": self.reason,
+            "good_seq": self.good.seq,
+            "good_hash": self.good.hash.hex(),
+        }
+
+
 class LedgerWriter:
     """The single writer: recovers the tail at open, then stages entries into batches.
 
@@ -399,16 +438,39 @@ class LedgerWriter:
         self._staged_at = 0.0
         self._unit_start = 0  # where the current sync unit began in the open write
         self.segments_created = 0
+        self.sync = True  # False: fsync "off" (benchmarks): the mark is not synced either
+        self.opened = False
+        # Acknowledged entries found gone or damaged (at open, or by check_files):
+        # nothing is staged until `accept_loss`.
+        self.damage: LedgerDamage | None = None
+        self.mark: hwm.Mark | None = None  # as found at open
+        self._seg_ino: tuple[int, int] | None = None  # (st_dev, st_ino) of the open segment
+        self._durable_end = 0  # the open segment's size once everything durable is in it
+        self._durable_path = self._seg_path  # the segment the last durable entry is in
 
     # ---- open and recover
 
     def open(self) -> LedgerWriter:
+        """Recover the tail, then hold the segments to the high-water mark.
+
+        Damage found (acknowledged entries gone, or damaged where a completed
+        sync covered them) is kept, never cut: `damage` says what, and nothing
+        is appended until `accept_loss`.
+        """
         self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        hwm.forget_damage(self.directory)  # judged again from the files, here
+        self.mark = mark = hwm.read_mark(self.directory)
+        covered = mark.seq if mark is not None else 0
         segments = list_segments(self.directory)
         removed: list[str] = []
         while segments:
-            _first, path = segments[-1]
-            if not newest_segment_is_torn(path):
+            first, path = segments[-1]
+            if not newest_segment_is_torn(path) and not (
+                # With a mark, a segment starting after it was created by a batch
+                # whose sync never completed (the mark follows that sync, before
+                # any acknowledgement): a bad header there is a torn creation.
+                mark is not None and first > covered and _header_damaged(path)
+            ):
                 break
             # A segment whose creation never completed: nothing in it was ever acknowledged.
             self._quarantine(path, 0)
@@ -417,9 +479,21 @@ class LedgerWriter:
             removed.append(path.name)
             segments.pop()
         if not segments:
+            if covered:
+                self._damaged_at(
+                    1,
+                    covered,
+                    str(self.directory / fmt.segment_name(1)),
+                    0,
+                    "every segment is missing",
+                    Head(0, fmt.GENESIS_HASH),
+                )
+                return self
             self._create_first_segment()
         else:
             self._recover_last(*segments[-1])
+            if self.damage is not None:
+                return self
         if removed:
             if self.recovery is None:
                 self.recovery = RecoveryReport(
@@ -427,8 +501,54 @@ class LedgerWriter:
                 )
             self.recovery.removed_segments = removed
         self.durable = Head(self.next_seq - 1, self.last_hash)
+        self._sync_open_segment()
+        self._write_mark(hwm.RUNNING, reset=True)
         self._start_staging()
+        self.opened = True
         return self
+
+    def _sync_open_segment(self) -> None:
+        """Make what recovery kept durable (a kill -9 leaves it in the page cache
+        only), so that the mark may claim it; and note which file it is."""
+        fd = os.open(self._seg_path, os.O_RDONLY)
+        try:
+            if self.sync:
+                os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        self._seg_ino = (st.st_dev, st.st_ino)
+        self._durable_end = self._seg_size
+        self._durable_path = self._seg_path
+
+    def _write_mark(self, state: str, detail: dict | None = None, reset: bool = False) -> bool:
+        head = self.durable if state != hwm.DAMAGED else Head(self.next_seq - 1, self.last_hash)
+        return hwm.write_mark(
+            self.directory,
+            hwm.Mark(head.seq, head.hash, state, detail or {}),
+            sync=self.sync,
+            dirsync=fsync_directory,
+            reset=reset,
+        )
+
+    def write_periodic_mark(self, head: Head) -> bool:
+        """From the ledger's marker thread: `head` is durable (never on the commit path)."""
+        return hwm.write_mark(
+            self.directory, hwm.Mark(head.seq, head.hash), sync=self.sync, dirsync=fsync_directory
+        )
+
+    def write_clean_mark(self) -> bool:
+        """At a clean stop: everything appended is durable and nothing follows."""
+        if not self.opened or self.damage is not None or self._staged_entries:
+            return False
+        return self._write_mark(hwm.CLEAN)
+
+    def _damaged_at(
+        self, first: int, last: int, file: str, offset: int, reason: str, good: Head
+    ) -> None:
+        self.damage = LedgerDamage(first, max(first, last), file, offset, reason, good)
+        self.next_seq = self.damage.last_seq + 1
+        self.durable = good
 
     def _create_first_segment(self) -> None:
         path = self.directory / fmt.segment_name(1)
@@ -450,29 +570,72 @@ class LedgerWriter:
         Frame headers are walked over the whole segment (cheap), but chain links
         are only checked across the last MAX_TORN_BYTES: only the last sync unit
         can have been torn, and start-up time must not grow with the ledger.
+        With a high-water mark, nothing up to the mark's seq may be cut: damage
+        there (or entries missing up to it) is recorded in `damage` and kept.
         """
+        mark = self.mark
+        covered = mark.seq if mark is not None else 0
         size = path.stat().st_size
         check_from = max(fmt.SEGMENT_HEADER_BYTES, size - MAX_TORN_BYTES)
         good_end = fmt.SEGMENT_HEADER_BYTES
         reason = ""
+        damage_offset = fmt.SEGMENT_HEADER_BYTES
+        marked_hash: bytes | None = None  # the stored chain hash at the mark's seq
         with SegmentReader(path) as reader:
             try:
                 header = reader.read_header()
             except fmt.HeaderDamaged as exc:
+                if covered >= first:
+                    prev = self._previous_head(first)
+                    self._damaged_at(first, covered, str(path), 0, str(exc), prev)
+                    return
                 raise LedgerCorruption(str(path), 0, first, str(exc)) from None
             prev = header.prev_hash
             last_seq = first - 1
+            before_mark: Head | None = None
+            if last_seq == covered:
+                marked_hash = prev
             for offset, seq, stored, digest in reader.frames():
+                if seq == covered:
+                    before_mark = Head(last_seq, prev)
                 if offset >= check_from and fmt.chain_hash(prev, stored) != digest:
                     reason = f"chain hash of seq {seq} does not match"
+                    damage_offset = offset
                     break
                 prev = bytes(digest)
                 last_seq = seq
                 good_end = offset + len(stored) + fmt.HASH_BYTES
+                if seq == covered:
+                    marked_hash = prev
             else:
-                good_end = reader.end_offset
+                good_end = damage_offset = reader.end_offset
                 if reader.tail != TailState.CLEAN:
                     reason = reader.damage or f"{reader.tail} tail"
+        if mark is not None and covered >= first - 1 - header.skipped:
+            if last_seq < covered:
+                self._damaged_at(
+                    last_seq + 1,
+                    covered,
+                    str(path),
+                    damage_offset,
+                    (reason or "the segment ends")
+                    + f"; the high-water mark records seq {covered} as durable",
+                    Head(last_seq, prev),
+                )
+                return
+            if marked_hash is not None and marked_hash != mark.hash:
+                good = before_mark or self._previous_head(first)
+                if good.seq >= covered:
+                    good = Head(covered - 1, header.prev_hash)
+                self._damaged_at(
+                    good.seq + 1,
+                    max(covered, last_seq),
+                    str(path),
+                    0,
+                    f"the chain hash at seq {covered} is not the one the high-water mark records",
+                    good,
+                )
+                return
         discarded = size - good_end
         if discarded:
             if discarded > MAX_TORN_BYTES:
@@ -499,6 +662,123 @@ class LedgerWriter:
         self._seg_size = good_end
         self.next_seq = last_seq + 1
         self.last_hash = prev
+
+    def _previous_head(self, first: int) -> Head:
+        """The last entry before segment `first`, from the segment before it."""
+        before = [p for f, p in list_segments(self.directory) if f < first]
+        if not before:
+            return Head(0, fmt.GENESIS_HASH)
+        last = Head(first - 1, b"")
+        try:
+            with SegmentReader(before[-1]) as seg:
+                header = seg.read_header()
+                last = Head(
+                    fmt.parse_segment_name(before[-1].name) - 1 - header.skipped, header.prev_hash
+                )
+                for _o, seq, _s, digest in seg.frames():
+                    last = Head(seq, bytes(digest))
+        except (EOFError, fmt.HeaderDamaged):
+            pass
+        return last
+
+    # ---- accepting a loss (gateway accept-loss, with the gateway stopped)
+
+    def accept_loss(self, loss_payload: bytes) -> tuple[int, RecoveryReport | None]:
+        """Give up the damaged seqs for good: keep the damaged bytes in quarantine,
+        cut them from the segment, start a segment after the lost range whose
+        header skips it, and append `loss_payload` (a `loss` entry) there.
+
+        Returns the loss entry's seq and what was moved to quarantine.
+        """
+        damage = self.damage
+        assert damage is not None, "nothing to accept"
+        cut: RecoveryReport | None = None
+        path = Path(damage.file)
+        if path.exists() and damage.offset >= fmt.SEGMENT_HEADER_BYTES:
+            size = path.stat().st_size
+            if size > damage.offset:
+                quarantined, digest_hex = self._quarantine(path, damage.offset)
+                with open(path, "r+b") as f:
+                    f.truncate(damage.offset)
+                    os.fsync(f.fileno())
+                cut = RecoveryReport(
+                    path.name,
+                    damage.offset,
+                    size - damage.offset,
+                    digest_hex,
+                    quarantined,
+                    damage.reason,
+                )
+        elif path.exists() and fmt.parse_segment_name(path.name) is not None:
+            # The damage starts in the header: the whole file goes to quarantine.
+            quarantined, digest_hex = self._quarantine(path, 0)
+            cut = RecoveryReport(
+                path.name, 0, path.stat().st_size, digest_hex, quarantined, damage.reason
+            )
+            path.unlink()
+            fsync_directory(self.directory)
+        first = damage.last_seq + 1
+        skipped = first - 1 - damage.good.seq
+        self._seg_path = self.directory / fmt.segment_name(first)
+        fd = os.open(
+            self._seg_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, SEGMENT_MODE
+        )
+        try:
+            os.write(fd, fmt.encode_segment_header(first, damage.good.hash, skipped))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_directory(self.directory)
+        self.damage = None
+        hwm.forget_damage(self.directory)
+        self._seg_size = fmt.SEGMENT_HEADER_BYTES
+        self.next_seq = first
+        self.last_hash = damage.good.hash
+        self.durable = Head(first - 1, damage.good.hash)
+        self._start_staging()
+        self.opened = True
+        seq = write_entries(self, [loss_payload])[0]
+        self._sync_open_segment()
+        self._write_mark(hwm.RUNNING, reset=True)
+        return seq, cut
+
+    # ---- noticing damage while running (loop thread, once a second)
+
+    def check_files(self) -> LedgerDamage | None:
+        """The open segment must still be the file written, at least as long as
+        what is durable in it: unlinked, replaced or cut short means acknowledged
+        entries are gone. Records the damage (and a `damaged` mark) once."""
+        if self.damage is not None or self._seg_ino is None:
+            return None
+        path = self._durable_path  # a segment staged but not yet written is not looked at
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            reason = "the open segment was removed"
+        else:
+            if (st.st_dev, st.st_ino) != self._seg_ino:
+                reason = "the open segment was replaced by another file"
+            elif st.st_size < self._durable_end:
+                reason = f"the open segment shrank to {st.st_size} bytes"
+            else:
+                return None
+        first = fmt.parse_segment_name(path.name) or 1
+        good = self._previous_head(first)
+        offset = 0
+        if reason.startswith("the open segment shrank"):
+            try:
+                with SegmentReader(path) as seg:
+                    seg.read_header()
+                    for _o, seq, _s, digest in seg.frames():
+                        good = Head(seq, bytes(digest))
+                    offset = seg.end_offset
+            except (OSError, EOFError, fmt.HeaderDamaged):
+                pass
+        self.damage = LedgerDamage(
+            good.seq + 1, max(good.seq + 1, self.next_seq - 1), str(path), offset, reason, good
+        )
+        self._write_mark(hwm.DAMAGED, self.damage.as_json())
+        return self.damage
 
     def _quarantine(self, path: Path, offset: int) -> tuple[str | None, str]:
         """Keep the bytes recovery discards, for a post-mortem; never delete evidence."""
@@ -548,6 +828,8 @@ class LedgerWriter:
 
     def append(self, payload: bytes) -> int:
         """Frame, chain and stage one entry; returns its seq. Durable only after its batch."""
+        if self.damage is not None:
+            raise LedgerDamaged(self.damage.describe())
         seq = self.next_seq
         frame, digest = fmt.encode_frame(seq, payload, self.last_hash)
         size = len(frame)
@@ -610,6 +892,24 @@ class LedgerWriter:
 
     def batch_done(self, batch: CommitBatch) -> None:
         self.durable = Head(batch.last_seq, batch.last_hash)
+        last = batch.writes[-1]
+        self._durable_path = last.path
+        if last.create:
+            try:
+                st = os.stat(last.path)
+                self._seg_ino = (st.st_dev, st.st_ino)
+            except FileNotFoundError:
+                pass  # check_files reports it at the next look
+        self._durable_end = last.offset + len(last.data)
+
+
+def _header_damaged(path: Path) -> bool:
+    with open(path, "rb") as f:
+        try:
+            fmt.decode_segment_header(f.read(fmt.SEGMENT_HEADER_BYTES))
+        except fmt.HeaderDamaged:
+            return True
+    return False
 
 
 def fsync_directory(path: Path) -> None:
@@ -650,6 +950,18 @@ def write_batch(batch: CommitBatch, fds: dict[Path, int], sync: bool) -> int:
         if w.create and sync:
             fsync_directory(w.path.parent)
             syncs += 1
+    if any(w.create for w in batch.writes):
+        # A new segment: the high-water mark follows it before any of this
+        # batch is acknowledged (once per segment, not per commit).
+        directory = batch.writes[-1].path.parent
+        # Its two syncs (file, directory) are not counted: `syncs` counts the
+        # ledger's own, as the commit statistics report them.
+        hwm.write_mark(
+            directory,
+            hwm.Mark(batch.last_seq, batch.last_hash),
+            sync=sync,
+            dirsync=fsync_directory,
+        )
     return syncs
 
 
@@ -739,8 +1051,23 @@ class LedgerFollower:
                     if len(out) >= limit:
                         return out
                 ended = reader.tail == TailState.CLEAN
-            following = [p for first, p in list_segments(self.directory) if first == self.next_seq]
+            following = [
+                p
+                for first, p in list_segments(self.directory)
+                if first >= self.next_seq and p != self.path
+            ]
             if not (ended and following):
                 return out
+            first = fmt.parse_segment_name(following[0].name) or 0
+            if first > self.next_seq:
+                # Only across an accepted loss: the next segment's header skips the gap.
+                try:
+                    with SegmentReader(following[0]) as after:
+                        header = after.read_header()
+                except (OSError, EOFError, fmt.HeaderDamaged):
+                    return out
+                if first - header.skipped != self.next_seq:
+                    return out
+                self.next_seq = first
             self.path, self.offset = following[0], None
         return out

@@ -29,8 +29,9 @@ from typing import Any, BinaryIO
 
 from blake3 import blake3
 
-from gateway.errors import StorageError
+from gateway.errors import LedgerCorruption, StorageError
 from gateway.ledger import format as fmt
+from gateway.ledger import mark as hwm
 from gateway.ledger import retention
 from gateway.ledger.archive import (
     ARCHIVE_ERRORS,
@@ -75,6 +76,9 @@ class VerifyResult:
     archive: Path | None = None
     archived_segments: int = 0  # segments read from the archive
     overlaps: int = 0  # segments both archived and live (compared byte for byte)
+    # Seqs given up for good by `gateway accept-loss`: (first, last, segment after them).
+    losses: list[tuple[int, int, str]] = field(default_factory=list)
+    mark_seq: int | None = None  # the high-water mark's seq, when the ledger has one
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -87,6 +91,12 @@ class VerifyResult:
         }
         if self.checkpoint_seq is not None:
             out["from"]["checkpoint_seq"] = self.checkpoint_seq
+        if self.losses:
+            out["losses"] = [
+                {"first_seq": a, "last_seq": b, "segment": name} for a, b, name in self.losses
+            ]
+        if self.mark_seq is not None:
+            out["high_water_seq"] = self.mark_seq
         if self.archive is not None:
             out["archive"] = {
                 "dir": str(self.archive),
@@ -218,6 +228,7 @@ class _Clean:
     last_hash: bytes
     size: int
     records: list[tuple[int, str, dict[str, Any]]] | None  # None: not looked for
+    skipped: int = 0
 
 
 def _clean_segment(path: Path, watch: bool) -> _Clean | None:
@@ -280,7 +291,9 @@ def _clean_segment(path: Path, watch: bool) -> _Clean | None:
             buf = bytes(mv[pos:]) + more
             mv = memoryview(buf)
             pos = 0
-    return _Clean(header.first_seq, header.prev_hash, expect - 1, prev, size, records)
+    return _Clean(
+        header.first_seq, header.prev_hash, expect - 1, prev, size, records, header.skipped
+    )
 
 
 def _check_live_segments(
@@ -313,13 +326,21 @@ def verify_ledger(
 
     `jobs`: at most this many processes check live segments (default: one per CPU).
     """
+    # The mark is read before the segments: a running gateway only ever moves it
+    # up to entries already on disk, so it cannot be ahead of what is read next.
+    try:
+        mark: hwm.Mark | LedgerCorruption | None = hwm.read_mark(directory)
+    except LedgerCorruption as exc:
+        mark = exc
     sources = _sources(directory, archive_dir)
     hashing = archive_dir is not None
     running = fmt.GENESIS_HASH
     expect = 1
     result = VerifyResult(True, 0, 0, running, segments=len(sources), archive=archive_dir)
     records = _Records()
-    watching = hashing  # retention entries are looked for once they can matter
+    # Retention entries are always looked for: a checkpoint must agree with the
+    # chain even while its segment is still here (cheap: few entries are system).
+    watching = True
     at_start = True  # no segment header read yet
     start_path = directory  # the segment the chain started in, when not at genesis
     seen: dict[str, tuple[str, tuple[str, int]]] = {}  # segment name -> (file, BLAKE3 and size)
@@ -338,8 +359,7 @@ def verify_ledger(
 
     chain = fmt.chain_hash
     # Archives need every byte hashed as it is read: the careful path only then.
-    watch_all = bool(sources) and sources[0].first > 1
-    checked = {} if hashing else _check_live_segments(sources, watch_all, jobs)
+    checked = {} if hashing else _check_live_segments(sources, True, jobs)
     for index, src in enumerate(sources):
         first, path = src.first, src.path
         last_segment = index == len(sources) - 1 and not src.archived
@@ -349,7 +369,7 @@ def verify_ledger(
         with contextlib.ExitStack() as scope:
             reader = stream = None
             if clean is not None:
-                header = fmt.SegmentHeader(clean.first, clean.prev_hash)
+                header = fmt.SegmentHeader(clean.first, clean.prev_hash, clean.skipped)
             else:
                 try:
                     reader, stream = src.open(hashing)
@@ -368,16 +388,24 @@ def verify_ledger(
                         # A segment being created, or whose creation a crash cut short.
                         result.tail_incomplete = True
                         break
+                    if stream is not None and stream.error:
+                        return bad(path, 0, expect, stream.error)  # the archive's own error
+                    if src.archived:
+                        return bad(path, 0, expect, f"archive holds no valid segment: {exc}")
                     return bad(path, 0, expect, str(exc) or "segment header incomplete")
             if header.first_seq != first:
                 return bad(path, 0, expect, "segment header first_seq does not match its name")
-            if at_start and first > 1:
+            if at_start and first - header.skipped > 1:
                 # Retention removed what came before: start where this segment
                 # says the chain was; a checkpoint must vouch for it (below).
-                result.start = Head(first - 1, header.prev_hash)
-                running, expect, watching = header.prev_hash, first, True
+                result.start = Head(first - header.skipped - 1, header.prev_hash)
+                running, expect, watching = header.prev_hash, first - header.skipped, True
                 start_path = path
             at_start = False
+            if header.skipped and first - header.skipped == expect:
+                # An accepted loss: these seqs were given up for good (`loss` entry).
+                result.losses.append((expect, first - 1, path.name))
+                expect = first
             if first != expect:
                 before = sources[index - 1].path.name if index else "the start"
                 gap = f"seq {expect} to {first - 1} are missing" if first > expect else "overlap"
@@ -429,7 +457,7 @@ def verify_ledger(
                     return bad(src.twin, 0, first, str(exc))
                 if twin != seen[fmt.segment_name(first)][1]:
                     return bad(src.twin, 0, first, "archived copy differs from the live segment")
-    result.entries = expect - 1 - result.start.seq
+    result.entries = expect - 1 - result.start.seq - sum(b - a + 1 for a, b, _n in result.losses)
     result.head_seq = expect - 1
     result.head_hash = running
     if result.start.seq:
@@ -438,6 +466,14 @@ def verify_ledger(
             result.start, seq, reason = problem
             running = result.start.hash
             return bad(start_path, 0, seq, reason)
+    contradiction = _check_checkpoints(directory, archive_dir, result, records)
+    if contradiction is not None:
+        seq, reason = contradiction
+        return bad(directory, 0, seq, reason)
+    mark_problem = _check_mark(directory, result, mark)
+    if mark_problem is not None:
+        seq, reason = mark_problem
+        return bad(directory / hwm.MARK_FILE, 0, seq, reason)
     for name, (file, got) in seen.items():
         if name in records.archived:
             entry_seq, detail = records.archived[name]
@@ -449,6 +485,54 @@ def verify_ledger(
                     f"bytes differ from the BLAKE3 its archived entry (seq {entry_seq}) records",
                 )
     return result
+
+
+def _check_checkpoints(
+    directory: Path, archive_dir: Path | None, result: VerifyResult, records: _Records
+) -> tuple[int, str] | None:
+    """A checkpoint whose seq is still in the verified chain must record its hash."""
+    inside = {
+        last_seq: (entry_seq, detail)
+        for last_seq, (entry_seq, detail) in records.checkpoints.items()
+        if result.start.seq < last_seq <= result.head_seq
+    }
+    if not inside:
+        return None
+    anchors = [ExpectedAnchor(last_seq, str(d["hash"])) for last_seq, (_e, d) in inside.items()]
+    for check in check_anchors(directory, anchors, archive_dir):
+        if check.found is not None and not check.ok:
+            entry_seq, _detail = inside[check.anchor.seq]
+            return check.anchor.seq, (
+                f"the retention checkpoint at seq {entry_seq} records another hash for seq "
+                f"{check.anchor.seq} than the chain has there"
+            )
+    return None
+
+
+def _check_mark(
+    directory: Path, result: VerifyResult, mark: hwm.Mark | LedgerCorruption | None
+) -> tuple[int, str] | None:
+    """The high-water mark's entry must be in the verified chain, with its hash:
+    entries a completed sync covered cannot have vanished from the end."""
+    if isinstance(mark, LedgerCorruption):
+        return 0, mark.reason
+    if mark is None:
+        return None
+    result.mark_seq = mark.seq
+    if mark.seq > result.head_seq:
+        return (
+            result.head_seq + 1,
+            f"seq {result.head_seq + 1} to {mark.seq} are missing: the high-water mark "
+            f"records seq {mark.seq} as durable ({mark.state})",
+        )
+    if mark.seq <= result.start.seq:
+        return None  # removed by retention: a checkpoint vouches for what came before
+    (check,) = check_anchors(directory, [ExpectedAnchor(mark.seq, mark.hash.hex())])
+    if check.found is not None and not check.ok:
+        return mark.seq, (
+            f"the chain hash at seq {mark.seq} is not the one the high-water mark records"
+        )
+    return None
 
 
 def _check_start(result: VerifyResult, records: _Records) -> tuple[Head, int, str] | None:
@@ -569,7 +653,7 @@ def check_anchors(
                 header = reader.read_header()
             except (EOFError, fmt.HeaderDamaged):
                 continue
-            found.setdefault(source.first - 1, header.prev_hash.hex())
+            found.setdefault(source.first - 1 - header.skipped, header.prev_hash.hex())
             for _offset, seq, _stored, digest in reader.frames():
                 if seq in wanted:
                     found[seq] = bytes(digest).hex()

@@ -34,6 +34,13 @@ SEND_CHUNK = 64 * 1024
 # Once a job is handed to the kernel, look at what the printer has taken every
 # 20 ms: short against a receipt's print time, cheap for one socket per printer.
 DRAIN_POLL_S = 0.02
+# After connecting, wait this long before sending, then look whether the printer
+# has already closed its side: a printer that accepts and closes at once (busy,
+# in an error state) would otherwise take a small job into its kernel's buffer
+# unread, and TCP reports that exactly like a printed job. 100 ms: far above a
+# LAN round trip and a printer's accept, small against the second a receipt
+# takes to print (measured on the emulator under a loaded 2-CPU test machine).
+SETTLE_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -262,9 +269,35 @@ class SocketDelivery(_Delivery):
             if code:
                 self._finish(False, f"connect: {os.strerror(code)}")
                 return
-            self._start_sending()
+            # Settle: nothing is sent until the printer has had time to say no.
+            self.phase = "settle"
+            self._interest(0)
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_later(SETTLE_S, self._settled)
             return
         super().on_ready(mask)
+
+    def _closed_by_printer(self) -> str:
+        """'' while the printer's side is open; else what it did (EOF or an error)."""
+        assert self.sock is not None
+        try:
+            peeked = self.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return ""
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return "" if peeked else "the printer closed the connection"
+
+    def _settled(self) -> None:
+        self.timer = None
+        if self.phase != "settle":
+            return
+        closed = self._closed_by_printer()
+        if closed:
+            self._finish(False, f"{closed} before the job was sent")  # nothing sent: not uncertain
+            return
+        self._start_sending()
 
     def _write(self, view: memoryview) -> int:
         assert self.sock is not None
@@ -281,6 +314,9 @@ class SocketDelivery(_Delivery):
 
     def _end_of_data(self) -> None:
         assert self.sock is not None
+        closed = self._closed_by_printer()
+        if closed:  # closed while the job was being sent: what it took is unknown
+            raise OSError(errno.EPIPE, f"{closed} before the end of the job")
         self.sock.shutdown(socket.SHUT_WR)
 
     def _readable(self) -> None:
