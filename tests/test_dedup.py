@@ -24,7 +24,7 @@ from gateway.ingest.redact import Redactor
 from gateway.ingest.replies import ReplyQueue
 from gateway.ingest.session import Session
 from gateway.ledger.commit import Ledger
-from gateway.ledger.store import Head
+from gateway.ledger.store import Head, list_segments
 from gateway.loop import EventLoop
 
 # ---------------------------------------------------------------- the table
@@ -331,5 +331,33 @@ def test_http_resends_are_answered_like_tcp(tmp_path):
         assert all(r["duplicate"] for r in second) and not any("duplicate" in r for r in first)
         text = run_gateway_command("status", "--config", str(gw.config_path)).stdout.decode()
         assert "event ids   ready, 4 of 1000000 held (24 h window), 3 resends" in text, text
+    finally:
+        gw.stop()
+
+
+def test_ids_of_entries_lost_and_accepted_are_forgotten_the_rest_kept(tmp_path):
+    """The newest segment removed while running, the loss accepted: a resend of an
+    event that was in it is stored again (the table never answers for an entry the
+    ledger no longer holds); a resend of one from before the loss is a duplicate."""
+    gw = GatewayProcess(tmp_path, ledger={"segment_bytes": 65536})
+    try:
+        until_ready(gw, event(0, event_id="warm-up"))
+        batch = [event(n, event_id=i) for n, i in enumerate(uuids(600, 3))]
+        seqs = [r["seq"] for r in acked(gw, batch)]
+        first, newest = list_segments(gw.state_dir / "ledger")[-1]
+        assert first > seqs[0], "the test needs ids before the newest segment"
+        newest.unlink()
+        wait_for(lambda: "ledger damaged" in gw.status()["health"], 10, "the damage noticed")
+        assert gw.stop() == 0
+        done = run_gateway_command("accept-loss", "--config", str(gw.config_path))
+        assert done.returncode == 0, done.stderr
+        gw.start()
+        lost = [e for e, s in zip(batch, seqs, strict=True) if s >= first]
+        kept = [e for e, s in zip(batch, seqs, strict=True) if s < first]
+        assert lost and kept
+        again = until_ready(gw, lost[-1])
+        assert "duplicate" not in again and again["seq"] > seqs[-1]
+        before = {"ok": True, "seq": seqs[len(kept) - 1], "duplicate": True}
+        assert acked(gw, kept[-1:])[0] == before
     finally:
         gw.stop()
