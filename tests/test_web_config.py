@@ -120,3 +120,17 @@ def certificate_fingerprint_of_pem(pem: str) -> str:
 
     digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest().upper()
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def test_the_printed_status_page_shows_the_console_certificate_fingerprint():
+    from gateway.render.languages import render
+    from gateway.render.templates import status_page
+
+    fingerprint = ":".join(["A1"] * 32)
+    status = {
+        "ledger": {"entries": 5, "head_seq": 5, "head_hash": "ab" * 32},
+        "web": {"listen": ["0.0.0.0:443"], "tls_fingerprint": fingerprint},
+    }
+    text = render(status_page("branch-1", status), "text", 48).decode()
+    assert "console cert" in text
+    assert "A1:A1:A1" in text

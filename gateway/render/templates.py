@@ -356,6 +356,11 @@ def status_page(
     checkpoint = status.get("checkpoint") or {}
     if checkpoint.get("latest_seq"):
         blocks.append(Field("checkpoint", checkpoint["latest_short"].removeprefix("checkpoint ")))
+    # The web console's certificate (docs/web.md): compared with what a browser shows
+    # before trusting a self-signed certificate.
+    web = status.get("web") or {}
+    if web.get("tls_fingerprint"):
+        blocks.append(Field("console cert", web["tls_fingerprint"]))
     blocks.append(Rule())
     if ledger.get("head_seq"):
         blocks.append(Anchor(ledger["head_seq"], ledger.get("head_hash", "")))
