@@ -132,9 +132,16 @@ def site(tmp_path_factory):
 
 
 def _wait(predicate, what: str, timeout: float = WAIT_S):
+    """Poll `predicate` until truthy. An element that the page replaced or has not
+    drawn yet (a live update, the page loading after a POST) counts as not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except (StaleElementReferenceException, NoSuchElementException):
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
