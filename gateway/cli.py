@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("event-type", "action", "user-id", "username", "object-type", "object-id"):
         p.add_argument(f"--{name}")
     p.add_argument("--kind", help="event, rejected, system, print, ...")
+    p.add_argument("--app", help="the app that sent it (its hello's app, or its token's)")
     received = "on the gateway's receive time: "
     p.add_argument("--since", help=received + "RFC 3339, or YYYY-MM-DD (midnight)")
     p.add_argument("--until", help=received + "RFC 3339, or YYYY-MM-DD (that day included)")
@@ -616,6 +617,7 @@ def _filters(args: argparse.Namespace, tz: dt.tzinfo) -> object:
         object_type=args.object_type,
         object_id=args.object_id,
         kind=args.kind,
+        app=args.app,
         since_us=moment(args.since),
         until_us=moment(args.until, end=True),
         event_since_us=moment(args.event_since),

@@ -10,6 +10,7 @@ import sqlite3
 import time
 
 import pytest
+from gatewayproc import run_gateway_command
 from inproc import pump, settle
 
 from gateway.audit import index, present
@@ -203,3 +204,32 @@ def test_queries_on_a_stopped_gateway_change_nothing_in_the_state_directory(tmp_
         assert result.returncode == 0, (args, result.stderr)
     assert snapshot() == before
     assert not (state / "index.sqlite3-wal").exists() and not (state / "index.sqlite3-shm").exists()
+
+
+def _feed_as(gw: Gateway, address, app: str, events: list[dict]) -> None:
+    before = gw.ingest.stats.events
+    with socket.create_connection(address) as c:
+        hello = json.dumps({"hello": {"app": app}}).encode() + b"\n"
+        c.sendall(hello + b"".join(json.dumps(e).encode() + b"\n" for e in events))
+    pump(gw, lambda: gw.ingest.stats.events == before + len(events))
+    settle(gw)
+
+
+def test_the_app_filter_in_the_index_and_in_the_unindexed_tail(tmp_path):
+    gw, address = start(tmp_path)
+    _feed_as(gw, address, "shop", [{"event_type": "a", "n": 1}])
+    _feed_as(gw, address, "blog", [{"event_type": "a", "n": 2}])
+    pump(gw, lambda: gw.indexer.indexed == gw.ledger.durable.seq and gw.indexer.lag == 0)
+    stop(gw)
+    gw, address = start(tmp_path, enabled=False)  # what follows stays out of the index
+    _feed_as(gw, address, "shop", [{"event_type": "a", "n": 3}])
+    stop(gw)
+    result = run(gw.config.state_dir, Filters(app="shop", order="asc"))
+    assert [r["record"]["event"]["n"] for r in result.rows] == [1, 3]
+    assert result.from_ledger > 0 and result.index_present
+    blog = run(gw.config.state_dir, Filters(app="blog")).rows
+    assert [r["record"]["event"]["n"] for r in blog] == [2]
+    state = str(gw.config.state_dir)
+    done = run_gateway_command("query", "--state", state, "--app", "blog", "--format", "jsonl")
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["event"]["n"] for line in done.stdout.splitlines()] == [2]

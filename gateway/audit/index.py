@@ -122,6 +122,7 @@ CREATE INDEX IF NOT EXISTS filters_object_type ON filters (object_type, seq);
 CREATE INDEX IF NOT EXISTS filters_username ON filters (username, seq);
 CREATE INDEX IF NOT EXISTS filters_user_id ON filters (user_id, seq);
 CREATE INDEX IF NOT EXISTS filters_object ON filters (object_id, object_type, seq);
+CREATE INDEX IF NOT EXISTS filters_app ON filters (app, seq);
 CREATE INDEX IF NOT EXISTS filters_received ON filters (received_at) WHERE late = 0;
 CREATE INDEX IF NOT EXISTS filters_late ON filters (received_at) WHERE late = 1;
 CREATE INDEX IF NOT EXISTS filters_flagged ON filters (seq) WHERE flagged = 1;

@@ -39,7 +39,9 @@ DEFAULT_LIMIT = 50
 # of 32,766 parameters in one statement, whatever --limit asks for.
 FETCH_CHUNK = 500
 
-FILTER_COLUMNS = ("event_type", "action", "user_id", "username", "object_type", "object_id", "kind")
+FILTER_COLUMNS = (
+    "event_type", "action", "user_id", "username", "object_type", "object_id", "kind", "app"
+)  # fmt: skip
 # With --text, each full-text match is checked against the other filters
 # through the index of the most selective one given (the first here whose
 # columns are all given): its entries for one value sit together in a few
@@ -51,6 +53,7 @@ PROBES = (
     (("action",), "filters_action"),
     (("event_type",), "filters_event_type"),
     (("object_type",), "filters_object_type"),
+    (("app",), "filters_app"),
     (("kind",), "filters_kind"),
 )
 # The columns of a result row: the index's, without its bookkeeping.
@@ -66,6 +69,7 @@ class Filters:
     object_type: str | None = None
     object_id: str | None = None
     kind: str | None = None
+    app: str | None = None  # the source's app name (as claimed, or as its token proved)
     since_us: int | None = None
     until_us: int | None = None
     flagged: bool = False

@@ -38,6 +38,7 @@ FILTER_FIELDS = (
     ("username", "Username"),
     ("object_type", "Object type"),
     ("object_id", "Object id"),
+    ("app", "App"),
     ("kind", "Kind"),
 )
 TIME_FIELDS = (
