@@ -159,7 +159,7 @@ def _login(site, role: str) -> None:
     d.find_element(By.NAME, "password").send_keys(PASSWORD)
     d.find_element(By.CSS_SELECTOR, "form.login button").click()
     _wait(lambda: "Dashboard" in d.title, "the dashboard")
-    assert f"({role})" in d.find_element(By.CSS_SELECTOR, "nav .who").text
+    _wait(lambda: f"({role})" in d.find_element(By.CSS_SELECTOR, "nav .who").text, "the account")
 
 
 def _shot(site, name: str) -> None:
@@ -215,13 +215,15 @@ def test_filter_the_table_and_open_a_detail_with_its_diff(site):
     field = d.find_element(By.NAME, "username")
     field.send_keys("user3")
     d.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    # The URL changes before the new page's body is drawn: wait for the body.
     _wait(lambda: "username=user3" in d.current_url, "the filtered table")
-    assert "showing 1-24 of 24" in d.find_element(By.ID, "shown").text
+    _wait(lambda: "showing 1-24 of 24" in d.find_element(By.ID, "shown").text, "the count")
     rows = d.find_elements(By.CSS_SELECTOR, "#audit tbody tr")
     assert len(rows) == 24 and all("user3" in r.text for r in rows)
     d.get(site["base"] + "/audit?object_id=T-7")
     d.find_element(By.CSS_SELECTOR, "#audit tbody tr td a").click()
     _wait(lambda: "Entry" in d.title, "the detail view")
+    _wait(lambda: d.find_elements(By.CSS_SELECTOR, "#diff tbody tr"), "the diff")
     diff = {
         tuple(c.text for c in r.find_elements(By.TAG_NAME, "td"))[:2]
         for r in d.find_elements(By.CSS_SELECTOR, "#diff tbody tr")
@@ -249,6 +251,7 @@ def test_hostile_values_are_shown_as_text_and_never_run(site):
     assert not d.find_elements(By.CSS_SELECTOR, "#audit img")
     d.find_element(By.CSS_SELECTOR, "#audit tbody tr td a").click()
     _wait(lambda: "Entry" in d.title, "the detail view")
+    _wait(lambda: HOSTILE["script"] in d.find_element(By.TAG_NAME, "main").text, "the detail")
     _not_pwned(site)
     page = d.find_element(By.TAG_NAME, "main")
     assert HOSTILE["link"] in page.text and HOSTILE["script"] in page.text
