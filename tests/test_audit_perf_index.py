@@ -20,7 +20,8 @@ from gateway.ledger import entries
 from gateway.ledger.store import LedgerWriter, list_segments, write_entries
 
 T0 = 1_790_000_000_000_000  # µs, 2026-09
-SOURCE = entries.encode_source("10.0.0.1", 40000, "crm", 1)
+APP = "crm"
+SOURCE = entries.encode_source("10.0.0.1", 40000, APP, 1)
 
 
 def append(ledger_dir: Path, events: list[tuple[int, dict]], segment_bytes: int = 1 << 20) -> None:
@@ -158,7 +159,7 @@ def test_the_tail_is_read_from_where_the_index_stopped(tmp_path, monkeypatch):
 
 def fields(event: dict) -> dict:
     """What the index's filter columns hold for one event."""
-    return {**event, "kind": entries.EVENT}
+    return {**event, "kind": entries.EVENT, "app": APP}
 
 
 def test_text_with_each_other_filter_checks_through_its_index(tmp_path):
