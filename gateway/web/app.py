@@ -279,6 +279,27 @@ class WebApp:
     def _who(self, session: Session, request: Request) -> dict[str, str]:
         return {"account": session.account, "role": session.role, "source": request.source}
 
+    def _printed(
+        self,
+        session: Session,
+        request: Request,
+        answer: dict,
+        back: str,
+        failed: str,
+        fields: dict[str, Any],
+        done: str,
+    ) -> Response:
+        """A printer action's answer: recorded (who, what, the job) when the spool took
+        it, then back to `back` with `done`, or `failed` and the spool's error."""
+        if answer.get("ok"):
+            self._record(
+                "web_print", {**self._who(session, request), **fields, "job": answer.get("job")}
+            )
+            text = done
+        else:
+            text = f"{failed}: {answer.get('error')}"
+        return _see_other(back + "?" + _qs(done=text))
+
     def _record(self, name: str, detail: dict[str, Any]) -> None:
         self.backend.record(name, detail)
 
@@ -586,20 +607,11 @@ class WebApp:
         if path == "/printers/test-page":
             printer = form.get("printer") or None
             reply = self.backend.status_page(printer, by)
-            if reply.get("ok"):
-                self._record(
-                    "web_print",
-                    {
-                        **self._who(session, request),
-                        "action": "status_page",
-                        "printer": printer,
-                        "job": reply.get("job"),
-                    },
-                )
-                done = f"Test page queued as job {reply.get('job')}."
-            else:
-                done = f"Not printed: {reply.get('error')}"
-            return Response(303, b"", headers=[("location", "/printers?" + _qs(done=done))])
+            return self._printed(
+                session, request, reply, "/printers", "Not printed",
+                {"action": "status_page", "printer": printer},
+                f"Test page queued as job {reply.get('job')}.",
+            )  # fmt: skip
         if path == "/reports/print":
             try:
                 day = dt.date.fromisoformat(form.get("date", ""))
@@ -608,24 +620,13 @@ class WebApp:
 
             def start_report(respond: Callable[[Response], None]) -> None:
                 def reply(answer: dict) -> None:
-                    if answer.get("ok"):
-                        self._record(
-                            "web_print",
-                            {
-                                **self._who(session, request),
-                                "action": "report",
-                                "date": day.isoformat(),
-                                "number": answer.get("number"),
-                                "job": answer.get("job"),
-                            },
-                        )
-                        text = (
-                            f"Report number {answer.get('number')} of {day} queued "
-                            f"({answer.get('count')} entries)."
-                        )
-                    else:
-                        text = f"Not printed: {answer.get('error')}"
-                    respond(_see_other("/reports?" + _qs(done=text)))
+                    respond(self._printed(
+                        session, request, answer, "/reports", "Not printed",
+                        {"action": "report", "date": day.isoformat(),
+                         "number": answer.get("number")},
+                        f"Report number {answer.get('number')} of {day} queued "
+                        f"({answer.get('count')} entries).",
+                    ))  # fmt: skip
 
                 self.backend.report(day, by, reply)
 
@@ -638,20 +639,11 @@ class WebApp:
 
             def start_reprint(respond: Callable[[Response], None]) -> None:
                 def reply(answer: dict) -> None:
-                    if answer.get("ok"):
-                        self._record(
-                            "web_print",
-                            {
-                                **self._who(session, request),
-                                "action": "reprint",
-                                "seq": seq,
-                                "job": answer.get("job"),
-                            },
-                        )
-                        text = f"Reprint of entry {seq} queued (copy {answer.get('copy')})."
-                    else:
-                        text = f"Not reprinted: {answer.get('error')}"
-                    respond(_see_other("/printers?" + _qs(done=text)))
+                    respond(self._printed(
+                        session, request, answer, "/printers", "Not reprinted",
+                        {"action": "reprint", "seq": seq},
+                        f"Reprint of entry {seq} queued (copy {answer.get('copy')}).",
+                    ))  # fmt: skip
 
                 self.backend.reprint(seq, by, reply)
 
