@@ -15,6 +15,7 @@ from inproc import ledger, pump, settle
 
 from gateway.clock import FakeClock
 from gateway.config import Config, FleetConfig, IngestConfig
+from gateway.ledger.commit import DurableBatch
 from gateway.ledger.verify import verify_ledger
 from gateway.metrics import exposition
 from gateway.service import Gateway
@@ -86,6 +87,32 @@ def test_uploads_wait_while_the_clock_is_unsynchronised(tmp_path):
         gw.loop.clock.synced = False
         st = gw.status()["replication"]
         assert st["state"] == "waiting: the clock is not synchronised"
+    finally:
+        gw.request_stop()
+        gw._finish()
+
+
+def test_a_seal_heard_before_its_file_exists_is_still_counted(tmp_path):
+    # A durable batch can be announced after the next segment was staged but
+    # before the durability thread created its file: the listing then lacks
+    # it, and the sealed one must still be noticed at the next batch (it was
+    # once missed, so lag showed 0 while the segment waited for the store).
+    clock = FakeClock()
+    gw, address = _gateway(tmp_path, clock)
+    try:
+        with socket.create_connection(address, timeout=10) as c:
+            c.sendall(b'{"event_type":"a"}\n')
+        pump(gw, lambda: gw.intake.stats.events == 1)
+        settle(gw)
+        replicator = gw.fleet.replicator
+        assert gw.ledger.seal_segment()  # staged: no file until the next commit
+        assert len(list(gw.config.ledger_dir.glob("*.seg"))) == 1
+        replicator.on_durable(DurableBatch(gw.ledger.durable.seq, gw.ledger.durable))
+        assert gw.status()["replication"]["lag_segments"] == 0
+        gw.ledger.system("test", {})
+        settle(gw)
+        assert len(list(gw.config.ledger_dir.glob("*.seg"))) == 2
+        assert gw.status()["replication"]["lag_segments"] == 1
     finally:
         gw.request_stop()
         gw._finish()

@@ -226,6 +226,10 @@ class Replicator:
         segments = list_segments(self.ledger_dir)
         new = False
         now = self.loop.clock.monotonic()
+        if not segments or segments[-1][1].name != self.ledger.writer.live_segment_name:
+            # A roll is staged but its file not written yet: the segment before
+            # it is sealed, and the listing must be read again once it is.
+            self._unsettled = True
         for (_first, path), (next_first, _p) in itertools.pairwise(segments):
             if next_first - 1 > self._durable_seq:
                 self._unsettled = True  # its last entries are not durable yet: look again

@@ -851,6 +851,11 @@ class LedgerWriter:
         return seq
 
     @property
+    def live_segment_name(self) -> str:
+        """The segment new entries go to (its file exists once its first batch is written)."""
+        return self._seg_path.name
+
+    @property
     def live_segment_has_entries(self) -> bool:
         return self._seg_size > fmt.SEGMENT_HEADER_BYTES
 
