@@ -1534,3 +1534,34 @@ def test_a_reload_that_changes_max_line_bytes_on_an_open_connection(native, new_
     data = lines_to_bytes(lines)
     compare(setup, [ACK + b"\n", data], None)
     compare(setup, [ACK + b"\n", *fixed_chunks(data, 50)], 7)
+
+
+_NUMBER_TEXT = st.builds(
+    lambda sign, lead, frac, exp: sign + lead + frac + exp,
+    st.sampled_from(["", "-"]),
+    st.one_of(st.just("0"), st.from_regex(r"[1-9][0-9]{0,21}", fullmatch=True)),
+    st.one_of(st.just(""), st.from_regex(r"\.[0-9]{1,45}", fullmatch=True)),
+    st.one_of(st.just(""), st.from_regex(r"[eE][+-]?[0-9]{1,4}", fullmatch=True)),
+)
+
+
+@settings(
+    max_examples=300,  # a few seconds
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    numbers=st.lists(_NUMBER_TEXT, min_size=1, max_size=6),
+    strings=st.lists(json_string(st.text(_CHARS, max_size=24)), max_size=4),
+    setup=st.sampled_from([NAMED["ack"], NAMED["http"], NAMED["redact-keys"]]),
+)
+def test_generated_numbers_and_strings_in_plain_events(native, numbers, strings, setup):
+    """Numbers of every text form and length around the core's limits, strings in
+    every spelling: the CBOR of each as the reference makes it."""
+    values = ",".join([*numbers, *strings])
+    lines = [
+        ('{"event_type":"x","v":[' + values + "]}").encode(),
+        ('{"event_type":"x","n":' + numbers[0] + "}").encode(),
+        ('{"event_type":"x","o":{"a":' + numbers[-1] + ',"b":[' + values + "]}}").encode(),
+    ]
+    compare(setup, [with_hello(setup, lines_to_bytes(lines))], None)
