@@ -1601,7 +1601,8 @@ def test_digit_runs_near_the_card_pattern(native, runs, where):
     elif where == "key":
         line = json.dumps({"event_type": "e", **{t: 1 for t in texts}})
     else:
-        line = '{"event_type":"e","n":%s}' % runs[0][0].lstrip("0") or "0"
+        number = runs[0][0].lstrip("0") or "0"
+        line = f'{{"event_type":"e","n":{number}}}'
     data = lines_to_bytes([line.encode()] * 2)
     for mode in ("cards", "both"):
         compare(
