@@ -216,8 +216,15 @@ class GatewayProcess:
         extra_config: str = "",
         env: dict[str, str] | None = None,
         min_sync_interval_ms: float = 0,
+        checkout: Path | None = None,
+        python: str | None = None,
     ) -> None:
         self.state_dir = state_dir
+        # The gateway runs in (and imports from) this checkout, with this interpreter
+        # (bench.ab: another checkout with its own virtual environment); by default
+        # this tree and the interpreter running the benchmark.
+        self.checkout = checkout
+        self.python = python
         self.min_sync_interval_ms = min_sync_interval_ms  # ledger.min_sync_interval_ms
         self.port = port
         self.profile_out = profile_out
@@ -263,6 +270,8 @@ class GatewayProcess:
             "  check_sync: false\n" + self.extra_config
         )
         cmd = gateway_command("run", "--config", str(self.config))
+        if self.python is not None:
+            cmd[0] = self.python
         if self.profile_out is not None:
             cmd[1:1] = ["-m", "cProfile", "-o", str(self.profile_out)]
         self._log = open(self.log_path, "wb")  # noqa: SIM115
@@ -271,7 +280,7 @@ class GatewayProcess:
             cmd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            cwd=REPO,
+            cwd=self.checkout or REPO,
             env={**os.environ, **self.env},
         )
         deadline = t0 + START_TIMEOUT_S
