@@ -954,6 +954,7 @@ def perf_top(data: Path) -> str:
 
 
 def run_profile(args: argparse.Namespace, root: Path) -> int:
+    global QUIET_WAIT_S
     port = free_port()
     prof = root / "gateway.prof" if args.profile == "cprofile" else None
     gw = GatewayProcess(root / "state", port, profile_out=prof, extra_config=INDEX_OFF)
@@ -961,6 +962,11 @@ def run_profile(args: argparse.Namespace, root: Path) -> int:
     spy = None
     raw = root / "pyspy.txt"
     perf_data = root / "perf.data"
+    # Wait for quiet before the profiler starts, not inside measure(): py-spy and perf
+    # record for a fixed time, which a wait would use up.
+    if QUIET_WAIT_S > 0:
+        wait_quiet(QUIET_WAIT_S)
+        QUIET_WAIT_S = 0
     try:
         if args.profile == "perf":
             spy = subprocess.Popen(
