@@ -123,7 +123,6 @@ def run_clients(host: str, port: int, clients: int, duration: float, mode: str) 
         sel.register(sock, WRITE, c)
 
     def finish(c: Cycle, ok: bool, why: str = "") -> None:
-        nonlocal sent
         with contextlib.suppress(KeyError, ValueError):
             sel.unregister(c.sock)
         live.pop(c.sock.fileno(), None)
