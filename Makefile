@@ -9,7 +9,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test test-tools test-slow test-faults test-syslog test-php test-browser test-fleet test-fuzz php-vendor lint bench bench-print bench-peers bench-micro bench-query bench-soak bench-web clean distclean wheel image image-check
 
-$(STAMP): pyproject.toml
+# The native ingest core (gateway/native/) is compiled by this install when a C
+# compiler and the Python headers are present (setup.py); a change to its
+# sources installs again, which rebuilds it.
+NATIVE_SOURCES := setup.py $(wildcard gateway/native/*.c gateway/native/*.h gateway/native/blake3/*)
+
+$(STAMP): pyproject.toml $(NATIVE_SOURCES)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
 	@$(PYTHON) -m venv $(VENV) || { echo "python venv failed: on Debian install python3-venv"; exit 1; }
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'

@@ -764,7 +764,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"ledger      {st['ledger']['entries']} entries, head seq {st['ledger']['head_seq']} "
         f"hash {st['ledger']['head_hash'][:16]}",
         f"connections {st['connections']}, {st['acks_pending']} acks pending",
-        "ingest      {1m} / {5m} / {15m} events/s over 1 / 5 / 15 min".format(**st["ingest_rates"]),
+        "ingest      {1m} / {5m} / {15m} events/s over 1 / 5 / 15 min".format(**st["ingest_rates"])
+        + f", {st.get('ingest_path', 'python')} path",
         f"commits     p50 {st['sync_ms']['p50']} ms, p99 {st['sync_ms']['p99']} ms",
         f"index       to seq {st['index']['indexed_seq']}, {st['index']['lag']} behind"
         + (f" ({st['index']['error']})" if st["index"]["error"] else "")

@@ -126,6 +126,8 @@ class Health:
             # The web console (gateway/web/): None when it is off.
             "web": gw.web.statistics() if gw.web is not None else None,
             **gw.fleet.status(),
+            # Which code takes plain events: "native" (gateway/native/) or "python".
+            "ingest_path": gw.intake.path,
             "events": gw.intake.stats.events,
             "rejected": gw.intake.stats.rejected,
             **printing,

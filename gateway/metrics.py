@@ -46,6 +46,8 @@ def exposition(status: dict[str, Any]) -> str:
            [("", clock["unsynced_for_s"])])  # fmt: skip
     metric("rejected_total", "counter", "lines refused since start", [("", status["rejected"])])
     metric("connections", "gauge", "open ingest connections", [("", status["connections"])])
+    metric("ingest_native", "gauge", "1 when plain events take the native path (gateway/native/)",
+           [("", 1 if status.get("ingest_path") == "native" else 0)])  # fmt: skip
     metric("acks_pending", "gauge", "replies not yet sent", [("", status["acks_pending"])])
     metric("commit_seconds", "summary", "ledger commit duration",
            [(f'{{quantile="{q}"}}', status["sync_ms"][k] / 1000)

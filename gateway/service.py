@@ -219,6 +219,7 @@ class Gateway:
                     "state_dir": str(config.state_dir),
                     "head_seq": self.ledger.next_seq - 1,
                     "fsync": config.ledger.fsync,
+                    "ingest_path": self.intake.path,
                 }
             },
         )

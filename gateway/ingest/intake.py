@@ -21,6 +21,7 @@ from gateway import __version__
 from gateway.config import IngestConfig
 from gateway.errors import RemoteInputError
 from gateway.ingest import dedup as ids
+from gateway.ingest import fast as fastpath
 from gateway.ingest import replies as wire
 from gateway.ingest.limits import Policy
 from gateway.ingest.protocol import EOF, Hello, IngestProtocol, bad_line
@@ -80,7 +81,11 @@ class Intake:
         config: IngestConfig,
         redactor: Redactor | None = None,
         dedup: ids.Deduplicator | None = None,
+        native: bool | None = None,
     ):
+        """`native`: True requires the native path, False forces the reference
+        (Python) path, None takes the native one when it is built and not
+        disabled (GATEWAY_PURE_PYTHON=1)."""
         self.ledger = ledger
         self.clock = ledger.clock
         self.config = config
@@ -93,6 +98,27 @@ class Intake:
         # (source address, reason) -> counts of refused lines not stored one by one.
         self._counted: dict[tuple[str, str], dict] = {}
         self._counted_since = self.clock.monotonic()
+        self._module = fastpath.native_module() if native is not False else None
+        if native is True and self._module is None:
+            raise RuntimeError(
+                "the native ingest core is not built (or GATEWAY_PURE_PYTHON=1 forbids it)"
+            )
+        self.fast: fastpath.FastPath | None = None
+        self._fast_setup()
+
+    @property
+    def path(self) -> str:
+        """Which path takes plain events: "native" or "python" (the reference)."""
+        return "native" if self.fast is not None else "python"
+
+    def _fast_setup(self) -> None:
+        self.fast = None
+        if self._module is not None and (
+            self.redactor is None or self.redactor.key_literals() is not None
+        ):
+            # A redaction pattern that can match any key leaves every event to
+            # the reference path's walk.
+            self.fast = fastpath.FastPath(self._module, self.config, self.redactor)
 
     def reconfigure(self, config: IngestConfig, redactor: Redactor | None) -> None:
         """New limits and redaction (a reload); per-source counts carry over."""
@@ -101,6 +127,7 @@ class Intake:
         self.policy = Policy(config)
         self.policy.per_source = counts
         self.redactor = redactor
+        self._fast_setup()
 
     def feed(self, session: Session, proto, replies: ReplyQueue, budget: int | None) -> int:
         """Take items from `proto` until it needs more bytes, the client is done, or
@@ -126,10 +153,32 @@ class Intake:
         events = 0
         left = budget if budget is not None else -1
         outcome = MORE
+        # The native path takes runs of plain events in one call; a line it
+        # leaves (a hello, an event_id, a refusal, ...) is taken below, then it
+        # goes on. Only where the line-by-line rules below would store every
+        # event as it comes: an authorised sender, no rate limit, a ledger
+        # that takes entries.
+        fast = (
+            self.fast
+            if (
+                session.authorized
+                and not blocked
+                and buckets is None
+                and isinstance(proto, IngestProtocol)
+            )
+            else None
+        )
         while True:
             if left == 0:
                 outcome = DEFERRED
                 break
+            if fast is not None and proto.scannable:
+                taken, stop = fast.take(ledger, session, proto, replies, received, unsynced, left)
+                events += taken
+                left -= taken
+                if stop == fastpath.FULL or stop == fastpath.BUDGET:
+                    continue
+                # MORE or SLOW: the next line (or the end) is the reference's.
             left -= 1
             try:
                 item = next_event()

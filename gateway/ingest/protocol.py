@@ -339,6 +339,27 @@ class IngestProtocol:
             )
         return line
 
+    def unread(self) -> tuple[bytearray, int]:
+        """The buffer and where its unread part starts, for a scan of whole lines."""
+        return self._buf, self._pos
+
+    @property
+    def scannable(self) -> bool:
+        """Whether the next bytes are plain lines a scan may take: not the place of
+        a hello, not inside an overlong line, something buffered."""
+        return (
+            self._overlong is None
+            and not (self._first_line and self.hellos)
+            and self._pos < len(self._buf)
+        )
+
+    def advance(self, pos: int, lines: int) -> None:
+        """A scan took the lines up to `pos` (`lines` of them not blank)."""
+        self._pos = pos
+        self.lines += lines
+        if lines:
+            self._first_line = False
+
     def abandon(self) -> RemoteInputError | None:
         """Stop reading: describe the unfinished line left in the buffer, if any.
 

@@ -103,6 +103,15 @@ class Redactor:
         self._literals = {lit.encode() for lit in literals if lit.isascii()}
         self._folded = {lit.casefold() for lit in literals}
 
+    def key_literals(self) -> tuple[bytes, ...] | None:
+        """The ASCII literals a sensitive key must contain (lower case), or None when
+        a pattern has none (any key may match). A key that is not ASCII may match
+        through lower-casing, so callers screening keys by these must leave such
+        keys to `sensitive_key`."""
+        if self._all_keys:
+            return None
+        return tuple(sorted(self._literals))
+
     def sensitive_key(self, key: str) -> bool:
         known = self._key_cache.get(key)
         if known is None:

@@ -53,8 +53,10 @@ class ReplyQueue:
     """Replies owed to one client, in line order, each due once its seq is durable.
 
     An int item is a plain acknowledgement of that seq (the common case, kept
-    small); a tuple is (due seq, reply bytes): errors, flagged acks, the hello
-    (seq 0: due at once), answers to resends (the original seq). Replies go
+    small); a range is the plain acknowledgements of consecutive seqs (what
+    the native path stages in one call); a tuple is (due seq, reply bytes):
+    errors, flagged acks, the hello (seq 0: due at once), answers to resends
+    (the original seq). Replies go
     out in line order, so a reply is never due before the ones ahead of it:
     `add` raises its due seq to the last one queued, which keeps the last
     item's seq the queue's latest (`all_due` relies on it).
@@ -63,11 +65,12 @@ class ReplyQueue:
     __slots__ = ("items", "last_due")
 
     def __init__(self) -> None:
-        self.items: collections.deque[int | tuple[int, bytes]] = collections.deque()
+        self.items: collections.deque[int | range | tuple[int, bytes]] = collections.deque()
         self.last_due = 0
 
     def __len__(self) -> int:
-        return len(self.items)
+        """Replies owed (a range counts each of its acknowledgements)."""
+        return sum(len(item) if type(item) is range else 1 for item in self.items)
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -76,6 +79,11 @@ class ReplyQueue:
         # Seqs of new entries only grow: no need to compare.
         self.items.append(seq)
         self.last_due = seq
+
+    def add_acks(self, first: int, last: int) -> None:
+        """Plain acknowledgements of first..last (new entries: seqs only grow)."""
+        self.items.append(range(first, last + 1))
+        self.last_due = last
 
     def add(self, due_seq: int, data: bytes) -> None:
         if due_seq < self.last_due:
@@ -88,14 +96,16 @@ class ReplyQueue:
         if not self.items:
             return False
         head = self.items[0]
-        return (head if type(head) is int else head[0]) <= durable
+        kind = type(head)
+        return (head if kind is int else head.start if kind is range else head[0]) <= durable
 
     def all_due(self, durable: int) -> bool:
         """Every reply owed is due (the durable head covers the last one's seq)."""
         if not self.items:
             return True
         last = self.items[-1]
-        return (last if type(last) is int else last[0]) <= durable
+        kind = type(last)
+        return (last if kind is int else last[-1] if kind is range else last[0]) <= durable
 
     def take_due(self, durable: int) -> bytes:
         """The bytes of every reply due at `durable`, in order, removed from the queue."""
@@ -103,10 +113,19 @@ class ReplyQueue:
         out = []
         while items:
             head = items[0]
-            if type(head) is int:
+            kind = type(head)
+            if kind is int:
                 if head > durable:
                     break
                 out.append(b'{"ok":true,"seq":%d}\n' % head)
+            elif kind is range:
+                if head.start > durable:
+                    break
+                due = head if head[-1] <= durable else range(head.start, durable + 1)
+                out.append(b"".join([b'{"ok":true,"seq":%d}\n' % seq for seq in due]))
+                if due is not head:
+                    items[0] = range(durable + 1, head.stop)  # the rest waits
+                    break
             else:
                 if head[0] > durable:
                     break

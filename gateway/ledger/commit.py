@@ -29,6 +29,7 @@ from typing import Any
 
 from gateway.config import LedgerConfig
 from gateway.ledger import entries
+from gateway.ledger import format as fmt
 from gateway.ledger.durability import BatchResult, DurabilityThread
 from gateway.ledger.store import (
     MAX_BATCH_BYTES,
@@ -217,6 +218,21 @@ class Ledger:
     def backpressure(self) -> bool:
         """Too much is staged for the next commit: readers of input should pause."""
         return self.writer.staged_bytes >= MAX_BATCH_BYTES
+
+    def append_frames(self, frames: bytes, count: int, last_hash: bytes) -> int:
+        """Stage frames made by the native core (Writer.append_frames); the first seq."""
+        first = self.writer.append_frames(frames, count, last_hash)
+        if self._keep_entries:
+            staged = self._staged
+            pos = 0
+            for seq in range(first, first + count):
+                length = int.from_bytes(frames[pos : pos + 4], "big")
+                start = pos + fmt.FRAME_HEADER_BYTES
+                end = start + length
+                digest = frames[end : end + fmt.HASH_BYTES]
+                staged.append(StagedEntry(seq, digest, frames[start:end], None))
+                pos = end + fmt.HASH_BYTES
+        return first
 
     def append(self, payload: bytes, value: dict[str, Any] | None = None) -> int:
         """Stage one entry; durable once a DurableBatch covering its seq is published.

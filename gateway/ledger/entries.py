@@ -74,6 +74,11 @@ def encode_source(
 _encode_time = functools.lru_cache(maxsize=16)(_dumps)
 
 
+def event_head(received_at_us: int, source: bytes) -> bytes:
+    """An event entry's bytes before the event's own map (the native core's prefix)."""
+    return b"".join((_EVENT_HEAD, _encode_time(received_at_us), _K_SOURCE, source, _K_EVENT))
+
+
 def encode_event(received_at_us: int, source: bytes, event: dict, flags: list[str]) -> bytes:
     return encode_event_body(received_at_us, source, _dumps(event), flags)
 

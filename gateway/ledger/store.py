@@ -850,6 +850,41 @@ class LedgerWriter:
         self.last_hash = digest
         return seq
 
+    def fast_limits(self) -> tuple[int, bool, int]:
+        """For frames made elsewhere (gateway/ingest/fast.py): the bytes the live
+        segment may still take, whether it holds no entry yet, and the bytes left
+        in the current sync unit (1 with a sync point after every frame)."""
+        unit_used = len(self._writes[-1].data) - self._unit_start
+        return (
+            self.segment_bytes - self._seg_size,
+            self._seg_size <= fmt.SEGMENT_HEADER_BYTES,
+            1 if self.per_entry_sync else SYNC_UNIT_BYTES - unit_used,
+        )
+
+    def append_frames(self, frames: bytes, count: int, last_hash: bytes) -> int:
+        """Stage `count` consecutive frames as `append` would have, one by one;
+        returns the first one's seq. The caller made them for next_seq after
+        last_hash, within `fast_limits` (so no segment starts among them and a
+        sync point can only fall at their end)."""
+        if self.damage is not None:
+            raise LedgerDamaged(self.damage.describe())
+        first = self.next_seq
+        if not self._staged_entries:
+            self._staged_at = self.clock()
+        w = self._writes[-1]
+        w.data += frames
+        end = len(w.data)
+        if self.per_entry_sync or end - self._unit_start >= SYNC_UNIT_BYTES:
+            w.sync_points.append(end)
+            self._unit_start = end
+        size = len(frames)
+        self._seg_size += size
+        self._staged_bytes += size
+        self._staged_entries += count
+        self.next_seq = first + count
+        self.last_hash = last_hash
+        return first
+
     @property
     def live_segment_name(self) -> str:
         """The segment new entries go to (its file exists once its first batch is written)."""
