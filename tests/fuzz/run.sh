@@ -86,8 +86,9 @@ UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
   -max_total_time="$FUZZ_SECONDS" -max_len="$FUZZ_MAX_LEN" -timeout="$FUZZ_TIMEOUT" \
   -dict=tests/fuzz/json.dict -artifact_prefix="$BUILD/artifacts/" -print_final_stats=1 \
   "$BUILD/new-corpus" tests/fuzz/corpus >"$BUILD/fuzz.log" 2>&1 || status=$?
-tail -n 25 "$BUILD/fuzz.log"
 if [ "$status" != 0 ]; then
+  # the sanitizer's or the trap's report, with the input that caused it
+  grep -v '# Uses: ' "$BUILD/fuzz.log" | tail -n 60 >&2
   echo "test-fuzz: FAILED (exit $status); full log: $BUILD/fuzz.log" >&2
   for f in "$BUILD"/artifacts/*; do
     [ -e "$f" ] || continue
@@ -95,4 +96,5 @@ if [ "$status" != 0 ]; then
   done
   exit 1
 fi
+grep -E '^(#[0-9]+[[:space:]]+DONE|Done |stat::)' "$BUILD/fuzz.log" || true
 echo "test-fuzz: no crash, leak, hang or invariant violation in ${FUZZ_SECONDS}s"
