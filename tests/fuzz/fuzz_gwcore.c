@@ -29,7 +29,10 @@
  *     scanned with unlimited room, would not have fit);
  *   - MORE only when no LF is left; a second call on the same state gives
  *     byte-identical output (no uninitialised reads, nothing kept outside
- *     gw_state).
+ *     gw_state); output appended to buffers that already hold bytes leaves
+ *     those bytes alone;
+ *   - when an allocation fails (injected, below): -1, the state unchanged,
+ *     nothing leaked, and the call made again succeeds.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -452,6 +455,24 @@ static void check_frames(const struct gw_config *cfg, const struct gw_state *bef
     CHECK(memcmp(after->hash, hash, GW_HASH_BYTES) == 0);
 }
 
+/* ---- allocation failures ----
+ * gwcore.c is built with -Drealloc=gwfuzz_realloc (tests/fuzz/run.sh): the
+ * allocation that `fail_after` counts down to fails once, so the out-of-memory
+ * paths run too (-1, the state unchanged, nothing leaked, a retry that works). */
+
+static long fail_after = -1; /* allocations left before the failing one; -1: none */
+
+void *gwfuzz_realloc(void *p, size_t n);
+void *gwfuzz_realloc(void *p, size_t n) {
+    if (fail_after == 0) {
+        fail_after = -1;
+        return NULL;
+    }
+    if (fail_after > 0)
+        fail_after--;
+    return realloc(p, n);
+}
+
 /* ---- configuration ---- */
 
 static const char *const LITERALS[] = {"password", "token", "secret", "card"};
@@ -509,6 +530,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int twice = (c0 >> 4) & 1; /* repeat each call on the same state: same output */
     /* frames and flags already holding bytes (a reused buffer): appended after them */
     size_t prefix = (c0 & 32) ? (size_t)(c3 & 15) + 1 : 0;
+    fail_after = (c0 & 64) ? (long)(c4 & 31) : -1;
 
     struct gw_limits base;
     base.max_events = MAX_EVENTS[c1 & 7];
@@ -544,12 +566,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         struct gw_state before = st;
         size_t avail = len - pos;
         int rc = gw_scan(&cfg, in + pos, avail, &lim, &st, &frames, &flags, &res);
-        if (rc != 0) {
+        if (rc != 0) { /* out of memory: nothing valid, the state unchanged; try again */
             CHECK(rc == -1);
-            CHECK(memcmp(&st, &before, sizeof st) == 0); /* state unchanged */
+            CHECK(memcmp(&st, &before, sizeof st) == 0);
+            CHECK(frames.len >= prefix && flags.len >= prefix);
+            for (size_t i = 0; i < prefix; i++)
+                CHECK(frames.data[i] == 0xEE && flags.data[i] == 0xEE);
             gw_buf_free(&frames);
             gw_buf_free(&flags);
-            return 0;
+            continue;
         }
         if (trace)
             fprintf(stderr, "call %zu at %zu: stop %d consumed %zu events %zu lines %zu\n", call,

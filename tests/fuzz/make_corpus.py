@@ -16,8 +16,10 @@ CORPUS = pathlib.Path(__file__).resolve().parent / "corpus"
 
 # Configuration byte 0: bit 0 clock unsynced, bits 1-2 redaction (0 off,
 # 1 keys, 2 keys and cards, 3 keys, cards and a fourth literal), bit 3 a small
-# max_line_bytes (byte 4 + 1), bit 4 every call made twice.
-UNSYNCED, KEYS, CARDS, SMALL_LINES, TWICE = 1, 2, 4, 8, 16
+# max_line_bytes (byte 4 + 1), bit 4 every call made twice, bit 5 output
+# buffers already holding (byte 3 & 15) + 1 bytes, bit 6 the allocation
+# numbered (byte 4 & 31) failing once.
+UNSYNCED, KEYS, CARDS, SMALL_LINES, TWICE, PREFILLED, FAIL_ALLOC = 1, 2, 4, 8, 16, 32, 64
 # Byte 1: bits 0-2 max_events (1, 2, 3, 5, 16, 64, 1000, unlimited), bits 3-5
 # room. Byte 2: bits 0-2 unit_left (sizes 1, 120, 200, 400, 700, 4096, 1 MiB,
 # unlimited), bit 3 segment_empty, bits 4-5 the first seq (1, 255, 2**32 - 1,
@@ -162,6 +164,13 @@ SEEDS: dict[str, bytes] = {
     + b'{"event_type":"l","t":true,"f":false,"z":null,"e":[],"o":{},"x":[{},[],[[]]]}\n'
     + b'{"event_type":"l","bad":tru}\n{"event_type":"l","bad":nul}\n',
     "unterminated-last": config() + line(event(1)) + b'{"event_type":"no newline"',
+    "alloc-fails-first": config(FAIL_ALLOC, c4=0) + b"".join(line(event(i)) for i in range(3)),
+    "alloc-fails-later-prefilled": config(FAIL_ALLOC | PREFILLED, c3=5, c4=3)
+    + b"".join(line(audit_event(i)) for i in range(12))
+    + nested(32)
+    + line({"event_type": "a", "v": list(range(400))}),
+    "prefilled-twice": config(PREFILLED | TWICE, c3=15)
+    + b"".join(line(event(i)) for i in range(4)),
     "arrays-many": config() + line({"event_type": "a", "v": list(range(300))}),
 }
 
