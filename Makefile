@@ -132,8 +132,9 @@ bench-query: $(STAMP)
 bench-web: $(STAMP)
 	$(BIN)/python -m bench.web
 
+# The pure-Python wheel (any architecture): the image installs it (image/README.md).
 wheel: $(STAMP)
-	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+	GATEWAY_NATIVE=0 $(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
 
 ## make image: the Raspberry Pi SD card image with pi-gen (Docker, or PIGEN_MODE=native as root); image/README.md.
 image: $(STAMP)

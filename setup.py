@@ -1,7 +1,8 @@
 """The optional native ingest core (gateway/native/): built when a C compiler and
 the Python headers are present, skipped otherwise; the pure-Python path then
 runs (README.md, "Native hot path"). GATEWAY_REQUIRE_NATIVE=1 makes a failed
-build an error instead (CI and the image build set it).
+build an error instead (CI sets it). GATEWAY_NATIVE=0 leaves the extension out
+altogether: a pure-Python wheel for any architecture (`make wheel`, the image).
 
 Everything else about the package is in pyproject.toml.
 """
@@ -46,20 +47,22 @@ class OptionalBuildExt(build_ext):
         )
 
 
+NATIVE = [
+    Extension(
+        "gateway._native",
+        sources=[
+            "gateway/native/module.c",
+            "gateway/native/gwcore.c",
+            BLAKE3 + "blake3.c",
+            BLAKE3 + "blake3_dispatch.c",
+            BLAKE3 + "blake3_portable.c",
+        ],
+        define_macros=BLAKE3_PORTABLE,
+        extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    )
+]
+
 setup(
-    ext_modules=[
-        Extension(
-            "gateway._native",
-            sources=[
-                "gateway/native/module.c",
-                "gateway/native/gwcore.c",
-                BLAKE3 + "blake3.c",
-                BLAKE3 + "blake3_dispatch.c",
-                BLAKE3 + "blake3_portable.c",
-            ],
-            define_macros=BLAKE3_PORTABLE,
-            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-        )
-    ],
+    ext_modules=[] if os.environ.get("GATEWAY_NATIVE") == "0" else NATIVE,
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -111,16 +111,28 @@ class FastPath:
             first = ledger.append_frames(frames, events, last_hash)
             proto.advance(pos, events)
             if session.ack:
-                if flags.count(0) == events:
-                    replies.add_acks(first, first + events - 1)
-                else:
-                    for i, byte in enumerate(flags):
-                        if byte:
-                            replies.add(first + i, wire.ack(first + i, FLAG_NAMES[byte]))
-                        else:
-                            replies.add_ack(first + i)
+                _owe(replies, first, events, flags)
         else:
             proto.advance(pos, 0)  # blank lines
             if stop == FULL:
                 writer.seal_segment()  # the next frame opens the next segment
         return events, stop
+
+
+def _owe(replies: ReplyQueue, first: int, events: int, flags: bytes) -> None:
+    """Plain acknowledgements as runs of seqs, flagged ones one by one."""
+    if flags.count(0) == events:
+        replies.add_acks(first, first + events - 1)
+        return
+    i = 0
+    while i < events:
+        byte = flags[i]
+        if byte:
+            replies.add(first + i, wire.ack(first + i, FLAG_NAMES[byte]))
+            i += 1
+            continue
+        j = i + 1
+        while j < events and not flags[j]:
+            j += 1
+        replies.add_acks(first + i, first + j - 1)
+        i = j

@@ -831,18 +831,29 @@ static int is_blank_line(const uint8_t *p, size_t n)
     return 1;
 }
 
-/* With cards redacted: a \u escape or a run of 13 digits, spaces or dashes
- * (redact.py's has_digit_run) leaves the line to the reference. */
+/* With cards redacted: could redact.py's might_need say "maybe"? It does for
+ * a \u escape, and for a Luhn-valid match of its card pattern, 13 to 19
+ * digits with at most one space or dash between two of them. Such a match
+ * lies within one chain of digits joined by single separators, so a line
+ * whose chains all hold fewer than 13 digits holds none; any longer chain is
+ * left to the reference, which checks the pattern and the Luhn sum. */
 static int may_hold_card(const uint8_t *p, size_t n)
 {
-    size_t run = 0;
+    size_t chain = 0;
+    int after_separator = 0;
     for (size_t i = 0; i < n; i++) {
         uint8_t c = p[i];
-        if ((c >= '0' && c <= '9') || c == ' ' || c == '-') {
-            if (++run >= 13)
+        if (c >= '0' && c <= '9') {
+            if (++chain >= 13)
                 return 1;
+            after_separator = 0;
+        } else if (c == ' ' || c == '-') {
+            if (after_separator)
+                chain = 0; /* two separators in a row end a chain */
+            after_separator = 1;
         } else {
-            run = 0;
+            chain = 0;
+            after_separator = 0;
             if (c == '\\' && i + 1 < n && p[i + 1] == 'u')
                 return 1;
         }

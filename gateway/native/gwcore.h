@@ -64,8 +64,8 @@ struct gw_config {
     int unsynced;          /* append clock_unsynced to every event's flags */
     /* Redaction (0 literals and cards 0: redaction off). A key holding one of
      * the literals (lower-case ASCII), or any non-ASCII key, goes to Python;
-     * with cards, so does a line with a \u escape or a run of 13 digits,
-     * spaces or dashes. */
+     * with cards, so does a line with a \u escape or 13 digits joined by
+     * single spaces or dashes (a card number may be there). */
     int redact;
     int cards;
     const char *const *literals;
