@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-tools test-slow test-faults test-syslog test-php test-browser test-fleet test-fuzz php-vendor lint bench bench-print bench-peers bench-micro bench-query bench-soak bench-web clean distclean wheel image image-check
+.PHONY: run test test-tools test-slow test-faults test-syslog test-php test-browser test-fleet test-fuzz php-vendor lint bench bench-print bench-peers bench-oneshot bench-micro bench-query bench-soak bench-web clean distclean wheel image image-check
 
 # The native ingest core (gateway/native/) is compiled by this install when a C
 # compiler and the Python headers are present (setup.py); a change to its
@@ -119,6 +119,11 @@ bench-soak: $(STAMP)
 bench-peers: $(STAMP)
 	sh bench/peers-deps.sh || echo "bench-peers: rsyslog is missing; it is reported as not measured"
 	$(BIN)/python -m bench.peers
+
+## make bench-oneshot: one-shot connections (connect, hello, one event, its ack, close) from 16 clients, the gateway beside rsyslog imtcp; appends to bench/RESULTS.md (~1 min).
+bench-oneshot: $(STAMP)
+	sh bench/peers-deps.sh || echo "bench-oneshot: rsyslog is missing; it is reported as not measured"
+	$(BIN)/python -m bench.oneshot
 
 ## make bench-micro: pytest-benchmark micro-benchmarks of the hot functions (parser, CBOR, chain, frames, verify, renderers).
 bench-micro: $(STAMP)

@@ -330,3 +330,15 @@ def test_the_summary_holds_a_bounded_number_of_sources(make, monkeypatch):
     assert intake.summarise() == 4
     by_source = {s["source"]: s["lines"] for s in _summaries(intake)}
     assert by_source["*"] == 7 and len(by_source) == 4
+
+
+def test_a_lone_surrogate_in_a_repeated_key_s_overridden_value_is_refused(make):
+    # The overridden value is stored too (duplicate_keys), so it must pass the
+    # same check as the event: it once reached the CBOR encoder and raised
+    # UnicodeEncodeError out of feed, closing the connection unrecorded.
+    intake, session, _ = make()
+    lines = b'{"a":"\\ud800","a":"x"}\n{"e":{"k":["\\udc00"],"k":1}}\n{"event_type":"ok"}\n'
+    _outcome, replies, _proto = feed(intake, session, b'{"hello":{"ack":true}}\n' + lines)
+    assert [r.get("error") for r in replies[1:3]] == ["bad_unicode", "bad_unicode"]
+    assert replies[3]["ok"] is True
+    assert [e["kind"] for e in staged(intake)] == ["rejected", "rejected", "event"]

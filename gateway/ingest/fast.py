@@ -106,6 +106,7 @@ class FastPath:
             room,
             empty,
             unit_left,
+            proto.max_line_bytes,  # a reload changes new connections' limit only
         )
         if events:
             first = ledger.append_frames(frames, events, last_hash)

@@ -182,7 +182,8 @@ def decode_object(line: bytes) -> dict[str, Any]:
     if (
         escape >= 0
         and (line.find(b"\\ud", escape) >= 0 or line.find(b"\\uD", escape) >= 0)
-        and _has_lone_surrogate(value)
+        # The values a repeated key overrode are stored too (duplicate_keys).
+        and (_has_lone_surrogate(value) or (_duplicates and _has_lone_surrogate(_duplicates)))
     ):
         raise bad_line("bad_unicode", "a string contains a lone UTF-16 surrogate escape", line)
     # Cheap guard first: nesting can only exceed MAX_DEPTH if the line opens that many brackets.

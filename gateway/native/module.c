@@ -100,9 +100,11 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwds)
 }
 
 PyDoc_STRVAR(scan_doc,
-"scan(buf, pos, head, unsynced, seq, prev_hash, max_events, room, segment_empty, unit_left)\n"
+"scan(buf, pos, head, unsynced, seq, prev_hash, max_events, room, segment_empty, unit_left,\n"
+"     max_line_bytes=None)\n"
 "--\n\n"
 "Take the plain events of buf[pos:] (see gateway/native/gwcore.h).\n"
+"max_line_bytes: the connection's own limit, when not the Scanner's.\n"
 "Returns (pos, events, stop, frames, flags, last_hash): the position after\n"
 "the last line taken, the number of events, why it stopped (0 more bytes\n"
 "needed, 1 the next line is for the Python path, 2 the budget, 3 the segment\n"
@@ -111,9 +113,20 @@ PyDoc_STRVAR(scan_doc,
 
 static PyObject *Scanner_scan(Scanner *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "scan() takes exactly 10 arguments");
+    if (nargs != 10 && nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "scan() takes 10 or 11 arguments");
         return NULL;
+    }
+    size_t max_line = self->cfg.max_line_bytes;
+    if (nargs == 11 && args[10] != Py_None) {
+        Py_ssize_t n = PyLong_AsSsize_t(args[10]);
+        if (n == -1 && PyErr_Occurred())
+            return NULL;
+        if (n < 0) {
+            PyErr_SetString(PyExc_ValueError, "max_line_bytes must not be negative");
+            return NULL;
+        }
+        max_line = (size_t)n;
     }
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
     if (pos == -1 && PyErr_Occurred())
@@ -157,6 +170,7 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *const *args, Py_ssize_t n
     cfg.head = (const uint8_t *)head;
     cfg.head_len = (size_t)head_len;
     cfg.unsynced = unsynced;
+    cfg.max_line_bytes = max_line;
     struct gw_limits lim = {
         .max_events = max_events < 0 ? SIZE_MAX : (size_t)max_events,
         .room = room < 0 ? 0 : (size_t)room,
