@@ -152,6 +152,22 @@ SEEDS: dict[str, bytes] = {
     + b'{"event_type":"c","n":"4111-1111-1111-1112"}\n'
     + b'{"event_type":"c","n":"\\u0034111"}\n{"event_type":"c","n":1234567890123}\n'
     + b'{"event_type":"c","n":"123456789012"}\n',
+    "redact-card-edges": config(CARDS)
+    + b"".join(
+        b'{"event_type":"c","v":"%s"}\n' % v
+        for v in (
+            b"4222222222222",  # 13 digits, Luhn-valid
+            b"1234567890123",  # 13 digits, not
+            b"4000000000000000006",  # 19, valid
+            b"40000000000000000060",  # 20: a valid 19 inside, not at a group's edges
+            b"+49 30 1234 5678 9012",
+            b"6011-0009-9013-9424",
+            b"6011--0009-9013-9424",
+            b"x 4111 1111 1111 1111 2",
+            b"id 9 4111111111111111",
+        )
+    )
+    + b'{"event_type":"c","n":4222222222222}\n',
     "redact-all-literals": config(KEYS | CARDS | UNSYNCED)
     + b'{"event_type":"c","card_no":"x"}\n{"event_type":"c","CARD":1}\n'
     + line(audit_event()),
