@@ -146,11 +146,13 @@ def test_a_million_lines_leave_rss_flat():
         room = 4096 if k % 7 == 3 else 1 << 30
         unit_left = 2048 if k % 11 == 5 else 1 << 20
         empty = k % 2 == 0
+        # The connection's own max_line_bytes now and then (the optional argument).
+        line_limit = (1 << 16,) if k % 6 == 4 else (None,) if k % 6 == 5 else ()
         pos, taken, skipped = 0, 0, 0
         end = len(buf)
         for _ in range(4 * BLOCK_LINES):  # every call moves on, or ends the block
             pos, n, stop, frames, flags, last = scanner.scan(
-                buf, pos, head, k % 4 == 0, seq, prev, budget, room, empty, unit_left
+                buf, pos, head, k % 4 == 0, seq, prev, budget, room, empty, unit_left, *line_limit
             )
             calls += 1
             assert len(flags) == n and (len(frames) > 0) == (n > 0)
