@@ -110,6 +110,8 @@ class Gateway:
             indexer = self.indexer
             self.ledger.subscribe(lambda batch: indexer.notify(batch.head.seq))
         self.ledger.subscribe(self.retention.on_durable)
+        if self.web is not None:  # the console's seq-to-offset map follows the head
+            self.ledger.subscribe(self.web.on_durable)
         # Signed checkpoints and replication (gateway/fleet/).
         self.fleet = FleetMember(config, loop, self.ledger)
         self.ledger.subscribe(self.fleet.on_durable)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 from gateway.audit.check import checked_entries
 from gateway.audit.query import QueryView
 from gateway.ledger.store import list_segments
 from gateway.web import seqmap as seqmap_module
-from gateway.web.seqmap import SeqMap
+from gateway.web.seqmap import MapFollower, SeqMap
 from tests.gatewayproc import GatewayProcess
 from tests.webtools import send_events
 
@@ -68,3 +69,65 @@ def test_a_changed_byte_is_damage_at_that_seq(tmp_path, monkeypatch):
     m = SeqMap(ledger_dir)
     assert m.get(bad[0]).damage == scanned[bad[0]]
     assert m.get(bad[0] + 1).damage is None  # its own link holds
+
+
+def _wait(predicate, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.02)
+
+
+def test_the_follower_maps_every_segment_ahead_and_follows_the_head(tmp_path, monkeypatch):
+    monkeypatch.setattr(seqmap_module, "STRIDE", 7)
+    monkeypatch.setattr(seqmap_module, "FOLLOWER_CHUNK_FRAMES", 50)  # many chunks a segment
+    monkeypatch.setattr(seqmap_module, "FOLLOW_S", 0.01)
+    gateway = _ledger(tmp_path, 1500)
+    follower = None
+    try:
+        ledger_dir = gateway.state_dir / "ledger"
+        segments = len(list_segments(ledger_dir))
+        assert segments >= 3
+        scanned = {c.seq: c for c in checked_entries(ledger_dir)}
+        head = max(scanned)
+        m = SeqMap(ledger_dir)
+        follower = MapFollower(m, head)
+        follower.start()
+        _wait(lambda: follower.built_s is not None)
+        stats = m.statistics()
+        assert stats["segments_mapped"] == segments and stats["mapped_to"] == head, stats
+        # Every seq found through marks the follower made: no page mapped anything itself.
+        for seq in sorted(scanned, key=lambda s: (s * 7919) % len(scanned)):
+            got = m.get(seq)
+            assert got is not None and (got.hash, got.record) == (
+                scanned[seq].hash,
+                scanned[seq].record,
+            ), seq
+        assert m.mapped_on_demand == 0
+        assert len(m.get_many(list(scanned))) == len(scanned)
+        send_events(gateway, [json.dumps({"event_type": "later", "i": i}) for i in range(40)])
+        new_head = max(c.seq for c in checked_entries(ledger_dir))
+        assert new_head >= head + 40
+        follower.on_durable(new_head)  # as the ledger publishes a batch
+        _wait(lambda: m.statistics()["mapped_to"] >= new_head)
+        later = m.get(new_head)
+        assert later is not None and later.damage is None
+        assert m.mapped_on_demand == 0
+    finally:
+        if follower is not None:
+            follower.close()
+            assert not follower.thread.is_alive()
+        gateway.stop()
+
+
+def test_a_page_before_the_follower_maps_what_it_needs_itself(tmp_path):
+    gateway = _ledger(tmp_path, 600)
+    try:
+        ledger_dir = gateway.state_dir / "ledger"
+        m = SeqMap(ledger_dir)  # no follower: the map lags behind everything
+        seq = max(c.seq for c in checked_entries(ledger_dir)) - 3
+        got = m.get(seq)
+        assert got is not None and got.damage is None and got.seq == seq
+        assert m.mapped_on_demand > 0
+    finally:
+        gateway.stop()

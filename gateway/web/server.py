@@ -30,6 +30,7 @@ from gateway.loop import READ, WRITE, EventLoop
 from gateway.statedir import raise_fd_limit
 from gateway.web import certificate
 from gateway.web.app import CSP, Later, Request, Response, WebApp, Work
+from gateway.web.seqmap import MapFollower
 from gateway.web.verifyrun import BackgroundVerify
 
 log = logging.getLogger("gateway.ops")
@@ -142,6 +143,9 @@ class WebServer:
         self._sweeper = None
         self._ticker = None
         self.closed = False
+        # Keeps the app's seq-to-offset map built ahead of the pages (gateway/web/seqmap.py);
+        # started by the first durable batch, once the ledger is open.
+        self.follower: MapFollower | None = None
 
     @classmethod
     def for_gateway(cls, gateway: Any) -> WebServer | None:
@@ -159,7 +163,18 @@ class WebServer:
         server = cls(loop, web, app, config.source)
         server.tls_config = config.ingest.tls
         server.state_dir = config.state_dir
+        server.follower = MapFollower(app.seqmap)
         return server
+
+    def on_durable(self, batch: Any) -> None:
+        """The ledger's subscriber (gateway/service.py): the map follows the durable head."""
+        follower = self.follower
+        if follower is None or self.closed:
+            return
+        if not follower.started:
+            follower.head = batch.head.seq
+            follower.start()
+        follower.on_durable(batch.head.seq)
 
     def listen(self) -> list[tuple[str, int]]:
         raise_fd_limit(MAX_CONNECTIONS + 512)
@@ -205,7 +220,14 @@ class WebServer:
             "failed_logins": stats.failed_logins,
             "refused_csrf": stats.refused_csrf,
             "refused_origin": stats.refused_origin,
+            "seqmap": self._seqmap_statistics(),
         }
+
+    def _seqmap_statistics(self) -> dict[str, Any]:
+        stats = self.app.seqmap.statistics()
+        built = self.follower.built_s if self.follower is not None else None
+        stats["built_s"] = None if built is None else round(built, 2)
+        return stats
 
     # ---- accepting
 
@@ -285,6 +307,8 @@ class WebServer:
             conn.close()
         for pool in self.pools.values():
             pool.shutdown(wait=False, cancel_futures=True)
+        if self.follower is not None:
+            self.follower.close()
 
 
 class _Listener:
