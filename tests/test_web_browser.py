@@ -113,6 +113,10 @@ def site(tmp_path_factory):
                 }
                 for i in range(120)
             ]
+            # Printed on the counter printer (the route): its detail page shows the outcome.
+            events.append(
+                {"event_type": "receipt.print", "object_type": "sale", "object_id": "R-1"}
+            )
             send_events(gateway, [json.dumps(e) for e in events])
             downloads = tmp / "downloads"
             downloads.mkdir()
@@ -236,6 +240,29 @@ def test_filter_the_table_and_open_a_detail_with_its_diff(site):
     }
     assert "ok: its stored bytes" in d.find_element(By.ID, "fields").text
     _shot(site, "detail")
+
+
+def test_a_detail_shows_its_print_outcomes(site):
+    from selenium.webdriver.common.by import By
+
+    d = site["driver"]
+    _login(site, "auditor")
+    d.get(site["base"] + "/audit?object_id=R-1")
+    d.find_element(By.CSS_SELECTOR, "#audit tbody tr td a").click()
+    _wait(lambda: "Entry" in d.title, "the detail view")
+    # The receipt's `print` entry follows once the printer has taken it: reload until then.
+    rows = _wait(
+        lambda: (d.refresh(), d.find_elements(By.CSS_SELECTOR, "#outcomes tbody tr"))[1],
+        "the print outcome",
+    )
+    cells = [c.text for c in rows[0].find_elements(By.TAG_NAME, "td")]
+    assert cells[2:5] == ["counter", "receipt", "printed"], cells
+    assert len(rows) == 1
+    # An entry nothing printed says so.
+    d.get(site["base"] + "/audit?object_id=T-7")
+    d.find_element(By.CSS_SELECTOR, "#audit tbody tr td a").click()
+    _wait(lambda: "Entry" in d.title, "the detail view")
+    assert "No print entry names this entry" in d.find_element(By.ID, "outcomes").text
 
 
 def test_hostile_values_are_shown_as_text_and_never_run(site):

@@ -786,11 +786,16 @@ class WebApp:
         seq = int(seq_text)
         tz, note = self.backend.zone()
         seqmap = self.seqmap
+        state_dir = self.backend.state_dir
 
         def job() -> Any:
-            return seqmap.get(seq)
+            item = seqmap.get(seq)
+            if item is None or item.damage:
+                return item, []
+            return item, print_outcomes(state_dir, seq)
 
-        def then(item: Any) -> Response:
+        def then(result: Any) -> Response:
+            item, outcomes = result
             if item is None or (item.seq != seq and not item.damage):
                 return self._page(
                     404,
@@ -807,7 +812,15 @@ class WebApp:
             return self._page(
                 200,
                 pages.entry_detail(
-                    item.record, check, tz, note, "print" in _rights(role), user, role, csrf
+                    item.record,
+                    check,
+                    tz,
+                    note,
+                    "print" in _rights(role),
+                    user,
+                    role,
+                    csrf,
+                    outcomes,
                 ),
             )
 
@@ -834,6 +847,45 @@ class WebApp:
         return Response(
             200, b"", kind, [("content-disposition", f'attachment; filename="{name}"')], chunks
         )
+
+
+# The print outcomes a detail page shows, at most: a receipt on a few printers
+# and its reprints are a handful; bounded work for an entry printed very often.
+MAX_OUTCOMES = 50
+
+
+def print_outcomes(state_dir: Path, seq: int) -> list[dict[str, Any]]:
+    """The `print` entries whose job covers entry `seq`, oldest first (docs/printing.md).
+
+    A receipt's or reprint's `print` entry lists the event as `seqs[0]`, a
+    report's its range `[first, last]`; a job queued by a request entry
+    (reprint, report, status page) is `<its seq>/<printer>`. Both are found in
+    the query index's full text (the phrases `seqs N` and `job N`: the entry's
+    JSON there reads `"job": "N/printer"` and `"seqs": [N`), after `seq` only
+    (a job ends after the entry that queued it), then checked field by field.
+    """
+    from gateway.audit.query import Filters, QueryView
+
+    found: dict[int, dict[str, Any]] = {}
+    with QueryView(state_dir) as view:
+        for phrase in (f"seqs {seq}", f"job {seq}"):
+            f = Filters(kind="print", text=phrase, limit=MAX_OUTCOMES, order="asc", after_seq=seq)
+            for r in view.page(f):
+                record = r["record"]
+                if _covers(record, seq):
+                    found[r["seq"]] = record
+    return [found[s] for s in sorted(found)][:MAX_OUTCOMES]
+
+
+def _covers(record: dict[str, Any], seq: int) -> bool:
+    if str(record.get("job", "")).split("/", 1)[0] == str(seq):
+        return True
+    seqs = record.get("seqs")
+    if not isinstance(seqs, list) or not seqs or not all(isinstance(s, int) for s in seqs):
+        return False
+    if record.get("type") == "report":
+        return seqs[0] <= seq <= seqs[-1]
+    return seqs[0] == seq
 
 
 def _see_other(location: str) -> Response:

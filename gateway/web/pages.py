@@ -335,6 +335,38 @@ def _value(value: Any) -> str:
     return f"<code>{e(_json(value))}</code>"
 
 
+def print_outcomes(outcomes: list[dict[str, Any]], tz: dt.tzinfo, zone_note: str) -> str:
+    """The `print` entries of an entry's jobs: time, printer, job type, outcome."""
+    if not outcomes:
+        return (
+            '<h3>Print outcomes</h3><p id="outcomes" class="note">No print entry names this '
+            "entry: nothing was printed for it (yet), or no route sends it to a printer.</p>"
+        )
+    rows = []
+    for r in outcomes:
+        received = r.get("received_at")
+        when = (
+            dt.datetime.fromisoformat(received).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+            if isinstance(received, str)
+            else "-"
+        )
+        outcome = str(r.get("outcome"))
+        cls = "good" if outcome == "printed" else "bad"
+        uncertain = " (delivery uncertain)" if r.get("uncertain") else ""
+        rows.append(
+            f'<tr><td><a href="/entry/{int(r["seq"])}">{int(r["seq"])}</a></td>'
+            f"<td>{e(when)}</td><td>{e(r.get('printer'))}</td><td>{e(r.get('type'))}</td>"
+            f'<td class="{cls}">{e(outcome)}{e(uncertain)}</td>'
+            f"<td>{e(r.get('attempts'))}</td><td>{e(r.get('detail') or '')}</td></tr>"
+        )
+    return (
+        f'<h3>Print outcomes</h3><p class="note">Times in {e(zone_note)}.</p>'
+        '<table class="list" id="outcomes"><thead><tr><th>Entry</th><th>Time</th>'
+        "<th>Printer</th><th>Job</th><th>Outcome</th><th>Attempts</th><th>Detail</th></tr>"
+        f"</thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
 def entry_detail(
     record: dict[str, Any],
     check: str,
@@ -344,6 +376,7 @@ def entry_detail(
     user: str,
     role: str,
     csrf: str,
+    outcomes: list[dict[str, Any]] | None = None,
 ) -> str:
     seq = record["seq"]
     rows = [
@@ -401,6 +434,8 @@ def entry_detail(
             f"<tr><th>Change</th><th>Field</th><th>Old</th><th>New</th></tr></thead>"
             f"<tbody>{lines}</tbody></table>"
         )
+    if outcomes is not None:
+        body += print_outcomes(outcomes, tz, zone_note)
     if may_print and record["kind"] == "event":
         body += (
             f'<form method="post" action="/entry/{seq}/reprint">'

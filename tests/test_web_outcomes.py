@@ -1,0 +1,88 @@
+"""An entry's print outcomes on its detail page: found through the query index."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+from gateway.audit.query import Filters, QueryView
+from gateway.web import pages
+from gateway.web.app import _covers, print_outcomes
+from tests.webtools import send_events, web_gateway
+
+WAIT_S = 30.0
+
+
+def _events(state_dir) -> dict[str, int]:
+    with QueryView(state_dir) as view:
+        rows = view.page(Filters(kind="event", limit=100, order="asc"))
+    return {
+        r["record"]["event"]["event_type"] + str(r["record"]["event"]["i"]): r["seq"] for r in rows
+    }
+
+
+def test_a_receipts_outcome_is_found_and_other_entries_have_none(tmp_path):
+    gateway, _base = web_gateway(tmp_path)
+    try:
+        lines = [
+            json.dumps({"event_type": event_type, "i": i})
+            for i, event_type in enumerate(["receipt.print", "other", "receipt.print"] * 4)
+        ]
+        send_events(gateway, lines)
+        seqs = _events(gateway.state_dir)
+        printed = [seq for name, seq in seqs.items() if name.startswith("receipt.print")]
+        others = [seq for name, seq in seqs.items() if name.startswith("other")]
+        assert len(printed) == 8 and len(others) == 4
+        deadline = time.monotonic() + WAIT_S
+        while not all(print_outcomes(gateway.state_dir, seq) for seq in printed):
+            assert time.monotonic() < deadline, "the receipts' print entries did not come"
+            time.sleep(0.1)
+        for seq in printed:
+            (outcome,) = print_outcomes(gateway.state_dir, seq)
+            assert outcome["kind"] == "print" and outcome["seq"] > seq
+            assert (outcome["type"], outcome["printer"], outcome["outcome"]) == (
+                "receipt",
+                "paper",
+                "printed",
+            )
+            assert outcome["seqs"] == [seq] and outcome["job"] == f"{seq}/paper"
+        for seq in others:
+            assert print_outcomes(gateway.state_dir, seq) == []
+    finally:
+        gateway.stop()
+
+
+def test_which_print_entries_cover_a_seq():
+    assert _covers({"job": "12/paper", "type": "status_page", "seqs": []}, 12)
+    assert _covers({"job": "40/paper", "type": "reprint", "seqs": [12]}, 12)
+    assert not _covers({"job": "40/paper", "type": "reprint", "seqs": [120]}, 12)
+    assert not _covers({"job": "121/paper", "type": "receipt", "seqs": [121]}, 12)
+    assert _covers({"job": "90/office", "type": "report", "seqs": [10, 20]}, 12)
+    assert not _covers({"job": "90/office", "type": "report", "seqs": [13, 20]}, 12)
+    assert not _covers({"job": "x", "type": "receipt", "seqs": ["12"]}, 12)
+
+
+def test_the_outcomes_table_shows_time_printer_and_outcome_as_text():
+    record = {"seq": 5, "kind": "event", "hash": "ab", "event": {"event_type": "t"}}
+    outcome = {
+        "seq": 9,
+        "kind": "print",
+        "received_at": "2026-12-02T10:00:00.000000Z",
+        "job": "5/<b>p</b>",
+        "type": "receipt",
+        "printer": "<b>p</b>",
+        "seqs": [5],
+        "outcome": "failed",
+        "attempts": 3,
+        "uncertain": True,
+        "detail": "<script>x</script>",
+    }
+    tz = dt.timezone(dt.timedelta(hours=1))
+    page = pages.entry_detail(record, "ok", tz, "UTC+01:00", True, "u", "operator", "t", [outcome])
+    table = page[page.index('id="outcomes"') :]
+    assert "2026-12-02 11:00:00" in table and "&lt;b&gt;p&lt;/b&gt;" in table
+    assert "failed (delivery uncertain)" in table and '<a href="/entry/9">9</a>' in table
+    assert "<script>" not in page and "&lt;script&gt;" in table
+    empty = pages.entry_detail(record, "ok", tz, "UTC", True, "u", "operator", "t", [])
+    assert "No print entry names this entry" in empty
