@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 from gateway.audit.check import checked_entries
@@ -131,3 +132,47 @@ def test_a_page_before_the_follower_maps_what_it_needs_itself(tmp_path):
         assert m.mapped_on_demand > 0
     finally:
         gateway.stop()
+
+
+def test_sealed_segments_maps_are_stored_and_loaded_only_when_they_check(tmp_path):
+    gateway = _ledger(tmp_path, 1500)
+    gateway.stop()
+    ledger_dir = gateway.state_dir / "ledger"
+    store = tmp_path / "web-seqmap"
+    segments = list_segments(ledger_dir)
+    sealed = len(segments) - 1
+    assert sealed >= 2
+    scanned = {c.seq: c for c in checked_entries(ledger_dir)}
+    first = SeqMap(ledger_dir, store)
+    first.catch_up(max(scanned), threading.Event())
+    assert sorted(p.name for p in store.iterdir()) == sorted(
+        p.name + ".map" for _, p in segments[:-1]
+    )
+    again = SeqMap(ledger_dir, store)  # a restart
+    for seq in sorted(scanned):
+        got = again.get(seq)
+        assert got is not None and (got.hash, got.record) == (
+            scanned[seq].hash,
+            scanned[seq].record,
+        ), seq
+    assert again.statistics()["segments_loaded"] == sealed
+    assert again.mapped_on_demand == len(
+        [s for s in scanned if s >= segments[-1][0]]
+    )  # the live segment only
+    # A map that does not check is not used: one changed byte, or another size of segment.
+    maps = sorted(store.iterdir())
+    data = bytearray(maps[0].read_bytes())
+    data[100] ^= 0x40
+    maps[0].write_bytes(bytes(data))
+    with open(segments[1][1], "ab") as f:
+        f.write(b"\0" * 16)  # zeros after the last frame: the same frames, another size
+    third = SeqMap(ledger_dir, store)
+    third._refresh()
+    assert third.statistics()["segments_loaded"] == sealed - 2
+    assert third.get(segments[0][0] + 3).damage is None  # mapped again instead
+    # Stored maps of segments that are gone are removed.
+    (store / "00000000000000000001.seg.map.tmp").write_bytes(b"x")
+    segments[0][1].unlink()
+    third.prune()
+    assert maps[0].name not in {p.name for p in store.iterdir()}
+    assert not list(store.glob("*.tmp"))

@@ -12,9 +12,14 @@ newest first: the audit table's first page looks there) and then follows the
 durable head as the ledger publishes batches, a few thousand frames at a time,
 yielding between them. A page that asks before the follower got there (right
 after start, or within the last FOLLOW_S of ingest) maps what it needs itself,
-as the follower would. The map is derived and in memory only: nothing is
-written, and a segment that retention removed is dropped from it. Memory:
-about 80 bytes per STRIDE entries, 0.3 MB per million entries.
+as the follower would. Memory: about 80 bytes per STRIDE entries, 0.3 MB per
+million entries. A sealed segment's map is also kept in
+`<state_dir>/web-seqmap/<segment>.map` (written by the follower once the
+segment is sealed and mapped; ~40 bytes per STRIDE entries): a start loads
+it instead of reading the segment, after checking that it belongs to that
+segment as it is now (first seq, size, the frame at its last mark, a CRC of
+its own). It is derived: anything that does not check is ignored and mapped
+again, and a segment that retention removed loses its map file.
 
 The check is the one `gateway query` and `show` make (gateway/audit/check.py):
 the entry's stored bytes, hashed with the previous entry's chain hash, give
@@ -28,8 +33,10 @@ import bisect
 import json
 import logging
 import os
+import struct
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,16 +56,26 @@ STRIDE = 256
 # A lookup reads its segment in 64 KiB pieces (the reader's default, 4 MiB,
 # suits a scan): most lookups need one piece, at most 2 at STRIDE frames.
 LOOKUP_READ_BYTES = 64 * 1024
-# The follower maps at most this many frames while holding the map's lock
-# (a few ms), then sleeps FOLLOWER_YIELD_S so that the loop and the pages
-# thread get the interpreter; it looks at the durable head at most every
-# FOLLOW_S (the ledger publishes many batches a second under load).
-FOLLOWER_CHUNK_FRAMES = 4096
-FOLLOWER_YIELD_S = 0.002
+# The follower maps at most this many frames while holding the map's lock and
+# the interpreter (~1 ms at 1-3 us a frame), then sleeps as long as that took
+# (at least FOLLOWER_YIELD_S): at most half of a core, never the interpreter for
+# long, so the loop and the pages thread get it. Under ingest faster than that
+# the map lags and pages map the rest themselves; it catches up once ingest
+# eases. It looks at the durable head at most every FOLLOW_S (the ledger
+# publishes many batches a second under load).
+FOLLOWER_CHUNK_FRAMES = 512
+FOLLOWER_YIELD_S = 0.001
 FOLLOW_S = 0.5
 # The follower's thread runs at this nice value (the lowest priority): ingest first.
 FOLLOWER_NICE = 19
 UNBOUNDED = 1 << 62  # "to the segment's end"
+# A stored map: magic, then first seq, segment size, known_to, end_offset, mark
+# count, last hash; the marks' seqs and offsets (8 bytes each), their hashes;
+# a CRC-32 of everything before it.
+MAP_MAGIC = b"GWSEQMP1"
+_MAP_HEAD = struct.Struct(">8sQQQQI32s")
+MAP_SUFFIX = ".map"
+MAP_MODE = 0o640  # as the index: the ledger's group (auditors) may read it
 
 
 @dataclass
@@ -81,8 +98,10 @@ class _Segment:
 
 
 class SeqMap:
-    def __init__(self, ledger_dir: Path) -> None:
+    def __init__(self, ledger_dir: Path, store_dir: Path | None = None) -> None:
         self.ledger_dir = ledger_dir
+        self.store_dir = store_dir  # where sealed segments' maps are kept (None: nowhere)
+        self.loaded = 0  # segments whose stored map was used
         self.segments: dict[int, _Segment] = {}
         self.firsts: list[int] = []
         # Held while the map changes or is read (not while an entry is read):
@@ -95,9 +114,110 @@ class SeqMap:
         firsts = [first for first, _ in listed]
         if firsts != self.firsts:
             kept = {f: self.segments[f] for f in firsts if f in self.segments}
-            for first, path in listed:
-                kept.setdefault(first, _Segment(path, first))
+            for i, (first, path) in enumerate(listed):
+                if first not in kept:
+                    sealed = i + 1 < len(listed)
+                    kept[first] = (self._load(path, first) if sealed else None) or _Segment(
+                        path, first
+                    )
+            gone = [self.segments[f] for f in self.firsts if f not in kept]
             self.segments, self.firsts = kept, firsts
+            for seg in gone:
+                self._forget(seg)
+
+    # ---- stored maps of sealed segments
+
+    def _map_path(self, seg_path: Path) -> Path | None:
+        return None if self.store_dir is None else self.store_dir / (seg_path.name + MAP_SUFFIX)
+
+    def save(self, seg: _Segment) -> None:
+        """Keep a sealed, wholly mapped segment's map (atomically; derived, so no fsync)."""
+        target = self._map_path(seg.path)
+        if target is None or not seg.complete or seg.damage:
+            return
+        try:
+            size = os.stat(seg.path).st_size
+            head = _MAP_HEAD.pack(
+                MAP_MAGIC,
+                seg.first,
+                size,
+                seg.known_to,
+                seg.end_offset,
+                len(seg.seqs),
+                seg.last_hash,
+            )
+            body = head + array.array("q", seg.seqs).tobytes() + seg.offsets.tobytes() + seg.prevs
+            os.makedirs(target.parent, mode=0o750, exist_ok=True)
+            tmp = target.with_name(target.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, MAP_MODE)
+            with os.fdopen(fd, "wb") as f:
+                f.write(body + struct.pack(">I", zlib.crc32(body)))
+            os.replace(tmp, target)
+        except OSError as exc:  # only the next start's speed depends on it
+            log.warning("web seq map not stored", extra={"fields": {"error": str(exc)}})
+
+    def _load(self, seg_path: Path, first: int) -> _Segment | None:
+        """A sealed segment's stored map, if it checks against the segment as it is now."""
+        path = self._map_path(seg_path)
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+            body, crc = data[:-4], data[-4:]
+            if len(data) < _MAP_HEAD.size + 4 or struct.pack(">I", zlib.crc32(body)) != crc:
+                raise ValueError("CRC")
+            magic, m_first, size, known_to, end_offset, count, last_hash = _MAP_HEAD.unpack_from(
+                body
+            )
+            if magic != MAP_MAGIC or m_first != first or count == 0:
+                raise ValueError("not this segment's")
+            if len(body) != _MAP_HEAD.size + count * 48 or os.stat(seg_path).st_size != size:
+                raise ValueError("size")
+            at = _MAP_HEAD.size
+            seqs = array.array("q")
+            seqs.frombytes(body[at : at + 8 * count])
+            offsets = array.array("q")
+            offsets.frombytes(body[at + 8 * count : at + 16 * count])
+            seg = _Segment(seg_path, first, list(seqs), offsets, bytearray(body[at + 16 * count :]))
+            seg.known_to, seg.end_offset, seg.last_hash = known_to, end_offset, bytes(last_hash)
+            seg.ended = seg.complete = True
+            # The frame at the last mark is where the map says, with that seq.
+            with open(seg_path, "rb") as f:
+                f.seek(offsets[-1])
+                _length, seq = fmt.parse_frame_header(f.read(fmt.FRAME_HEADER_BYTES))
+            if seq != seqs[-1] or seqs[0] != first:
+                raise ValueError("marks")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, struct.error, fmt.HeaderDamaged):
+            return None  # mapped again (and stored again) by the follower
+        self.loaded += 1
+        return seg
+
+    def _forget(self, seg: _Segment) -> None:
+        """A segment retention removed: its stored map goes too."""
+        path = self._map_path(seg.path)
+        if path is not None:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+    def prune(self) -> None:
+        """Stored maps of segments no longer in the ledger (removed while stopped)."""
+        if self.store_dir is None:
+            return
+        names = {p.name for _, p in list_segments(self.ledger_dir)}
+        try:
+            stored = os.listdir(self.store_dir)
+        except FileNotFoundError:
+            return
+        for name in stored:
+            if name.endswith(".tmp") or name.removesuffix(MAP_SUFFIX) not in names:
+                try:
+                    os.unlink(self.store_dir / name)
+                except OSError:
+                    pass
 
     def _extend(self, seg: _Segment, upto: int, limit: int | None = None) -> int:
         """Map `seg` from where it was left up to seq `upto` (or its end), at most
@@ -248,6 +368,7 @@ class SeqMap:
                     limit = min(limit, upto - seg.known_to) if seg.seqs else limit
                     if limit <= 0:
                         break
+                began = time.monotonic()
                 try:
                     with self.lock:
                         if seg.first not in self.segments:
@@ -261,9 +382,10 @@ class SeqMap:
                 total += done
                 if sealed and seg.ended:
                     seg.complete = True
+                    self.save(seg)
                 if not done or seg.ended:
                     break
-                time.sleep(FOLLOWER_YIELD_S)
+                time.sleep(max(FOLLOWER_YIELD_S, time.monotonic() - began))
         return total
 
     def statistics(self) -> dict[str, Any]:
@@ -275,6 +397,7 @@ class SeqMap:
             "marks": sum(len(s.seqs) for s in segs),
             "mapped_to": max((s.known_to for s in segs), default=0),
             "mapped_on_demand": self.mapped_on_demand,
+            "segments_loaded": self.loaded,
         }
 
     def base_seq(self) -> int:
@@ -333,6 +456,7 @@ class MapFollower:
             pass  # not Linux's per-thread priorities: the yields still apply
         started = time.monotonic()
         try:
+            self.seqmap.prune()
             while not self.stop.is_set():
                 self.seqmap.catch_up(self.head, self.stop)
                 if self.built_s is None and not self.stop.is_set():

@@ -163,6 +163,7 @@ class WebServer:
         server = cls(loop, web, app, config.source)
         server.tls_config = config.ingest.tls
         server.state_dir = config.state_dir
+        app.seqmap.store_dir = config.state_dir / "web-seqmap"  # sealed segments' maps
         server.follower = MapFollower(app.seqmap)
         return server
 
