@@ -7,6 +7,7 @@ import json
 import time
 
 from gateway.audit.query import Filters, QueryView
+from gateway.web import app as webapp
 from gateway.web import pages
 from gateway.web.app import _covers, print_outcomes
 from tests.webtools import send_events, web_gateway
@@ -86,3 +87,23 @@ def test_the_outcomes_table_shows_time_printer_and_outcome_as_text():
     assert "<script>" not in page and "&lt;script&gt;" in table
     empty = pages.entry_detail(record, "ok", tz, "UTC", True, "u", "operator", "t", [])
     assert "No print entry names this entry" in empty
+
+
+def test_without_an_index_a_detail_reads_a_bounded_tail_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(webapp, "MAX_OUTCOME_TAIL", 20)
+    gateway, _base = web_gateway(tmp_path, index={"enabled": False})
+    try:
+        send_events(
+            gateway, [json.dumps({"event_type": "receipt.print", "i": i}) for i in range(30)]
+        )
+        found = webapp.find_outcomes(gateway.state_dir, 3)
+        assert found.cut and found.covered_to == 20  # the ledger's first 20 entries only
+        with QueryView(gateway.state_dir, 20) as view:
+            assert view.tail_cut and view.from_ledger == 20
+        with QueryView(gateway.state_dir) as view:
+            assert not view.tail_cut and view.from_ledger > 30
+    finally:
+        gateway.stop()
+    record = {"seq": 3, "kind": "event", "hash": "ab", "event": {"event_type": "t"}}
+    page = pages.entry_detail(record, "ok", dt.UTC, "UTC", False, "u", "auditor", "t", [], 20)
+    assert "Print entries after seq 20 were not looked at" in page

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import fcntl
+import itertools
 import json
 import os
 import sqlite3
@@ -256,7 +257,9 @@ def _attach_index(db: sqlite3.Connection, path: Path, state_dir: Path) -> bool:
 class QueryView:
     """One read-only view of the index plus the ledger's unindexed tail, for several pages."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, max_tail: int | None = None) -> None:
+        """`max_tail`: read at most this many unindexed entries; `tail_cut` then says
+        whether there were more (the answers cover entries up to `covered_to` only)."""
         path = state_dir / index.INDEX_FILE
         self.db = db = sqlite3.connect(":memory:")
         try:
@@ -269,9 +272,14 @@ class QueryView:
                     known = {}
             self.present = bool(known)
             self.indexed_to = int(known.get("last_seq", 0))
-            tail = list(
-                index.read_rows(state_dir / "ledger", self.indexed_to + 1, index.position(known))
-            )
+            rows = index.read_rows(state_dir / "ledger", self.indexed_to + 1, index.position(known))
+            if max_tail is not None:
+                rows = itertools.islice(rows, max_tail + 1)
+            tail = list(rows)
+            self.tail_cut = max_tail is not None and len(tail) > max_tail
+            if self.tail_cut:
+                del tail[max_tail:]
+            self.covered_to = tail[-1][0][0] if tail else self.indexed_to
             with db:
                 index.insert(db, tail, index.TIME_MIN)
             self.from_ledger = len(tail)

@@ -791,8 +791,8 @@ class WebApp:
         def job() -> Any:
             item = seqmap.get(seq)
             if item is None or item.damage:
-                return item, []
-            return item, print_outcomes(state_dir, seq)
+                return item, None
+            return item, find_outcomes(state_dir, seq)
 
         def then(result: Any) -> Response:
             item, outcomes = result
@@ -820,7 +820,8 @@ class WebApp:
                     user,
                     role,
                     csrf,
-                    outcomes,
+                    outcomes.rows,
+                    outcomes.covered_to if outcomes.cut else None,
                 ),
             )
 
@@ -852,9 +853,24 @@ class WebApp:
 # The print outcomes a detail page shows, at most: a receipt on a few printers
 # and its reprints are a handful; bounded work for an entry printed very often.
 MAX_OUTCOMES = 50
+# A detail page reads at most this many entries the index has not taken yet
+# (tens of ms) to find print outcomes there; further ones are not looked at
+# and the page says so (an index far behind, or none).
+MAX_OUTCOME_TAIL = 10_000
+
+
+@dataclasses.dataclass
+class Outcomes:
+    rows: list[dict[str, Any]]
+    covered_to: int  # print entries up to this seq were looked at
+    cut: bool  # more entries than that exist: the index lags (or there is none)
 
 
 def print_outcomes(state_dir: Path, seq: int) -> list[dict[str, Any]]:
+    return find_outcomes(state_dir, seq).rows
+
+
+def find_outcomes(state_dir: Path, seq: int) -> Outcomes:
     """The `print` entries whose job covers entry `seq`, oldest first (docs/printing.md).
 
     A receipt's or reprint's `print` entry lists the event as `seqs[0]`, a
@@ -867,14 +883,15 @@ def print_outcomes(state_dir: Path, seq: int) -> list[dict[str, Any]]:
     from gateway.audit.query import Filters, QueryView
 
     found: dict[int, dict[str, Any]] = {}
-    with QueryView(state_dir) as view:
+    with QueryView(state_dir, MAX_OUTCOME_TAIL) as view:
         for phrase in (f"seqs {seq}", f"job {seq}"):
             f = Filters(kind="print", text=phrase, limit=MAX_OUTCOMES, order="asc", after_seq=seq)
             for r in view.page(f):
                 record = r["record"]
                 if _covers(record, seq):
                     found[r["seq"]] = record
-    return [found[s] for s in sorted(found)][:MAX_OUTCOMES]
+        covered_to, cut = view.covered_to, view.tail_cut
+    return Outcomes([found[s] for s in sorted(found)][:MAX_OUTCOMES], covered_to, cut)
 
 
 def _covers(record: dict[str, Any], seq: int) -> bool:

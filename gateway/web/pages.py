@@ -335,12 +335,20 @@ def _value(value: Any) -> str:
     return f"<code>{e(_json(value))}</code>"
 
 
-def print_outcomes(outcomes: list[dict[str, Any]], tz: dt.tzinfo, zone_note: str) -> str:
+def print_outcomes(
+    outcomes: list[dict[str, Any]], tz: dt.tzinfo, zone_note: str, covered_to: int | None = None
+) -> str:
     """The `print` entries of an entry's jobs: time, printer, job type, outcome."""
+    lag = (
+        f'<p class="note" id="outcomes-lag">Print entries after seq {int(covered_to)} were not '
+        "looked at: the query index is far behind the ledger (or absent).</p>"
+        if covered_to is not None
+        else ""
+    )
     if not outcomes:
         return (
             '<h3>Print outcomes</h3><p id="outcomes" class="note">No print entry names this '
-            "entry: nothing was printed for it (yet), or no route sends it to a printer.</p>"
+            "entry: nothing was printed for it (yet), or no route sends it to a printer.</p>" + lag
         )
     rows = []
     for r in outcomes:
@@ -363,7 +371,7 @@ def print_outcomes(outcomes: list[dict[str, Any]], tz: dt.tzinfo, zone_note: str
         f'<h3>Print outcomes</h3><p class="note">Times in {e(zone_note)}.</p>'
         '<table class="list" id="outcomes"><thead><tr><th>Entry</th><th>Time</th>'
         "<th>Printer</th><th>Job</th><th>Outcome</th><th>Attempts</th><th>Detail</th></tr>"
-        f"</thead><tbody>{''.join(rows)}</tbody></table>"
+        f"</thead><tbody>{''.join(rows)}</tbody></table>" + lag
     )
 
 
@@ -377,6 +385,7 @@ def entry_detail(
     role: str,
     csrf: str,
     outcomes: list[dict[str, Any]] | None = None,
+    outcomes_to: int | None = None,
 ) -> str:
     seq = record["seq"]
     rows = [
@@ -435,7 +444,7 @@ def entry_detail(
             f"<tbody>{lines}</tbody></table>"
         )
     if outcomes is not None:
-        body += print_outcomes(outcomes, tz, zone_note)
+        body += print_outcomes(outcomes, tz, zone_note, outcomes_to)
     if may_print and record["kind"] == "event":
         body += (
             f'<form method="post" action="/entry/{seq}/reprint">'
