@@ -292,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "",
         f"Seq-to-offset map while ingest ran (built ahead, following the head): "
-        f"{seqmap_live['marks']:,} marks over {seqmap_live['segments']} segments, "
-        f"{seqmap_live['mapped_on_demand']:,} frames mapped by a page itself.",
+        f"{seqmap_live['marks']:,} marks over {seqmap_live['segments']} segments; "
+        f"frames mapped by a page itself: {seqmap_live['mapped_on_demand']:,}.",
         "",
         "After a restart (the map rebuilt in the background, newest segment first):",
         "",
@@ -308,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             for n, a, b, st in rows
         ],
         "",
-        f"Rebuild: {seqmap_restart['built_s']} s for {seqmap_restart['segments']} segments; "
+        f"Rebuild: {seqmap_restart['built_s']} s for {seqmap_restart['segments']} segments "
+        f"({seqmap_restart.get('segments_loaded', 0)} loaded from stored maps); "
         f"frames mapped by a page itself meanwhile: {seqmap_restart['mapped_on_demand']:,}.",
         "",
     ]

@@ -15,7 +15,7 @@ after start, or within the last FOLLOW_S of ingest) maps what it needs itself,
 as the follower would. Memory: about 80 bytes per STRIDE entries, 0.3 MB per
 million entries. A sealed segment's map is also kept in
 `<state_dir>/web-seqmap/<segment>.map` (written by the follower once the
-segment is sealed and mapped; ~40 bytes per STRIDE entries): a start loads
+segment is sealed and mapped; 48 bytes per STRIDE entries): a start loads
 it instead of reading the segment, after checking that it belongs to that
 segment as it is now (first seq, size, the frame at its last mark, a CRC of
 its own). It is derived: anything that does not check is ignored and mapped
