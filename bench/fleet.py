@@ -76,6 +76,29 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+def run_delay_s(pid: int, tid: int) -> float:
+    """Seconds thread `tid` has spent runnable but waiting for a CPU (schedstat)."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1]) / 1e9
+    except (FileNotFoundError, IndexError):
+        return 0.0
+
+
+def processes_cpu() -> dict[int, tuple[str, float]]:
+    """pid -> (command name, CPU seconds) of every process on the machine."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                text = (d / "stat").read_text()
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue
+            comm = text[text.index("(") + 1 : text.rindex(")")]
+            fields = text.rsplit(")", 1)[1].split()
+            out[int(d.name)] = (comm, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
 def machine_busy_s() -> float:
     """CPU seconds every core spent busy since boot (/proc/stat: all but idle and iowait)."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -151,6 +174,7 @@ class Box:
 def load(port: int, duration: float, pid: int, store: CephRGW | None = None) -> dict:
     """One load round; with `store`, where the cores went meanwhile (CPU s per wall s)."""
     before, t0 = (cpu_snapshot(pid, store), time.monotonic()) if store else ({}, 0.0)
+    procs0, wait0 = (processes_cpu(), run_delay_s(pid, pid)) if store else ({}, 0.0)
     cmd = [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--conns", "16",
            "--duration", str(duration), "--size", "audit", "--mode", "ack",
            "--watch-pid", str(pid)]  # fmt: skip
@@ -165,6 +189,14 @@ def load(port: int, duration: float, pid: int, store: CephRGW | None = None) -> 
         )
         cores["other processes"] = cores.pop("machine") - sum(cores.values())
         result["cores"] = cores
+        result["loop_waiting"] = (run_delay_s(pid, pid) - wait0) / wall
+        # The other processes by name (those alive at both ends; ours excluded).
+        ours = {pid, os.getpid(), *(p.pid for p in store.procs.values())}
+        by_name: dict[str, float] = {}
+        for other, (comm, used) in processes_cpu().items():
+            if other in procs0 and other not in ours:
+                by_name[comm] = by_name.get(comm, 0.0) + (used - procs0[other][1]) / wall
+        result["others"] = sorted(by_name.items(), key=lambda kv: -kv[1])[:4]
     return result
 
 
@@ -222,6 +254,7 @@ def run(args: argparse.Namespace, work: Path, store: CephRGW) -> int:
             box.stop()
             if mode == "off" and r < args.replicate_rounds:
                 replication.append(replicate(box, fleet))
+    print(json.dumps({"rows": rows, "replication": replication}), file=sys.stderr)  # raw
     verify = fleet_verify(args, work, fleet, creds, store)
     report(args, rows, replication, verify, store)
     return 0
@@ -346,6 +379,27 @@ def report(args, rows, replication, verify, store: CephRGW) -> None:
         *(f"| {k} | {core('off', k):.2f} | {core('on', k):.2f} |" for k in rows["on"][0]["cores"]),
         f"| all | {sum(core('off', k) for k in rows['off'][0]['cores']):.2f} | "
         f"{sum(core('on', k) for k in rows['on'][0]['cores']):.2f} |",
+        "",
+        "Each round (cores: CPU s per s; `loop waiting`: seconds per second the loop "
+        "thread was runnable but waiting for a CPU, from /proc schedstat; events per loop "
+        "CPU second; the busiest other processes on the machine, by name):",
+        "",
+        "| round | events/s | loop | loop waiting | events per loop CPU s | uploader "
+        "| osd + rgw | other processes | busiest others |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
+        *(
+            f"| {mode} {i} | {r['events_per_s']:,.0f} | {r['cores']['gateway loop']:.2f} | "
+            f"{r['loop_waiting']:.2f} | "
+            f"{r['events_per_s'] / max(r['cores']['gateway loop'], 1e-9):,.0f} | "
+            f"{r['cores']['gateway uploader']:.2f} | "
+            f"{r['cores'].get('osd.0', 0) + r['cores'].get('rgw.a', 0):.2f} | "
+            f"{r['cores']['other processes']:.2f} | "
+            + ", ".join(f"{n} {c:.2f}" for n, c in r["others"] if c >= 0.02)
+            + " |"
+            for i in range(args.rounds)
+            for mode in ("off", "on")
+            for r in [rows[mode][i]]
+        ),
         "",
     ]
     text = "\n".join(lines)
