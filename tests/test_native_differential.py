@@ -1608,3 +1608,13 @@ def test_digit_runs_near_the_card_pattern(native, runs, where):
         compare(
             dataclasses.replace(Setup("cards"), hello=ACK, redact=mode), [ACK + b"\n", data], None
         )
+
+
+def test_a_line_of_many_floats_encodes_past_its_own_length(native):
+    """A float's CBOR (9 bytes) outgrows its text (3): a line of them encodes to more
+    than twice its size, which the core's output bound once missed (a heap
+    overflow under AddressSanitizer; tests/fuzz/corpus holds the input)."""
+    for count in (1, 100, 14_000):
+        line = b'{"event_type":"e","a":[' + b",".join([b"1e5"] * count) + b"]}"
+        taken, _writes = compare(Setup("floats", hello=ACK), [ACK + b"\n", line + b"\n"], None)
+        assert taken == 1

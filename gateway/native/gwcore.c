@@ -131,6 +131,7 @@ struct check {
     const uint8_t *p, *e;
     struct scratch *sc;
     struct field event_type, timestamp;
+    size_t floats; /* each takes 9 bytes of CBOR from as few as 3 of text */
 };
 
 static inline int is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
@@ -331,6 +332,7 @@ static int check_number(struct check *c)
         double d = strtod_l(text, NULL, c_locale);
         if (isinf(d))
             return SLOW; /* out of range: refused by the reference */
+        c->floats++;
     }
     c->p = p;
     return OK;
@@ -920,9 +922,11 @@ static int take_line(const struct gw_config *cfg, const uint8_t *line, size_t n,
     uint8_t flags;
     if (flags_of(&c, cfg, &flags) != OK)
         return SLOW;
-    /* The encoding is never longer than the line's text plus per-item heads:
-     * each item is at least one byte of text and at most 9 bytes of head more. */
-    size_t bound = cfg->head_len + n + 9 * (sc->n + 1) + FLAGS_MAX_BYTES;
+    /* The encoding is never longer than the line's text plus 9 bytes for each
+     * container, string and float: an integer, a literal and a string's
+     * content take no more bytes than their text, a head at most 9, and a
+     * float 9 from a text of at least 3. */
+    size_t bound = cfg->head_len + n + 9 * (sc->n + c.floats + 1) + FLAGS_MAX_BYTES;
     if (buf_reserve(frames, FRAME_HEADER_BYTES + bound + GW_HASH_BYTES) < 0)
         return NOMEM;
     uint8_t *frame = frames->data + frames->len;
