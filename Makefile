@@ -90,7 +90,7 @@ test-fleet: $(STAMP)
 	    echo "test-fleet: Ceph is missing; as root: apt-get install -y --no-install-recommends ceph-mon ceph-osd radosgw ceph-common" >&2; \
 	  fi; \
 	fi
-	$(BIN)/python -m pytest -q -m fleet tests/test_fleet_store.py tests/test_fleet_replication.py
+	$(BIN)/python -m pytest -q -m fleet tests/test_fleet_store.py tests/test_fleet_replication.py tests/test_fleet_restore.py
 
 # Seconds of fuzzing (libFuzzer -max_total_time); docs/native.md.
 FUZZ_SECONDS ?= 120

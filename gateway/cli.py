@@ -424,7 +424,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if result.archive is not None:
         where = f" ({result.archived_segments} from the archive, {result.overlaps} also live)"
     start = result.start
-    if result.checkpoint_seq is not None:
+    if result.restored_from is not None:
+        where = result.restored_from
+        print(
+            f"verified from the restored head at seq {start.seq} hash {start.hash.hex()} "
+            f"(recorded at seq {result.checkpoint_seq} by gateway fleet restore --head-only); "
+            f"earlier entries are in the fleet store: box {where['box']} in bucket "
+            f"{where['bucket']} at {where['endpoint']} (check them with gateway fleet verify)"
+        )
+    elif result.checkpoint_seq is not None:
         print(
             f"verified from retained checkpoint at seq {start.seq} hash {start.hash.hex()} "
             f"(recorded at seq {result.checkpoint_seq}); earlier entries are not in the "
@@ -475,6 +483,12 @@ def _write_statement(args: argparse.Namespace, config: Config, result, checks: l
             identity = f"seq 1 hash {first[2].hex()}" if first else "empty ledger"
         except LedgerCorruption as exc:
             identity = f"unreadable: {exc.reason}"
+    elif result.restored_from is not None:
+        identity = (
+            f"from the restored head at seq {start.seq} hash {start.hash.hex()} (earlier "
+            f"entries in the fleet store: box {result.restored_from['box']}, bucket "
+            f"{result.restored_from['bucket']})"
+        )
     else:
         identity = (
             f"from the retained checkpoint at seq {start.seq} hash {start.hash.hex()} "

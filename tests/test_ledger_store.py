@@ -27,6 +27,7 @@ from gateway.ledger.store import (
     SegmentReader,
     TailState,
     list_segments,
+    start_ledger_at,
     write_batch,
     write_entries,
 )
@@ -716,3 +717,56 @@ def test_segment_names_with_non_ascii_digits_are_not_segments(tmp_path):
     build(d, 3)
     (d / "0000000000000000000\u00b2.seg").write_bytes(b"junk")
     assert verify_ledger(d).ok  # the odd file is ignored, not a crash
+
+
+# ---- a ledger started after a given head (gateway fleet restore --head-only)
+
+
+def _restored_ledger(directory, head_seq: int, head_hash: bytes, detail_hash: str, **extra):
+    start_ledger_at(directory, Head(head_seq, head_hash))
+    writer = LedgerWriter(directory, segment_bytes=65536).open()
+    detail = {"box": "b", "endpoint": "s3.test", "bucket": "k", "head_only": True,
+              "head_seq": head_seq, "head_hash": detail_hash, **extra}  # fmt: skip
+    restored = entries.encode_system(1_700_000_000_000_000, "restored", detail)
+    write_entries(writer, [restored, entries.encode_system(1_700_000_000_000_001, "s", {})])
+    return writer
+
+
+def test_a_ledger_started_after_a_head_verifies_from_its_restored_entry(tmp_path):
+    head_hash = bytes(range(32))
+    writer = _restored_ledger(tmp_path, 41, head_hash, head_hash.hex())
+    assert [p.name for _f, p in list_segments(tmp_path)] == [fmt.segment_name(42)]
+    assert writer.next_seq == 44
+    result = verify_ledger(tmp_path)
+    assert result.ok, result.reason
+    assert (result.start.seq, result.start.hash) == (41, head_hash)
+    assert result.checkpoint_seq == 42 and result.entries == 2 and result.head_seq == 43
+    assert result.restored_from == {"endpoint": "s3.test", "bucket": "k", "box": "b"}
+    # A writer taking it up again continues after the last entry.
+    again = LedgerWriter(tmp_path, segment_bytes=65536).open()
+    assert again.next_seq == 44 and again.damage is None
+
+
+@pytest.mark.parametrize(
+    "detail_hash, extra",
+    [
+        ("ab" * 32, {}),  # records another hash than the segment starts from
+        (bytes(range(32)).hex(), {"head_only": False}),  # a full restore vouches for nothing
+    ],
+)
+def test_a_restored_entry_that_does_not_match_the_start_does_not_vouch(
+    tmp_path, detail_hash, extra
+):
+    _restored_ledger(tmp_path, 41, bytes(range(32)), detail_hash, **extra)
+    result = verify_ledger(tmp_path)
+    assert not result.ok and result.restored_from is None
+    assert "checkpoint" in (result.reason or ""), result.reason
+
+
+def test_start_ledger_at_refuses_a_ledger_and_a_head_before_seq_1(tmp_path):
+    with pytest.raises(ValueError):
+        start_ledger_at(tmp_path, Head(0, fmt.GENESIS_HASH))
+    start_ledger_at(tmp_path, Head(5, bytes(32)))
+    with pytest.raises(FileExistsError):
+        start_ledger_at(tmp_path, Head(9, bytes(32)))
+    assert [p.name for _f, p in list_segments(tmp_path)] == [fmt.segment_name(6)]

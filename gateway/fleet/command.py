@@ -46,6 +46,12 @@ def add_fleet_parser(sub, add_state_options) -> None:
     )
     add_state_options(p)
     p.add_argument("--box", required=True, help="the replaced box's name in the bucket")
+    p.add_argument(
+        "--head-only",
+        action="store_true",
+        help="take only the chain head (checked against a signed checkpoint); the earlier "
+        "entries stay in the store",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p = fsub.add_parser("check", help="compare this box's local segments with the store's")
     add_state_options(p)
@@ -149,16 +155,26 @@ def _restore(args: argparse.Namespace, config) -> int:
 
     client = _box_client(config)
     try:
-        detail = restore_box(client, args.box, config)
+        detail = restore_box(client, args.box, config, head_only=args.head_only)
     finally:
         client.close()
     if args.json:
         print(json.dumps(detail))
         return 0
-    print(
-        f"restored {detail['segments']} segments of {args.box}: the ledger continues after seq "
-        f"{detail['head_seq']} (hash {detail['head_hash'][:16]})"
-    )
+    if detail["head_only"]:
+        print(
+            f"restored the head of {args.box}: the ledger continues after seq "
+            f"{detail['head_seq']} (hash {detail['head_hash'][:16]}), on the chain of the "
+            f"checkpoint at seq {detail['checkpoint_seq']} signed by key "
+            f"{detail['key_fingerprint'][:16]} ({detail['key_from']}); seqs 1 to "
+            f"{detail['head_seq']} stay in the store ({detail['segments']} segments, "
+            f"{detail['segments_downloaded']} downloaded to check the head)"
+        )
+    else:
+        print(
+            f"restored {detail['segments']} segments of {args.box}: the ledger continues after "
+            f"seq {detail['head_seq']} (hash {detail['head_hash'][:16]})"
+        )
     if detail["lost"]:
         first, last = detail["lost"]
         print(

@@ -227,6 +227,7 @@ class Replicator:
         self._pending_bytes: dict[str, int] = {}
         self._segments_seen = ledger.writer.segments_created
         self._unsettled = True  # list once after start
+        self._walk_from = ""  # the oldest segment not yet seen sealed ("": from the first)
         self.client: S3Client | None = None
 
     # ---- loop side
@@ -261,8 +262,23 @@ class Replicator:
         self._wake.set()
 
     def _refresh_sealed(self) -> bool:
-        """Note when each sealed segment was first seen (the lag's clock); True if new ones."""
-        segments = list_segments(self.ledger_dir)
+        """Note when each sealed segment was first seen (the lag's clock); True if new ones.
+
+        On the loop at every seal: only the segments from the oldest one not yet
+        seen sealed on are looked at (names sort as their seqs), so a seal costs
+        the same with 10 or 1,000 segments on the card. Walking every segment
+        each time cost ~2 ms per seal with 800 of them (bench/RESULTS.md).
+        """
+        try:
+            names = os.listdir(self.ledger_dir)
+        except FileNotFoundError:
+            names = []
+        since = self._walk_from
+        segments = sorted(
+            (first, self.ledger_dir / name)
+            for name in names
+            if name >= since and (first := fmt.parse_segment_name(name)) is not None
+        )
         new = False
         now = self.loop.clock.monotonic()
         if not segments or segments[-1][1].name != self.ledger.writer.live_segment_name:
@@ -280,6 +296,7 @@ class Replicator:
                 except OSError:
                     self._pending_bytes[path.name] = 0
                 new = True
+            self._walk_from = _p.name  # every segment before the next one is seen sealed
         return new
 
     def keep_from(self) -> int:

@@ -71,6 +71,11 @@ log = logging.getLogger("gateway.ops")
 # The system entry names of retention (docs/ledger-format.md, "Retention").
 ARCHIVED = "archived"
 CHECKPOINT = "checkpoint"
+# `gateway fleet restore --head-only` starts a ledger after a replaced box's head
+# (its first segment starts after seq 1, as retention leaves one): the `restored`
+# entry with head_only true records that seq and hash, and vouches for the start
+# the way a checkpoint does (verify.py).
+RESTORED = "restored"
 
 STATE_FILE = "retention.json"
 # Entries read per step while catching up with the ledger (as the query index).
@@ -97,8 +102,11 @@ def remove_segment(path: Path) -> None:
 # --------------------------------------------------------------------------- ledger records
 
 
-def record_of(payload: bytes | memoryview) -> tuple[str, dict[str, Any]] | None:
-    """(name, detail) when `payload` is an `archived` or `checkpoint` system entry, else None.
+def record_of(
+    payload: bytes | memoryview, names: tuple[str, ...] = (ARCHIVED, CHECKPOINT)
+) -> tuple[str, dict[str, Any]] | None:
+    """(name, detail) when `payload` is a system entry named in `names` (by default
+    retention's own, `archived` and `checkpoint`), else None.
 
     Cheap for every other entry (verify calls it for each frame once retention
     matters): only payloads whose first RECORD_PREFIX_BYTES hold the bytes
@@ -113,7 +121,7 @@ def record_of(payload: bytes | memoryview) -> tuple[str, dict[str, Any]] | None:
     except Exception:  # undecodable is simply not a record (the chain hash judges damage)
         return None
     name, detail = entry.get("name"), entry.get("detail")
-    if entry.get("kind") != entries.SYSTEM or name not in (ARCHIVED, CHECKPOINT):
+    if entry.get("kind") != entries.SYSTEM or name not in names:
         return None
     return (name, detail) if isinstance(detail, dict) else None
 

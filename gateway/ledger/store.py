@@ -943,6 +943,31 @@ class LedgerWriter:
         self._durable_end = last.offset + len(last.data)
 
 
+def start_ledger_at(directory: Path, head: Head) -> Path:
+    """Begin an empty ledger after `head`: its first segment, holding only a header,
+    starts at seq head.seq + 1 and chains from head.hash.
+
+    For `gateway fleet restore --head-only`: the entries up to head.seq are kept
+    elsewhere (the fleet store), exactly as retention leaves a ledger whose
+    first segment starts after seq 1. LedgerWriter.open() then takes it up like
+    any other; the caller's first entry must vouch for the start (verify.py).
+    """
+    if head.seq < 1 or len(head.hash) != fmt.HASH_BYTES:
+        raise ValueError("a ledger is started after an entry: seq at least 1 and its chain hash")
+    directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    if list_segments(directory):
+        raise FileExistsError(f"{directory} already holds a ledger")
+    path = directory / fmt.segment_name(head.seq + 1)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SEGMENT_MODE)
+    try:
+        os.write(fd, fmt.encode_segment_header(head.seq + 1, head.hash))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_directory(directory)
+    return path
+
+
 def _header_damaged(path: Path) -> bool:
     with open(path, "rb") as f:
         try:

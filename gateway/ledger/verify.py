@@ -73,6 +73,9 @@ class VerifyResult:
     # Where the chain started: (0, GENESIS), or a retained checkpoint.
     start: Head = field(default_factory=lambda: Head(0, fmt.GENESIS_HASH))
     checkpoint_seq: int | None = None  # the `checkpoint` entry that vouches for `start`
+    # When that entry is a head-only restore's `restored`: where the earlier
+    # entries are (endpoint, bucket, box).
+    restored_from: dict[str, Any] | None = None
     archive: Path | None = None
     archived_segments: int = 0  # segments read from the archive
     overlaps: int = 0  # segments both archived and live (compared byte for byte)
@@ -91,6 +94,8 @@ class VerifyResult:
         }
         if self.checkpoint_seq is not None:
             out["from"]["checkpoint_seq"] = self.checkpoint_seq
+        if self.restored_from is not None:
+            out["from"]["restored_from"] = self.restored_from
         if self.losses:
             out["losses"] = [
                 {"first_seq": a, "last_seq": b, "segment": name} for a, b, name in self.losses
@@ -179,7 +184,7 @@ class _Records:
         self, frames: Iterator[tuple[int, int, memoryview, memoryview]]
     ) -> Iterator[tuple[int, int, memoryview, memoryview]]:
         for frame in frames:
-            found = retention.record_of(frame[2][fmt.FRAME_HEADER_BYTES :])
+            found = retention.record_of(frame[2][fmt.FRAME_HEADER_BYTES :], _RECORDS)
             if found is not None:
                 self.add(frame[1], *found)
             yield frame
@@ -187,8 +192,17 @@ class _Records:
     def add(self, seq: int, name: str, detail: dict[str, Any]) -> None:
         if name == retention.CHECKPOINT and _is_checkpoint(detail):
             self.checkpoints[detail["last_seq"]] = (seq, detail)
+        elif name == retention.RESTORED and detail.get("head_only") is True:
+            # A head-only restore: the ledger starts after the replaced box's head.
+            start = {**detail, "last_seq": detail.get("head_seq"), "hash": detail.get("head_hash")}
+            if _is_checkpoint(start):
+                self.checkpoints[start["last_seq"]] = (seq, start)
         elif name == retention.ARCHIVED:
             self.archived[str(detail.get("segment"))] = (seq, detail)
+
+
+# The system entries verify looks for: retention's, and a head-only restore's.
+_RECORDS = (retention.ARCHIVED, retention.CHECKPOINT, retention.RESTORED)
 
 
 def _is_checkpoint(detail: dict[str, Any]) -> bool:
@@ -274,7 +288,7 @@ def _clean_segment(path: Path, watch: bool) -> _Clean | None:
                     if mv[end - hash_bytes : end] != digest:
                         return None
                     if records is not None:
-                        found = retention.record_of(stored[hdr:])
+                        found = retention.record_of(stored[hdr:], _RECORDS)
                         if found is not None:
                             records.append((seq, *found))
                     prev = digest
@@ -549,6 +563,8 @@ def _check_start(result: VerifyResult, records: _Records) -> tuple[Head, int, st
         entry_seq, detail = found
         if detail.get("hash") == start.hash.hex():
             result.checkpoint_seq = entry_seq
+            if detail.get("head_only") is True:
+                result.restored_from = {k: detail.get(k) for k in ("endpoint", "bucket", "box")}
             return None
         recorded = Head(start.seq, bytes.fromhex(str(detail.get("hash"))))
         return (
