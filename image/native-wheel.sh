@@ -129,8 +129,9 @@ if [ "$host" != aarch64 ]; then
             die "cannot mount binfmt_misc on $bm (a container needs it from its host)"
     fi
     if ! grep -qx enabled "$bm/qemu-aarch64" 2>/dev/null; then
-        { update-binfmts --import qemu-aarch64 2>/dev/null || true; } &&
-            update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+        # Checked just below: either may fail when the other has done it.
+        update-binfmts --import qemu-aarch64 >/dev/null 2>&1 || true
+        update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
     fi
     grep -qx enabled "$bm/qemu-aarch64" 2>/dev/null ||
         die "qemu-aarch64 is not registered in $bm (update-binfmts --enable qemu-aarch64 failed)"

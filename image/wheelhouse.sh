@@ -57,7 +57,7 @@ shopt -s nullglob
 case "$kind" in
     native)
         "$root/image/native-wheel.sh" "$arch" dist
-        built=(dist/print_gateway-*-"${py_abi}-${py_abi}"-linux_"${arch}".whl)
+        built=(dist/print_gateway-*-"${py_abi}"-"${py_abi}"-linux_"${arch}".whl)
         # The native wheel's own tag (linux_ARCH: built on bookworm itself, not
         # manylinux) is accepted for it alone; it comes last, so that no
         # dependency is taken as a linux_ wheel when a manylinux one exists,
