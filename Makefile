@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-tools test-slow test-faults test-syslog test-php test-browser test-fleet php-vendor lint bench bench-print bench-peers bench-micro bench-query bench-soak bench-web clean distclean wheel wheel-native image image-check
+.PHONY: run test test-tools test-slow test-faults test-syslog test-php test-browser test-fleet test-fuzz php-vendor lint bench bench-print bench-peers bench-oneshot bench-micro bench-query bench-soak bench-web clean distclean wheel wheel-native image image-check
 
 # The native ingest core (gateway/native/) is compiled by this install when a C
 # compiler and the Python headers are present (setup.py); a change to its
@@ -92,6 +92,12 @@ test-fleet: $(STAMP)
 	fi
 	$(BIN)/python -m pytest -q -m fleet tests/test_fleet_store.py tests/test_fleet_replication.py
 
+# Seconds of fuzzing (libFuzzer -max_total_time); docs/native.md.
+FUZZ_SECONDS ?= 120
+## make test-fuzz: libFuzzer with ASan and UBSan on the native core's gw_scan (tests/fuzz/) for FUZZ_SECONDS (default 120) over tests/fuzz/corpus/; installs clang and libclang-rt-N-dev when root, fails without them; new inputs go to build/fuzz/new-corpus/, crashes to build/fuzz/artifacts/ (docs/native.md).
+test-fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) sh tests/fuzz/run.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check gateway board tests bench tools
 	$(BIN)/ruff format --check gateway board tests bench tools
@@ -113,6 +119,11 @@ bench-soak: $(STAMP)
 bench-peers: $(STAMP)
 	sh bench/peers-deps.sh || echo "bench-peers: rsyslog is missing; it is reported as not measured"
 	$(BIN)/python -m bench.peers
+
+## make bench-oneshot: one-shot connections (connect, hello, one event, its ack, close) from 16 clients, the gateway beside rsyslog imtcp; appends to bench/RESULTS.md (~1 min).
+bench-oneshot: $(STAMP)
+	sh bench/peers-deps.sh || echo "bench-oneshot: rsyslog is missing; it is reported as not measured"
+	$(BIN)/python -m bench.oneshot
 
 ## make bench-micro: pytest-benchmark micro-benchmarks of the hot functions (parser, CBOR, chain, frames, verify, renderers).
 bench-micro: $(STAMP)

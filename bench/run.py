@@ -40,9 +40,12 @@ The machine is shared: before each scenario the runner waits (up to --wait-quiet
 for other processes to go quiet, and reports in "other load" how many cores other
 processes used while the scenario ran.
 
-`--quick` runs each scenario for ~3 s instead of ~8-10 s. `--profile cprofile`
-or `--profile py-spy` instead runs scenario (a) alone with the gateway profiled
-and prints its hottest functions (nothing is appended to RESULTS.md).
+`--quick` runs each scenario for ~3 s instead of ~8-10 s. `--profile cprofile`,
+`--profile py-spy` or `--profile perf` instead runs scenario (a) alone with the
+gateway profiled and prints its hottest functions (nothing is appended to
+RESULTS.md). perf (Debian's linux-perf) samples the whole process, kernel
+included, by shared object and C symbol: the interpreter's own frames show as
+libpython, the native ingest core as _native.
 """
 
 from __future__ import annotations
@@ -109,6 +112,12 @@ STATUS_TIMEOUT_S = 10.0
 # polled every 10 ms, fine enough for the start-up times bench.curves reports.
 START_TIMEOUT_S = 20.0
 START_POLL_S = 0.01
+
+# --profile perf: samples per second (perf record -F). perf's own cost grows with
+# it; ~1,000 per second over 10 s is enough to rank the symbols above 0.5 %.
+PERF_FREQ = 999
+# Rows of perf report printed (by shared object, then by symbol).
+PERF_ROWS = 40
 
 # Configuration appended for the gateways that run with the query index off.
 INDEX_OFF = "index:\n  enabled: false\n"
@@ -216,8 +225,17 @@ class GatewayProcess:
         extra_config: str = "",
         env: dict[str, str] | None = None,
         min_sync_interval_ms: float = 0,
+        checkout: Path | None = None,
+        python: str | None = None,
+        fsync: str = "batch",
     ) -> None:
+        self.fsync = fsync  # ledger.fsync: "off" only to take the syncs out of a measurement
         self.state_dir = state_dir
+        # The gateway runs in (and imports from) this checkout, with this interpreter
+        # (bench.ab: another checkout with its own virtual environment); by default
+        # this tree and the interpreter running the benchmark.
+        self.checkout = checkout
+        self.python = python
         self.min_sync_interval_ms = min_sync_interval_ms  # ledger.min_sync_interval_ms
         self.port = port
         self.profile_out = profile_out
@@ -253,7 +271,7 @@ class GatewayProcess:
             "  max_connections: 2000\n"
             "  idle_timeout_s: 600\n"
             "ledger:\n"
-            "  fsync: batch\n"
+            f"  fsync: {self.fsync}\n"
             f"  min_sync_interval_ms: {self.min_sync_interval_ms}\n"
             "log:\n"
             "  level: info\n"
@@ -263,6 +281,8 @@ class GatewayProcess:
             "  check_sync: false\n" + self.extra_config
         )
         cmd = gateway_command("run", "--config", str(self.config))
+        if self.python is not None:
+            cmd[0] = self.python
         if self.profile_out is not None:
             cmd[1:1] = ["-m", "cProfile", "-o", str(self.profile_out)]
         self._log = open(self.log_path, "wb")  # noqa: SIM115
@@ -271,7 +291,7 @@ class GatewayProcess:
             cmd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            cwd=REPO,
+            cwd=self.checkout or REPO,
             env={**os.environ, **self.env},
         )
         deadline = t0 + START_TIMEOUT_S
@@ -921,14 +941,39 @@ def pyspy_top(raw: Path, n: int = 25) -> str:
     return "\n".join(lines)
 
 
+def perf_top(data: Path) -> str:
+    """perf report's self time by shared object, then by symbol (the top PERF_ROWS)."""
+    out = []
+    for sort in ("dso", "dso,sym"):
+        cmd = ["perf", "report", "-i", str(data), "--stdio", "--no-children", "-g", "none",
+               "--sort", sort, "--percent-limit", "0.3"]  # fmt: skip
+        text = subprocess.run(cmd, capture_output=True, text=True, timeout=300).stdout
+        rows = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        out += [f"by {sort}:", *rows[:PERF_ROWS], ""]
+    return "\n".join(out)
+
+
 def run_profile(args: argparse.Namespace, root: Path) -> int:
+    global QUIET_WAIT_S
     port = free_port()
     prof = root / "gateway.prof" if args.profile == "cprofile" else None
     gw = GatewayProcess(root / "state", port, profile_out=prof, extra_config=INDEX_OFF)
     gw.start()
     spy = None
     raw = root / "pyspy.txt"
+    perf_data = root / "perf.data"
+    # Wait for quiet before the profiler starts, not inside measure(): py-spy and perf
+    # record for a fixed time, which a wait would use up.
+    if QUIET_WAIT_S > 0:
+        wait_quiet(QUIET_WAIT_S)
+        QUIET_WAIT_S = 0
     try:
+        if args.profile == "perf":
+            spy = subprocess.Popen(
+                ["perf", "record", "-F", str(PERF_FREQ), "-g", "-p", str(gw.pid),
+                 "-o", str(perf_data), "--", "sleep", str(int(args.duration) + 1)],
+            )  # fmt: skip
+            time.sleep(0.5)
         if args.profile == "py-spy":
             spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             spy = subprocess.Popen(
@@ -944,7 +989,10 @@ def run_profile(args: argparse.Namespace, root: Path) -> int:
             spy.wait(60)
         gw.stop()
     print()
-    if prof is not None:
+    if args.profile == "perf":
+        print(perf_top(perf_data))
+        print(f"perf data: {perf_data}")
+    elif prof is not None:
         print(profile_top(prof))
         print(f"profile: {prof}")
     else:
@@ -965,7 +1013,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="state/log directory (default: a fresh temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the state directory afterwards")
     p.add_argument("--no-append", action="store_true", help="do not append to bench/RESULTS.md")
-    p.add_argument("--profile", choices=("cprofile", "py-spy"),
+    p.add_argument("--profile", choices=("cprofile", "py-spy", "perf"),
                    help="only scenario (a), with the gateway profiled")  # fmt: skip
     p.add_argument("--duration", type=float, default=10.0, help="(a) duration with --profile")
     p.add_argument(

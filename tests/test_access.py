@@ -281,3 +281,15 @@ def test_an_app_may_hold_two_tokens_while_one_is_rotated(tmp_path):
     single = load_config(path, tmp_path / "state")
     assert single.ingest.tokens == {"shop": (new,)}
     assert single.effective()["ingest"]["tokens"]["shop"].startswith("blake3:")
+
+
+def test_allow_list_verdicts_are_remembered_within_a_bound(monkeypatch):
+    from gateway.ingest import limits
+
+    monkeypatch.setattr(limits, "ALLOWED_MEMO_SIZE", 8)
+    policy = Policy(IngestConfig(allow=("10.0.0.0/8",)))
+    for round_ in range(3):
+        for i in range(20):
+            assert policy.allowed(f"10.0.0.{i}")
+            assert not policy.allowed(f"192.168.0.{i}")
+        assert len(policy._allowed) <= 8, round_

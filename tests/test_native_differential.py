@@ -1570,3 +1570,61 @@ def test_generated_numbers_and_strings_in_plain_events(native, numbers, strings,
         ('{"event_type":"x","o":{"a":' + numbers[-1] + ',"b":[' + values + "]}}").encode(),
     ]
     compare(setup, [with_hello(setup, lines_to_bytes(lines))], None)
+
+
+def _luhn_digit(digits: str) -> str:
+    """The check digit that makes digits + it Luhn-valid."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return str((10 - total % 10) % 10)
+
+
+_DIGIT_RUNS = st.builds(
+    lambda body, valid, seps, glue: (body, valid, seps, glue),
+    st.text("0123456789", min_size=11, max_size=21),
+    st.booleans(),
+    st.lists(st.sampled_from(["", "", " ", "-", "  ", "--", " -"]), min_size=21, max_size=21),
+    st.sampled_from(["", "x", "0", " ", "-"]),
+)
+
+
+def _card_text(run: tuple[str, bool, list[str], str]) -> str:
+    body, valid, seps, glue = run
+    digits = body + _luhn_digit(body) if valid else body
+    text = "".join(d + seps[i] for i, d in enumerate(digits[:-1])) + digits[-1]
+    return glue + text + glue
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    runs=st.lists(_DIGIT_RUNS, min_size=1, max_size=4),
+    where=st.sampled_from(["value", "key", "number"]),
+)
+def test_digit_runs_near_the_card_pattern(native, runs, where):
+    """The card screen decides on the Luhn sum itself: runs of 11 to 22 digits with
+    single and double separators, Luhn-valid or not, glued to other characters."""
+    texts = [_card_text(r) for r in runs]
+    if where == "value":
+        line = json.dumps({"event_type": "e", "note": " / ".join(texts)})
+    elif where == "key":
+        line = json.dumps({"event_type": "e", **{t: 1 for t in texts}})
+    else:
+        number = runs[0][0].lstrip("0") or "0"
+        line = f'{{"event_type":"e","n":{number}}}'
+    data = lines_to_bytes([line.encode()] * 2)
+    for mode in ("cards", "both"):
+        compare(
+            dataclasses.replace(Setup("cards"), hello=ACK, redact=mode), [ACK + b"\n", data], None
+        )
+
+
+def test_a_line_of_many_floats_encodes_past_its_own_length(native):
+    """A float's CBOR (9 bytes) outgrows its text (3): a line of them encodes to more
+    than twice its size, which the core's output bound once missed (a heap
+    overflow under AddressSanitizer; tests/fuzz/corpus holds the input)."""
+    for count in (1, 100, 14_000):
+        line = b'{"event_type":"e","a":[' + b",".join([b"1e5"] * count) + b"]}"
+        taken, _writes = compare(Setup("floats", hello=ACK), [ACK + b"\n", line + b"\n"], None)
+        assert taken == 1

@@ -8,6 +8,7 @@ with GATEWAY_GOLDEN=write after a deliberate change, and read the diff.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import os
 import unicodedata
@@ -19,7 +20,14 @@ from hypothesis import strategies as st
 
 from gateway.render.document import Line, layout
 from gateway.render.languages import PAGE_LINES, render
-from gateway.render.templates import daily_report, other_row, receipt, report_row, status_page
+from gateway.render.templates import (
+    daily_report,
+    other_row,
+    paper_checkpoint,
+    receipt,
+    report_row,
+    status_page,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 WIDTHS = (32, 42, 48, 80)
@@ -63,6 +71,15 @@ OTHERS = [
     other_row(5, {"kind": "printer", "received_at": RECEIVED + 90_000_000, "printer": "counter",
                   "state": "error", "error": "connection refused"}),
 ]  # fmt: skip
+# A signed checkpoint as a `signed_checkpoint` entry records it (seq 1 signed).
+SIGNED = {
+    "entry_seq": 1,
+    "seq": 1,
+    "hash": "5a" * 32,
+    "origin": "print-gateway/branch-7/1123050291ded24c",
+    "key_name": "print-gateway/branch-7",
+    "signature": base64.b64encode(bytes.fromhex("0a1b2c3d") + bytes(range(64))).decode(),
+}
 STATUS = {
     "version": "1.4.0",
     "health": "ok",
@@ -77,7 +94,15 @@ STATUS = {
 def documents():
     rows = [report_row(2, AUDIT), report_row(4, TICKET), report_row(6, REFUSED)]
     return {
-        "receipt": receipt("branch-7", 2, HASH, AUDIT, "COPY 1", zone_name=ZONE),
+        "receipt": receipt(
+            "branch-7",
+            2,
+            HASH,
+            AUDIT,
+            "COPY 1",
+            zone_name=ZONE,
+            checkpoint=paper_checkpoint(SIGNED),
+        ),
         "report": daily_report(
             "branch-7",
             "2026-12-01",
@@ -89,6 +114,7 @@ def documents():
             zone_name=ZONE,
             generated_us=NOW,
             others=OTHERS,
+            checkpoint=paper_checkpoint(SIGNED),
         ),
         "status": status_page("branch-7", STATUS, zone_name=ZONE, now_us=NOW),
     }

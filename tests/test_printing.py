@@ -850,3 +850,81 @@ def test_a_resolver_that_never_answers_does_not_hold_the_loop(gateways, monkeypa
         client.close()
     finally:
         release.set()
+
+
+def test_receipts_print_the_latest_signed_checkpoint_the_same_after_a_restart(gateways, tmp_path):
+    from gateway.printing.spool import prepare
+
+    out = tmp_path / "printed"
+    blocker = tmp_path / "blocked"
+    blocker.write_text("not a directory")  # every attempt fails: the jobs stay queued
+    config = gateways.config({"p": {"uri": f"file:{blocker}", "width": 80}})
+    gw, address = gateways.start(config)
+    send(address, [event_line(1)])
+    pump(gw, lambda: len(gw.spool.printers["p"].queue) == 1)
+    checkpoints = gw.fleet.checkpoints
+    checkpoints.sign("interval")
+    pump(gw, lambda: checkpoints.latest is not None)
+    short = checkpoints.statistics().latest_short.removeprefix("checkpoint ")
+    fingerprint = gw.fleet.identity.public.fingerprint[:16]
+    send(address, [event_line(2), event_line(3)])
+    pump(gw, lambda: len(gw.spool.printers["p"].queue) == 3)
+    queued = list(gw.spool.printers["p"].queue)
+    live = [prepare(gw.spool.context, config.printers["p"], job, None) for job in queued]
+    gateways.crash(gw)
+
+    # After the crash the spool rebuilds the jobs from the ledger: same bytes
+    # (the first is marked uncertain: it may have been on its way).
+    printers = {"p": PrinterConfig(uri=f"file:{out}", width=80)}
+    gw, _ = gateways.start(dataclasses.replace(config, printers=printers))
+    pump(gw, lambda: len(outcomes(gw)) == 3)
+    printed = [(out / f).read_bytes() for f in printed_files(out)]
+    assert printed[1:] == live[1:]
+    first, *later = [p.decode() for p in printed]
+    assert "checkpoint:" not in first  # none was signed before the first event
+    for text in later:
+        assert f"checkpoint: {short}" in text
+        assert f"box key: test-gw {fingerprint}" in text
+
+
+def test_a_report_and_a_reprint_print_the_signed_checkpoint_before_their_entry(gateways, tmp_path):
+    from gateway.printing.reports import collect_day
+    from gateway.render.languages import render
+    from gateway.render.templates import daily_report
+
+    out = tmp_path / "printed"
+    config = gateways.config({"p": {"uri": f"file:{out}", "width": 80}})
+    gw, address = gateways.start(config)
+    send(address, [event_line(1)])
+    pump(gw, lambda: len(outcomes(gw)) == 1)
+    checkpoints = gw.fleet.checkpoints
+    signed_at = checkpoints.sign("interval")
+    pump(gw, lambda: checkpoints.latest is not None)
+    short = checkpoints.statistics().latest_short.removeprefix("checkpoint ")
+    send(address, [event_line(2)])
+    pump(gw, lambda: len(outcomes(gw)) == 2)
+    events = [e["seq"] for e in ledger(gw) if e["kind"] == "event"]
+    assert events[0] < signed_at < events[1]
+    # A checkpoint signed after the day's last entry is not the one printed.
+    checkpoints.sign("interval")
+    pump(gw, lambda: checkpoints.latest[0] > signed_at)
+    answers = []
+    gw.spool.request_report(dt.date.today(), "p", "test", answers.append)
+    gw.spool.request_reprint(events[1], "p", "test", answers.append)
+    gw.spool.request_reprint(events[0], "p", "test", answers.append)
+    pump(gw, lambda: len(answers) == 3 and len(outcomes(gw)) == 5)
+    files = printed_files(out)
+    report = next((out / f).read_text() for f in files if "report" in f)
+    assert "latest signed checkpoint before it:" in report
+    assert f"checkpoint: {short}" in report
+    reprints = [(out / f).read_text() for f in files if "reprint" in f]
+    assert f"checkpoint: {short}" in reprints[0]  # of the event after the checkpoint
+    assert "checkpoint:" not in reprints[1]  # of the event before any
+    (entry,) = [e for e in ledger(gw) if e["kind"] == "reprint" and e["event_seq"] == events[1]]
+    assert entry["checkpoint"]["entry_seq"] == signed_at
+    # The preview from the ledger prints the same checkpoint.
+    rows, first, last, last_hash = collect_day(config.ledger_dir, dt.date.today())
+    preview = render(
+        daily_report("test-gw", "d", None, rows, first, last, last_hash), "text", 80
+    ).decode()
+    assert f"checkpoint: {short}" in preview

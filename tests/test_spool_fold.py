@@ -2,13 +2,17 @@
 
 A Hypothesis state machine writes events, reprint and report requests, print
 outcomes and routing changes into an in-memory ledger, takes checkpoints, and
-restarts at random (from the latest checkpoint, an older one, or none). After
+restarts at random (from the latest checkpoint, an older one, or none); signed
+checkpoints are recorded among them, and each receipt must carry the latest
+one recorded before its event (what its paper prints). After
 every step the live fold is checked against a model of what is owed, and at
 every restart the rebuilt fold must equal the live one: no receipt owed twice,
 none forgotten, the same report numbering and last receipt.
 """
 
 from __future__ import annotations
+
+import json
 
 import hypothesis.strategies as st
 from blake3 import blake3
@@ -33,6 +37,8 @@ class FoldMachine(RuleBasedStateMachine):
         self.model_owed: dict[str, int] = {}  # job id -> origin seq
         self.model_routing = False
         self.events: list[int] = []
+        self.model_checkpoints: list[int] = []  # seqs of signed_checkpoint entries
+        self.model_receipt_checkpoint: dict[str, int | None] = {}  # receipt id -> its entry seq
 
     def append(self, entry: dict) -> int:
         seq = len(self.ledger) + 1
@@ -58,6 +64,22 @@ class FoldMachine(RuleBasedStateMachine):
         if self.model_routing:
             for printer in router({"event_type": event_type}):
                 self.model_owed[f"{seq}/{printer}"] = seq
+                latest = self.model_checkpoints[-1] if self.model_checkpoints else None
+                self.model_receipt_checkpoint[f"{seq}/{printer}"] = latest
+
+    @rule()
+    def signed_checkpoint(self) -> None:
+        head = len(self.ledger)
+        detail = {
+            "seq": head,
+            "hash": "ab" * 32,
+            "origin": "print-gateway/b/0123456789abcdef",
+            "key_name": "print-gateway/b",
+            "signature": f"sig{head}",
+            "reason": "interval",
+        }
+        seq = self.append({"kind": "system", "name": "signed_checkpoint", "detail": detail})
+        self.model_checkpoints.append(seq)
 
     @precondition(lambda self: self.events)
     @rule(data=st.data())
@@ -98,7 +120,8 @@ class FoldMachine(RuleBasedStateMachine):
     def restart(self, which: str) -> None:
         checkpoint = None
         if self.checkpoints and which != "none":
-            checkpoint = self.checkpoints[-1 if which == "latest" else 0]
+            # As spool.json keeps it.
+            checkpoint = json.loads(json.dumps(self.checkpoints[-1 if which == "latest" else 0]))
         rebuilt = SpoolFold(router, checkpoint)
         floor = rebuilt.floor_hint
         rebuilt.fold(item for item in self.ledger if item[0] >= floor)
@@ -110,6 +133,10 @@ class FoldMachine(RuleBasedStateMachine):
     @invariant()
     def owed_as_the_model_says(self) -> None:
         assert {j: job.origin for j, job in self.live.owed.items()} == self.model_owed
+        for job_id, job in self.live.owed.items():
+            if job.type == "receipt":
+                carried = job.checkpoint["entry_seq"] if job.checkpoint else None
+                assert carried == self.model_receipt_checkpoint[job_id], job_id
         assert self.live.floor() <= min(self.model_owed.values(), default=len(self.ledger) + 1)
 
 
@@ -129,3 +156,27 @@ def test_a_receipt_is_owed_only_for_events_received_while_routing_was_on():
     assert fold.apply(1, b"h" * 32, {"kind": "event", "event": {"event_type": "a"}}) == []
     fold.apply(2, b"h" * 32, {"kind": "system", "name": "started", "detail": {"printing": True}})
     assert len(fold.apply(3, b"h" * 32, {"kind": "event", "event": {"event_type": "b"}})) == 2
+
+
+def test_a_receipt_carries_the_latest_signed_checkpoint_before_its_event():
+    fold = SpoolFold(router)
+    fold.apply(1, b"h" * 32, {"kind": "system", "name": "started", "detail": {"printing": True}})
+    assert (
+        fold.apply(2, b"h" * 32, {"kind": "event", "event": {"event_type": "a"}})[0].checkpoint
+        is None
+    )
+    detail = {"seq": 2, "hash": "ab" * 32, "origin": "print-gateway/b/0123456789abcdef",
+              "key_name": "print-gateway/b", "signature": "c2ln", "reason": "interval"}  # fmt: skip
+    fold.apply(3, b"h" * 32, {"kind": "system", "name": "signed_checkpoint", "detail": detail})
+    (job,) = fold.apply(4, b"h" * 32, {"kind": "event", "event": {"event_type": "a"}})
+    assert job.checkpoint == {"entry_seq": 3, **{k: detail[k] for k in detail if k != "reason"}}
+    # The hint at a floor of 4 starts a rebuilt fold with the checkpoint of seq 3.
+    hint = fold.checkpoint()
+    assert hint["floor"] == 2 and hint["signed_checkpoint"] is None
+    fold.apply(5, b"h" * 32, {"kind": "print", "job": "2/p1", "outcome": "printed",
+                              "type": "receipt", "seqs": [2], "printer": "p1"})  # fmt: skip
+    hint = fold.checkpoint()
+    assert hint["floor"] == 4 and hint["signed_checkpoint"]["entry_seq"] == 3
+    rebuilt = SpoolFold(router, hint)
+    rebuilt.apply(4, b"h" * 32, {"kind": "event", "event": {"event_type": "a"}})
+    assert rebuilt.owed["4/p1"].checkpoint == job.checkpoint

@@ -23,6 +23,8 @@ refuses over 15 minutes of skew, and the retain-until date would be wrong).
 from __future__ import annotations
 
 import collections
+import ctypes
+import ctypes.util
 import datetime as dt
 import hashlib
 import itertools
@@ -31,6 +33,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,14 @@ from blake3 import blake3
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.fleet.identity import BoxIdentity
-from gateway.fleet.s3 import S3Client, S3Error, S3Unavailable, digests, load_credentials
+from gateway.fleet.s3 import (
+    SEND_CHUNK_BYTES,
+    S3Client,
+    S3Error,
+    S3Unavailable,
+    digests,
+    load_credentials,
+)
 from gateway.ledger import format as fmt
 from gateway.ledger.commit import DurableBatch, Ledger
 from gateway.ledger.store import SegmentReader, list_segments
@@ -60,14 +70,37 @@ IDLE_RESCAN_S = 30.0
 # A read-back retain-until may be this much earlier than the date asked for
 # (stores keep whole seconds; clocks of store and box differ a little).
 RETAIN_SLACK_S = 120
-# Segments are hashed in 1 MiB pieces (memory flat at any segment size).
-HASH_CHUNK_BYTES = 1024 * 1024
+# Segments are hashed and walked in 64 KiB pieces, the size they are sent in
+# (memory flat at any segment size). Each piece stays under glibc's initial
+# mmap threshold (128 KiB): a larger transient buffer (a 1 MiB hashing read, the
+# segment reader's 4 MiB chunk) is mmapped once, and freeing it raises the
+# threshold, after which every such buffer comes from the heap and fragments it;
+# a `gateway run` replicating a backlog grew by ~1 MB of freed-but-kept heap per
+# 1 MiB segment that way (bench/RESULTS.md, fleet section; docs/fleet.md).
+HASH_CHUNK_BYTES = SEND_CHUNK_BYTES
 # The thread is given this long to finish its request at close.
 CLOSE_TIMEOUT_S = 10.0
 LOCK_MODE = "COMPLIANCE"
 # The upload thread's nice value (the loop keeps 0): 10 is what background
 # work such as logrotate and man-db get on Debian.
 UPLOADER_NICE = 10
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim(0), or a no-op where there is none (musl, other systems)."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0) and None
+
+
+# After each segment the thread hands the whole pages of free heap chunks
+# back to the kernel: what replicating frees is mostly in holes between small
+# live allocations that glibc keeps (docs/fleet.md, "Memory").
+release_free_heap = _malloc_trim()
 
 
 def segment_key(box: str, name: str) -> str:
@@ -111,17 +144,23 @@ class SegmentFacts:
 
 
 def segment_facts(path: Path) -> SegmentFacts:
-    """Seqs and hashes of a sealed segment, and its BLAKE3 and MD5 (one read)."""
+    """Seqs and hashes of a sealed segment, and its BLAKE3 and MD5.
+
+    Two passes over the file, each in HASH_CHUNK_BYTES pieces: the digests read
+    into one buffer, the frames are walked with a reader of that chunk size.
+    """
     b3 = blake3()
     md5 = hashlib.md5()
     size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            b3.update(chunk)
-            md5.update(chunk)
-            size += len(chunk)
+    buffer = memoryview(bytearray(HASH_CHUNK_BYTES))
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            piece = buffer[:n]
+            b3.update(piece)
+            md5.update(piece)
+            size += n
     last_seq, last_hash = 0, b""
-    with SegmentReader(path) as reader:
+    with SegmentReader(path, chunk_bytes=HASH_CHUNK_BYTES) as reader:
         header = reader.read_header()
         last_seq, last_hash = header.first_seq - 1, header.prev_hash
         for _offset, seq, _stored, chain in reader.frames():
@@ -443,3 +482,4 @@ class Replicator:
                 store.setdefault(meta_key, []).append(self._put_locked(meta_key, meta, pace))
             done.add(path.name)
             self._report(confirm=(path.name, facts.md5))
+            release_free_heap()

@@ -12,6 +12,11 @@ from collections import Counter
 
 from gateway.config import IngestConfig, token_list
 
+# Verdicts of the allow list remembered per peer address (a branch's apps
+# connect from a handful of addresses, again and again); past this many the
+# memo is cleared, so memory stays bounded whatever the number of peers.
+ALLOWED_MEMO_SIZE = 1024
+
 
 class Policy:
     def __init__(self, config: IngestConfig) -> None:
@@ -26,8 +31,18 @@ class Policy:
         rate = config.rate_limit_eps
         burst = config.rate_burst or max(1, round(rate))
         self.buckets = TokenBuckets(rate, burst) if rate else None
+        self._allowed: dict[str, bool] = {}
 
     def allowed(self, addr: str) -> bool:
+        """Whether `addr` is in the allow list (parsed once per address)."""
+        known = self._allowed.get(addr)
+        if known is None:
+            if len(self._allowed) >= ALLOWED_MEMO_SIZE:
+                self._allowed.clear()
+            known = self._allowed[addr] = self._check(addr)
+        return known
+
+    def _check(self, addr: str) -> bool:
         try:
             ip = ipaddress.ip_address(addr.split("%", 1)[0])  # drop an IPv6 zone
         except ValueError:

@@ -131,6 +131,7 @@ struct check {
     const uint8_t *p, *e;
     struct scratch *sc;
     struct field event_type, timestamp;
+    size_t floats; /* each takes 9 bytes of CBOR from as few as 3 of text */
 };
 
 static inline int is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
@@ -331,6 +332,7 @@ static int check_number(struct check *c)
         double d = strtod_l(text, NULL, c_locale);
         if (isinf(d))
             return SLOW; /* out of range: refused by the reference */
+        c->floats++;
     }
     c->p = p;
     return OK;
@@ -832,22 +834,60 @@ static int is_blank_line(const uint8_t *p, size_t n)
 }
 
 /* With cards redacted: could redact.py's might_need say "maybe"? It does for
- * a \u escape, and for a Luhn-valid match of its card pattern, 13 to 19
- * digits with at most one space or dash between two of them. Such a match
- * lies within one chain of digits joined by single separators, so a line
- * whose chains all hold fewer than 13 digits holds none; any longer chain is
- * left to the reference, which checks the pattern and the Luhn sum. */
+ * a \u escape, and for a Luhn-valid match of its card pattern:
+ * (?<!\d)\d(?:[ -]?\d){12,18}(?!\d), 13 to 19 digits with at most one space
+ * or dash between two of them, starting where a group of digits starts and
+ * ending where one ends. Every such substring is checked here (a superset of
+ * the matches the reference's finditer meets), so a line where none is
+ * Luhn-valid holds no card number for the reference either; any other line
+ * is left to it. */
+#define CARD_MIN_DIGITS 13
+#define CARD_MAX_DIGITS 19
+
+static int luhn_ok(const uint8_t *digits, size_t n)
+{
+    unsigned total = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned d = digits[n - 1 - i];
+        if (i % 2) {
+            d *= 2;
+            if (d > 9)
+                d -= 9;
+        }
+        total += d;
+    }
+    return total % 10 == 0;
+}
+
 static int may_hold_card(const uint8_t *p, size_t n)
 {
-    size_t chain = 0;
-    int after_separator = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint8_t c = p[i];
+    /* The chain's last CARD_MAX_DIGITS digits, and which of them start a group. */
+    uint8_t digit[CARD_MAX_DIGITS], starts[CARD_MAX_DIGITS];
+    size_t chain = 0; /* digits in the chain so far */
+    int after_separator = 0, in_group = 0;
+    for (size_t i = 0; i <= n; i++) {
+        uint8_t c = i < n ? p[i] : 0;
         if (c >= '0' && c <= '9') {
-            if (++chain >= 13)
-                return 1;
+            if (chain == CARD_MAX_DIGITS) { /* keep the last 19 */
+                memmove(digit, digit + 1, CARD_MAX_DIGITS - 1);
+                memmove(starts, starts + 1, CARD_MAX_DIGITS - 1);
+                chain--;
+            }
+            digit[chain] = (uint8_t)(c - '0');
+            starts[chain] = !in_group;
+            chain++;
+            in_group = 1;
             after_separator = 0;
-        } else if (c == ' ' || c == '-') {
+            continue;
+        }
+        if (in_group && chain >= CARD_MIN_DIGITS) {
+            /* A group ends here: every match ending here starts at a group start. */
+            for (size_t k = CARD_MIN_DIGITS; k <= chain; k++)
+                if (starts[chain - k] && luhn_ok(digit + chain - k, k))
+                    return 1;
+        }
+        in_group = 0;
+        if (c == ' ' || c == '-') {
             if (after_separator)
                 chain = 0; /* two separators in a row end a chain */
             after_separator = 1;
@@ -882,9 +922,11 @@ static int take_line(const struct gw_config *cfg, const uint8_t *line, size_t n,
     uint8_t flags;
     if (flags_of(&c, cfg, &flags) != OK)
         return SLOW;
-    /* The encoding is never longer than the line's text plus per-item heads:
-     * each item is at least one byte of text and at most 9 bytes of head more. */
-    size_t bound = cfg->head_len + n + 9 * (sc->n + 1) + FLAGS_MAX_BYTES;
+    /* The encoding is never longer than the line's text plus 9 bytes for each
+     * container, string and float: an integer, a literal and a string's
+     * content take no more bytes than their text, a head at most 9, and a
+     * float 9 from a text of at least 3. */
+    size_t bound = cfg->head_len + n + 9 * (sc->n + c.floats + 1) + FLAGS_MAX_BYTES;
     if (buf_reserve(frames, FRAME_HEADER_BYTES + bound + GW_HASH_BYTES) < 0)
         return NOMEM;
     uint8_t *frame = frames->data + frames->len;

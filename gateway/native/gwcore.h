@@ -64,8 +64,9 @@ struct gw_config {
     int unsynced;          /* append clock_unsynced to every event's flags */
     /* Redaction (0 literals and cards 0: redaction off). A key holding one of
      * the literals (lower-case ASCII), or any non-ASCII key, goes to Python;
-     * with cards, so does a line with a \u escape or 13 digits joined by
-     * single spaces or dashes (a card number may be there). */
+     * with cards, so does a line with a \u escape or with a Luhn-valid run of
+     * 13 to 19 digits joined by single spaces or dashes, from the start of a
+     * group of digits to the end of one (a card number may be there). */
     int redact;
     int cards;
     const char *const *literals;

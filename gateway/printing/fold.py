@@ -16,6 +16,9 @@ What the state holds:
   `reprint`, `report` and `status_page` entries.
 - the report numbering (the highest number and date seen) and the last
   printed receipt (what a button press reprints).
+- the latest `signed_checkpoint` entry folded (gateway/fleet/checkpoints.py):
+  each receipt job carries the one recorded before its event, which its paper
+  prints (docs/printing.md), the same live and after a restart.
 
 A checkpoint (`checkpoint()`, kept in spool.json as a hint) holds the floor, the
 lowest origin seq of any owed job, and what the fold knew before it: a
@@ -29,12 +32,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.fleet.checkpoints import SIGNED_CHECKPOINT
 from gateway.ledger import entries
 
 __all__ = ["REQUEST_KINDS", "Job", "SpoolFold", "receipt_job", "request_job"]
 
 # Memory a job is charged beyond its entry data (its bookkeeping).
 JOB_OVERHEAD_BYTES = 256
+# What a receipt keeps of the checkpoint it prints: the note's parts
+# (gateway/fleet/note.py, note_from_entry) and the seq of the entry.
+CHECKPOINT_FIELDS = ("seq", "hash", "origin", "key_name", "signature")
 
 REQUEST_KINDS = {
     entries.REPRINT: "reprint",
@@ -57,6 +64,9 @@ class Job:
     attempts: int = 0
     sent: int = 0
     conn: int | None = None  # receipt: the ingest connection id, read from the entry once
+    # The latest signed checkpoint recorded before the origin entry (None: none):
+    # a receipt prints it; the fold's checkpoint takes the floor job's.
+    checkpoint: dict[str, Any] | None = None
 
     @property
     def size(self) -> int:
@@ -64,11 +74,38 @@ class Job:
 
     def key(self) -> tuple:
         """What identifies the job and what it prints (not its delivery progress)."""
-        return (self.id, self.type, self.printer, self.origin, self.seqs, self.hash_hex)
+        checkpoint = self.checkpoint["entry_seq"] if self.checkpoint else None
+        return (self.id, self.type, self.printer, self.origin, self.seqs, self.hash_hex, checkpoint)
 
 
-def receipt_job(seq: int, printer: str, payload: bytes, chain_hash: bytes) -> Job:
-    return Job(f"{seq}/{printer}", "receipt", printer, seq, (seq,), {}, payload, chain_hash.hex())
+def receipt_job(
+    seq: int,
+    printer: str,
+    payload: bytes,
+    chain_hash: bytes,
+    checkpoint: dict[str, Any] | None = None,
+) -> Job:
+    return Job(
+        f"{seq}/{printer}",
+        "receipt",
+        printer,
+        seq,
+        (seq,),
+        {},
+        payload,
+        chain_hash.hex(),
+        checkpoint=checkpoint,
+    )
+
+
+def checkpoint_of(seq: int, entry: dict[str, Any]) -> dict[str, Any] | None:
+    """What paper needs of a `signed_checkpoint` system entry at `seq` (None: not one)."""
+    if entry.get("kind") != entries.SYSTEM or entry.get("name") != SIGNED_CHECKPOINT:
+        return None
+    detail = entry.get("detail")
+    if not isinstance(detail, dict) or not all(k in detail for k in CHECKPOINT_FIELDS):
+        return None
+    return {"entry_seq": seq, **{k: detail[k] for k in CHECKPOINT_FIELDS}}
 
 
 def request_job(seq: int, entry: dict[str, Any]) -> Job:
@@ -103,6 +140,8 @@ class SpoolFold:
         last = cp.get("last_receipt")
         self.last_receipt: tuple[int, str] | None = (int(last[0]), str(last[1])) if last else None
         self.head = self.floor_hint - 1  # the last seq folded in
+        # The latest signed checkpoint folded in (before the floor: the hint's).
+        self.signed_checkpoint: dict[str, Any] | None = cp.get("signed_checkpoint") or None
         # (seq, routing) whenever routing changed, so that the checkpoint can
         # say what routing was at its floor; trimmed below the floor.
         self._routing_at: list[tuple[int, bool]] = [(self.head, self.routing)]
@@ -119,7 +158,10 @@ class SpoolFold:
             event = entry.get("event")
             if not isinstance(event, dict):
                 return []
-            made = [receipt_job(seq, name, payload, chain_hash) for name in self.router(event)]
+            made = [
+                receipt_job(seq, name, payload, chain_hash, self.signed_checkpoint)
+                for name in self.router(event)
+            ]
             for job in made:
                 self.owed[job.id] = job
             return made
@@ -136,6 +178,7 @@ class SpoolFold:
             return []
         if kind in REQUEST_KINDS:
             job = request_job(seq, entry)
+            job.checkpoint = self.signed_checkpoint
             self.owed[job.id] = job
             if job.type == "report":
                 self.report_number = max(self.report_number, int(entry["number"]))
@@ -143,6 +186,10 @@ class SpoolFold:
                 if self.report_date is None or date > self.report_date:
                     self.report_date = date
             return [job]
+        checkpoint = checkpoint_of(seq, entry)
+        if checkpoint is not None:
+            self.signed_checkpoint = checkpoint
+            return []
         if kind == entries.SYSTEM and entry.get("name") in ("started", "reloaded"):
             detail = entry.get("detail")
             routing = isinstance(detail, dict) and detail.get("printing") is True
@@ -174,6 +221,10 @@ class SpoolFold:
                 routing = value
         # Changes below the floor are no longer needed (but the one in force there).
         self._routing_at = [(floor - 1, routing)] + [c for c in self._routing_at if c[0] >= floor]
+        # Every owed job carries the latest checkpoint recorded before its
+        # origin: the floor's job has the one a fold from the floor starts with.
+        at_floor = [job for job in self.owed.values() if job.origin == floor]
+        signed = at_floor[0].checkpoint if at_floor else self.signed_checkpoint
         return {
             "version": 2,
             "floor": floor,
@@ -181,6 +232,9 @@ class SpoolFold:
             "report_number": self.report_number,
             "report_date": self.report_date.isoformat() if self.report_date else None,
             "last_receipt": list(self.last_receipt) if self.last_receipt else None,
+            # The latest signed checkpoint recorded below the floor (what a
+            # receipt folded from the floor on prints until the next one).
+            "signed_checkpoint": signed,
         }
 
     def state(self) -> dict[str, Any]:
@@ -191,4 +245,5 @@ class SpoolFold:
             "report_number": self.report_number,
             "report_date": self.report_date,
             "last_receipt": self.last_receipt,
+            "signed_checkpoint": self.signed_checkpoint,
         }

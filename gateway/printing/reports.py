@@ -14,6 +14,7 @@ from pathlib import Path
 from gateway import zone
 from gateway.ledger import entries
 from gateway.ledger.store import LedgerReader, list_segments
+from gateway.printing.fold import checkpoint_of
 from gateway.render.templates import DayEntries, other_row, report_row
 
 
@@ -48,9 +49,11 @@ def collect_day(
     """The day's rows (events and refused lines received that day) and its other entries.
 
     Returns (rows, first seq, last seq, chain hash at the last seq); `rows`
-    also carries the day's other entries (system events, print records, ...)
-    and the zone's name. The scan starts at the last segment that began before
-    the day, so a report reads about one segment, not the whole ledger;
+    also carries the day's other entries (system events, print records, ...),
+    the zone's name, and the latest `signed_checkpoint` entry recorded before
+    the last row among the entries read (`rows.checkpoint`, None if none).
+    The scan starts at the last segment that began before the day, so a report
+    reads about one segment, not the whole ledger;
     `from_seq` and `to_seq` bound the rows (a numbered report's, as recorded).
     "Received that day" is by the gateway's clock, as recorded in each entry,
     in `zone_name` (default report_zone()).
@@ -70,8 +73,10 @@ def collect_day(
     rows = DayEntries(zone_name=zone_name)
     first_seq = last_seq = None
     last_hash = None
+    signed = None  # the latest signed checkpoint read so far
     for seq, payload, chain_hash in LedgerReader(ledger_dir).entries(scan_from, to_seq):
         entry = entries.decode(payload)
+        signed = checkpoint_of(seq, entry) or signed
         received = entry.get("received_at")
         if not isinstance(received, int) or not start_us <= received < end_us:
             continue
@@ -81,6 +86,7 @@ def collect_day(
         if from_seq is not None and seq < from_seq:
             continue
         rows.append(report_row(seq, entry))
+        rows.checkpoint = signed
         if first_seq is None:
             first_seq = seq
         last_seq = seq

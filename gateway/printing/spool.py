@@ -38,11 +38,11 @@ from gateway.config import Config, PrinterConfig
 from gateway.errors import LedgerError
 from gateway.ledger import entries
 from gateway.ledger.commit import DurableBatch, Ledger
-from gateway.ledger.store import LedgerReader
+from gateway.ledger.store import LedgerReader, list_segments
 from gateway.logs import RateLimitedLog
 from gateway.loop import EventLoop, Timer
 from gateway.printing import reports
-from gateway.printing.fold import Job, SpoolFold, request_job
+from gateway.printing.fold import Job, SpoolFold, checkpoint_of, request_job
 from gateway.printing.transports import TRANSPORTS, Result
 from gateway.printing.uri import PrinterURI, parse_uri
 from gateway.render import templates
@@ -275,6 +275,14 @@ class Printer:
         return fields
 
 
+# A reprint looks for the latest signed checkpoint before its event in the
+# event's segment and the one before it, once, when it is requested (the
+# reprint entry records what it found): with checkpoints on one is recorded
+# every checkpoints.interval_s while entries arrive and at each seal when
+# replicating, so two segments hold one unless the box signs nothing.
+REPRINT_CHECKPOINT_SEGMENTS = 2
+
+
 @dataclass(frozen=True)
 class Context:
     """What the worker thread needs to prepare jobs (immutable, shared)."""
@@ -293,10 +301,20 @@ def prepare(
         payload, hash_hex = job.payload, job.hash_hex
         if not payload:
             payload, hash_hex = read_entry(context.ledger_dir, seq)
+        # A receipt prints the checkpoint its fold found; a reprint the one its entry records.
+        signed = job.checkpoint
         if job.type == "reprint":
             copy = f"COPY {job.request.get('copy', 1)}"
             mark = f"{copy} - {mark}" if mark else copy
-        doc = templates.receipt(context.name, seq, hash_hex, entries.decode(payload), mark)
+            signed = job.request.get("checkpoint")
+        doc = templates.receipt(
+            context.name,
+            seq,
+            hash_hex,
+            entries.decode(payload),
+            mark,
+            checkpoint=templates.paper_checkpoint(signed),
+        )
     elif job.type == "report":
         r = job.request
         date = dt.date.fromisoformat(r["date"])
@@ -319,6 +337,25 @@ def prepare(
     else:
         raise ValueError(f"unknown job type {job.type!r}")
     return render(doc, printer.language, printer.width)
+
+
+def checkpoint_before(
+    ledger_dir: Path, seq: int, segments: int = REPRINT_CHECKPOINT_SEGMENTS
+) -> dict[str, Any] | None:
+    """The latest `signed_checkpoint` entry before `seq`, looked for in the segment
+    holding `seq` and the `segments` - 1 before it (None: none there)."""
+    firsts = [first for first, _path in list_segments(ledger_dir) if first < seq]
+    end = seq - 1
+    for first in reversed(firsts[-segments:]):
+        found = None
+        for at, payload, _hash in LedgerReader(ledger_dir).entries(first, end):
+            raw = bytes(payload)
+            if b"signed_checkpoint" in raw:  # a cheap filter, then decode
+                found = checkpoint_of(at, entries.decode(raw)) or found
+        if found is not None:
+            return found
+        end = first - 1
+    return None
 
 
 def read_entry(ledger_dir: Path, seq: int) -> tuple[bytes, str]:
@@ -480,7 +517,7 @@ class Spool:
             return
         ledger_dir = self.config.ledger_dir
 
-        def find() -> tuple[bytes, str, int]:
+        def find() -> tuple[bytes, str, int, dict[str, Any] | None]:
             payload, hash_hex = read_entry(ledger_dir, seq)
             if entries.decode(payload).get("kind") != entries.EVENT:
                 raise LedgerError(f"seq {seq} is not an event")
@@ -490,14 +527,16 @@ class Spool:
                     e = entries.decode(later)
                     if e.get("kind") == entries.REPRINT and e.get("event_seq") == seq:
                         copies += 1
-            return payload, hash_hex, copies
+            return payload, hash_hex, copies, checkpoint_before(ledger_dir, seq)
 
         def found(result: Any, exc: BaseException | None) -> None:
             if exc is not None:
                 reply({"ok": False, "error": str(exc)})
                 return
-            payload, hash_hex, copies = result
+            payload, hash_hex, copies, signed = result
             fields = {"printer": name, "event_seq": seq, "copy": copies + 1, "hash": hash_hex}
+            if signed is not None:
+                fields["checkpoint"] = signed
             job = self._request(entries.REPRINT, {**fields, "requested_by": by})
             self._prefetched[job.id] = (payload, hash_hex)  # no second read to print it
             reply({"ok": True, "job": job.id, "seq": seq, "copy": copies + 1})

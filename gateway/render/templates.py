@@ -65,6 +65,42 @@ NOT_EVENTS = {
 SYSTEM_KINDS = ("system", "printer")
 
 
+@dataclass(frozen=True)
+class PaperCheckpoint:
+    """A signed checkpoint as paper shows it (docs/fleet.md, "Signed checkpoints")."""
+
+    short: str  # "<seq>:<16 hex digits of the head hash> sig <8 hex digits of the signature>"
+    box: str
+    fingerprint: str  # the box key fingerprint's first 16 hex digits (the origin's)
+
+
+def paper_checkpoint(recorded: dict[str, Any] | None) -> PaperCheckpoint | None:
+    """The short form of a `signed_checkpoint` entry's note parts (None: none, or unreadable).
+
+    The same short form as `gateway status` shows (gateway/fleet/note.py,
+    Checkpoint.short), rebuilt from the note's parts the entry records.
+    """
+    if not recorded:
+        return None
+    from gateway.fleet.note import NoteError, note_from_entry, parse_note
+
+    try:
+        checkpoint = parse_note(note_from_entry(recorded))
+        _prefix, box, fingerprint = str(recorded["origin"]).rsplit("/", 2)
+    except (NoteError, KeyError, ValueError, TypeError):
+        return None
+    return PaperCheckpoint(checkpoint.short().removeprefix("checkpoint "), box, fingerprint)
+
+
+def _checkpoint_blocks(checkpoint: PaperCheckpoint | None) -> list:
+    if checkpoint is None:
+        return []
+    return [
+        Field("checkpoint", checkpoint.short),
+        Field("box key", f"{checkpoint.box} {checkpoint.fingerprint}"),
+    ]
+
+
 def _short(value: Any) -> str:
     if isinstance(value, str):
         text = value
@@ -105,8 +141,13 @@ def receipt(
     *,
     tz: dt.tzinfo | None = None,
     zone_name: str | None = None,
+    checkpoint: PaperCheckpoint | None = None,
 ) -> Document:
-    """One event on a receipt; `mark` is "COPY n" or "REPRINT - delivery uncertain"."""
+    """One event on a receipt; `mark` is "COPY n" or "REPRINT - delivery uncertain".
+
+    `checkpoint`: the latest signed checkpoint recorded before the event, printed
+    under the anchor with the box key's fingerprint.
+    """
     tz, zone_name = _zone(tz, zone_name)
     event = entry.get("event") if isinstance(entry.get("event"), dict) else {}
     blocks: list = [Heading(name)]
@@ -132,6 +173,7 @@ def receipt(
     if isinstance(received, int):
         blocks.append(Field("received", f"{_local(received, tz)} {zone_name}"))
     blocks += [Rule(), Anchor(seq, hash_hex), Field("chain hash", hash_hex)]
+    blocks += _checkpoint_blocks(checkpoint)
     return Document(title=f"receipt {seq}", blocks=tuple(blocks))
 
 
@@ -164,10 +206,13 @@ class OtherRow:
 class DayEntries(list):
     """A day's report rows (events and refused lines), with the day's other entries beside."""
 
-    def __init__(self, rows=(), others=(), zone_name: str = "") -> None:
+    def __init__(self, rows=(), others=(), zone_name: str = "", checkpoint=None) -> None:
         super().__init__(rows)
         self.others: list[OtherRow] = list(others)
         self.zone_name = zone_name
+        # The latest signed checkpoint recorded before the last row (what
+        # collect_day found: the recorded note parts, or None).
+        self.checkpoint: dict[str, Any] | None = checkpoint
 
 
 def report_row(seq: int, entry: dict[str, Any]) -> ReportRow:
@@ -254,13 +299,20 @@ def daily_report(
     zone_name: str | None = None,
     generated_us: int | None = None,
     others: list[OtherRow] | None = None,
+    checkpoint: PaperCheckpoint | None = None,
 ) -> Document:
-    """The compliance report of one day in the gateway's zone. `number` None: a preview."""
+    """The compliance report of one day in the gateway's zone. `number` None: a preview.
+
+    `checkpoint` (default: the one `rows` carries): the latest signed checkpoint
+    recorded before the day's last entry, printed under its anchor.
+    """
     if tz is None and zone_name is None and getattr(rows, "zone_name", ""):
         zone_name = rows.zone_name
     tz, zone_name = _zone(tz, zone_name)
     if others is None:
         others = list(getattr(rows, "others", []))
+    if checkpoint is None:
+        checkpoint = paper_checkpoint(getattr(rows, "checkpoint", None))
     items = [_legacy_row(r) for r in rows]
     label = f"report no. {number}" if number is not None else "PREVIEW - not a numbered report"
     generated = _local(generated_us if generated_us is not None else _now_us(), tz)
@@ -315,6 +367,9 @@ def daily_report(
     if last_seq is not None and last_hash_hex:
         blocks.append(Text("last entry of the day (check with gateway verify --expect):"))
         blocks += [Anchor(last_seq, last_hash_hex), Field("chain hash", last_hash_hex)]
+        if checkpoint is not None:
+            blocks.append(Text("latest signed checkpoint before it:"))
+            blocks += _checkpoint_blocks(checkpoint)
         blocks.append(Rule())
     blocks += [Text("checked by (name):"), Text("signature: ____________________")]
     blocks.append(Text("date: ______________"))
