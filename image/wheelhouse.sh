@@ -52,6 +52,10 @@ done
 # removed first: the version only changes on release, so a wheel of the same
 # name from an older tree would otherwise be taken for this one.
 kind="${GATEWAY_WHEEL:-native}"
+case "$kind" in
+    native | pure) ;;
+    *) echo "wheelhouse: GATEWAY_WHEEL must be native or pure, not '$kind'" >&2; exit 2 ;;
+esac
 rm -f dist/print_gateway-*.whl
 shopt -s nullglob
 case "$kind" in
@@ -67,10 +71,6 @@ case "$kind" in
     pure)
         "${MAKE:-make}" --no-print-directory wheel
         built=(dist/print_gateway-*-py3-none-any.whl)
-        ;;
-    *)
-        echo "wheelhouse: GATEWAY_WHEEL must be native or pure, not '$kind'" >&2
-        exit 2
         ;;
 esac
 shopt -u nullglob
