@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-tools test-slow test-faults test-syslog test-php test-browser test-fleet test-fuzz php-vendor lint bench bench-print bench-peers bench-oneshot bench-micro bench-query bench-soak bench-web clean distclean wheel image image-check
+.PHONY: run test test-tools test-slow test-faults test-syslog test-php test-browser test-fleet test-fuzz php-vendor lint bench bench-print bench-peers bench-oneshot bench-micro bench-query bench-soak bench-web clean distclean wheel wheel-native image image-check
 
 # The native ingest core (gateway/native/) is compiled by this install when a C
 # compiler and the Python headers are present (setup.py); a change to its
@@ -137,9 +137,15 @@ bench-query: $(STAMP)
 bench-web: $(STAMP)
 	$(BIN)/python -m bench.web
 
-# The pure-Python wheel (any architecture): the image installs it (image/README.md).
+# The pure-Python wheel (any architecture): GATEWAY_WHEEL=pure image/wheelhouse.sh
+# puts it in a wheelhouse instead of the native one (image/README.md).
 wheel: $(STAMP)
 	GATEWAY_NATIVE=0 $(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+
+## make wheel-native ARCH=aarch64: the wheel with the native core, built in a Debian bookworm arm64 root under qemu-user-static (as root; root cached in /var/cache/print-gateway); ARCH=x86_64: on this host. Into dist/; image/README.md.
+ARCH ?= $(shell uname -m)
+wheel-native:
+	image/native-wheel.sh $(ARCH)
 
 ## make image: the Raspberry Pi SD card image with pi-gen (Docker, or PIGEN_MODE=native as root); image/README.md.
 image: $(STAMP)

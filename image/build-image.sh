@@ -4,8 +4,10 @@
 #
 #   image/build-image.sh
 #
-# 1. the aarch64 wheelhouse (image/wheelhouse.sh: the gateway wheel from
-#    make wheel and its dependencies' cp311 manylinux aarch64 wheels);
+# 1. the aarch64 wheelhouse (image/wheelhouse.sh: the gateway wheel with
+#    its native core, built by image/native-wheel.sh in a bookworm arm64 root
+#    under qemu, as root; GATEWAY_WHEEL=pure: the pure-Python wheel of make
+#    wheel instead; and its dependencies' cp311 manylinux aarch64 wheels);
 # 2. pi-gen cloned at the pinned commit into build/image/pi-gen;
 # 3. the gateway stage (image/stage-gateway) copied in, with the parts of
 #    this repository it installs from and the wheelhouse; pi-gen's config
@@ -38,6 +40,12 @@
 #                                  blocked (the appliance is wired)
 #   GATEWAY_DATA_MIB=256           data partition size in the image (it grows
 #                                  to the card at first boot)
+#   GATEWAY_WHEEL=native|pure      native (default): the wheel with the C
+#                                  ingest core (image/native-wheel.sh: root,
+#                                  qemu-user-static, binfmt_misc on a PC);
+#                                  pure: the pure-Python wheel (make wheel)
+#   GATEWAY_NATIVE_ROOT=DIR        where native-wheel.sh caches its arm64 root
+#                                  (/var/cache/print-gateway/native-root-bookworm-arm64)
 #   CONTINUE=1, PRESERVE_CONTAINER=1   passed to build-docker.sh
 set -euo pipefail
 

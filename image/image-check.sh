@@ -4,8 +4,8 @@
 #
 #  - the wheelhouse for the root's architecture (image/wheelhouse.sh, the
 #    code that makes the image's aarch64 wheelhouse), and the image's aarch64
-#    wheelhouse itself (resolved and downloaded; installed only with
-#    IMAGE_CHECK_ARCH=aarch64);
+#    wheelhouse itself (with the gateway wheel built by image/native-wheel.sh
+#    in an arm64 root under qemu; installed only with IMAGE_CHECK_ARCH=aarch64);
 #  - a Debian bookworm root from debootstrap (cached), with pi-gen's
 #    config.txt and cmdline.txt, into which the pi-gen stage's 00-run.sh
 #    (assembled as make image does) runs install-gateway.sh; then
@@ -15,6 +15,11 @@
 #    a fresh state directory, a short gateway run that takes one acknowledged
 #    event and stops on SIGTERM, verify and export after it, and
 #    systemd-analyze verify of the installed units;
+#  - the native ingest core: gateway._native imports with the installed
+#    venv's Python, and tests/test_native_differential.py and
+#    tests/test_native_path.py pass against the installed package with
+#    GATEWAY_REQUIRE_NATIVE=1 (test libraries from a wheelhouse of their own,
+#    no network; under emulation with fewer property-test examples);
 #  - add-data-partition.sh on an image laid out like pi-gen's, and
 #    gateway-firstboot against a loop device made from it.
 #
@@ -23,7 +28,10 @@
 #
 # Needs root (debootstrap, chroot, mounts, loop devices) and: debootstrap,
 # parted, e2fsprogs, util-linux, fdisk, cloud-guest-utils (growpart); for
-# IMAGE_CHECK_ARCH=aarch64 on a PC also qemu-user-static and binfmt_misc.
+# the aarch64 gateway wheel (always built) and IMAGE_CHECK_ARCH=aarch64 on a
+# PC also qemu-user-static and binfmt_misc (image/native-wheel.sh installs
+# and registers them when it can). GATEWAY_WHEEL=pure checks the pure-Python
+# wheel instead (no native checks then).
 # Everything lives in build/image-check/; the debootstrap root is cached
 # there (delete build/image-check/base-* to start from scratch).
 set -euo pipefail
@@ -59,7 +67,8 @@ fresh=/tmp/gw-fresh        # inside the root
 
 # Time limits, each with room over what it takes here (image/README.md has
 # the measured times).
-t_wheelhouse=600     # make wheel + ~2 MB of downloads: seconds here
+t_wheelhouse=3600    # native wheel + ~2 MB of downloads: 1.5 min here (aarch64, cached
+                     # build root); the first aarch64 build adds debootstrap, ~6 min
 t_debootstrap=1800   # about 1 min here, 4-5 min emulated arm64; a slow mirror takes longer
 t_install=1200       # apt + venv: 10-25 s here, 1.5 min emulated arm64
 t_cmd=60             # one gateway or systemd command in the root
@@ -67,6 +76,20 @@ t_ready=30           # gateway run: start-up recovery and binding, seconds at mo
 t_send=30            # one acknowledged event (gateway send --timeout is 10 s)
 t_stop=30            # SIGTERM to exit: the unit's TimeoutStopSec
 t_loop=120           # loop device test (partition grow, fsck, resize)
+t_tests=2400         # the native tests in the root: ~40 s here, ~5 min emulated arm64 (cap 50)
+# Property-test examples in the root (GATEWAY_DIFF_MAX_EXAMPLES): the full
+# counts natively, a small cap under emulation, where the interpreter is
+# ~10-20 times slower. IMAGE_CHECK_DIFF_EXAMPLES overrides (0: no cap).
+if [ "$arch" = "$(uname -m)" ]; then
+    diff_examples="${IMAGE_CHECK_DIFF_EXAMPLES:-0}"
+else
+    diff_examples="${IMAGE_CHECK_DIFF_EXAMPLES:-50}"
+fi
+wheel_kind="${GATEWAY_WHEEL:-native}"
+testhouse="$build/testhouse"
+tests_in=/tmp/gw-tests          # inside the root
+testlibs_in=/tmp/gw-testlibs    # inside the root
+testhouse_in=/tmp/gw-testhouse  # inside the root
 
 started=$SECONDS
 results=()
@@ -180,17 +203,46 @@ else
     fatal "wheel + wheelhouse for $arch" "see logs/wheelhouse-$arch.log"
 fi
 # The image's wheelhouse: every wheel either pure Python or built for
-# CPython 3.11 on manylinux aarch64.
+# CPython 3.11 (or the stable ABI, abi3, of an older 3.x: pynacl) on
+# manylinux aarch64, but the gateway's own: built for CPython
+# 3.11 aarch64 on bookworm (linux_aarch64, with the native core), unless
+# GATEWAY_WHEEL=pure.
 if [ "$arch" = aarch64 ]; then
     wheel_arm=$wheel_host
 elif ! timeout "$t_wheelhouse" "$img/wheelhouse.sh" "$wheel_arm" aarch64 >"$logs/wheelhouse-aarch64.log" 2>&1; then
     wheel_arm=""
 fi
 if [ -n "$wheel_arm" ] &&
-    ! printf '%s\n' "$wheel_arm"/*.whl | grep -v -E -- '-(py3|py2\.py3)-none-any\.whl$|-cp311-(cp311|abi3)-manylinux[^-]*aarch64\.whl$' >>"$logs/wheelhouse-aarch64.log"; then
-    record PASS "wheelhouse for the image (aarch64, cp311): resolved, downloaded" "$(sed 's/ --hash=.*//' "$wheel_arm/requirements.txt" | tr '\n' ' ')"
+    ! printf '%s\n' "$wheel_arm"/*.whl | grep -v -E -- '-(py3|py2\.py3)-none-any\.whl$|-(cp311-cp311|cp3[0-9]+-abi3)-manylinux[^-]*aarch64\.whl$|/print_gateway-[^-]*-cp311-cp311-linux_aarch64\.whl$' >>"$logs/wheelhouse-aarch64.log" &&
+    if [ "$wheel_kind" = pure ]; then
+        compgen -G "$wheel_arm/print_gateway-*-py3-none-any.whl" >/dev/null
+    else
+        compgen -G "$wheel_arm/print_gateway-*-cp311-cp311-linux_aarch64.whl" >/dev/null
+    fi; then
+    record PASS "wheelhouse for the image (aarch64, cp311, $wheel_kind gateway wheel): built, resolved, downloaded" "$(sed 's/ --hash=.*//' "$wheel_arm/requirements.txt" | tr '\n' ' ')"
 else
     record FAIL "wheelhouse for the image (aarch64, cp311)" "see logs/wheelhouse-aarch64.log"
+fi
+
+# The test libraries for the native tests in the root, in a wheelhouse of
+# their own (the versions the development venv runs; pure Python), so the
+# root installs them without network, as it does the gateway's.
+if [ "$wheel_kind" != pure ]; then
+    t0=$SECONDS
+    # shellcheck disable=SC2086  # $test_reqs: one requirement per word
+    if test_reqs="$(.venv/bin/python -c '
+from importlib.metadata import version
+print(" ".join(f"{n}=={version(n)}" for n in ("pytest", "hypothesis", "pytest-timeout")))
+')" && rm -rf "$testhouse" &&
+        timeout "$t_wheelhouse" .venv/bin/pip download --quiet --disable-pip-version-check \
+            --dest "$testhouse" --only-binary=:all: --platform "manylinux2014_$arch" \
+            --python-version 3.11 --implementation cp --abi cp311 \
+            $test_reqs >"$logs/testhouse.log" 2>&1; then
+        record PASS "test wheelhouse (no network in the root)" "$test_reqs, $((SECONDS - t0)) s"
+    else
+        record FAIL "test wheelhouse" "see logs/testhouse.log"
+        testhouse=""
+    fi
 fi
 
 # --- the debootstrap root (cached) -------------------------------------------
@@ -456,6 +508,74 @@ else
     echo "$out" >"$logs/systemd-analyze.log"
     record FAIL "systemd-analyze verify (in the root)" "$(head -n 3 <<<"$out" | tr '\n' ' ')"
 fi
+
+# --- the native ingest core, in the root ----------------------------------------
+# The installed package (not a source tree): only tests/ and pyproject.toml
+# (pytest's settings) are copied in, and the test libraries go to a
+# directory of their own on PYTHONPATH, so the gateway venv stays as the
+# image has it.
+in_root_for() {
+    local limit=$1
+    shift
+    timeout --kill-after=10 "$limit" chroot "$work" /usr/bin/env -i \
+        PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"
+}
+native_check() {
+    local out
+    out="$(in_root /opt/gateway/venv/bin/python -c '
+import gateway, gateway._native
+from gateway.ingest import fast
+assert gateway.__file__.startswith("/opt/gateway/venv/"), gateway.__file__
+assert fast.native_module() is not None, "fast.native_module() is None"
+print(gateway._native.__file__.rsplit("/", 1)[-1])
+' 2>&1)" || { echo "import gateway._native: $(tail -n 1 <<<"$out")"; return 1; }
+    echo "$out"
+    grep -q '"ingest_path": *"native"' "$logs/gateway-run.log" ||
+        { echo "the smoke run's gateway ready record has no ingest_path native"; return 1; }
+    echo "gateway run: ingest_path native"
+}
+if [ "$wheel_kind" = pure ]; then
+    record SKIP "native ingest core" "GATEWAY_WHEEL=pure: the pure-Python wheel has none"
+elif native_check >"$out_file" 2>&1; then
+    record PASS "import gateway._native in the installed venv; the smoke run took the native path" "$(head -n 1 "$out_file")"
+else
+    record FAIL "native ingest core in the installed venv" "$(last_line)"
+fi
+cp "$out_file" "$logs/native-import.log"
+
+native_tests() {
+    [ -n "$testhouse" ] || { echo "no test wheelhouse"; return 1; }
+    rm -rf "$work$tests_in" "$work$testlibs_in" "$work$testhouse_in"
+    mkdir -p "$work$tests_in"
+    if ! { cp -r "$root/tests" "$root/pyproject.toml" "$work$tests_in/" &&
+        find "$work$tests_in" -name __pycache__ -type d -prune -exec rm -rf {} + &&
+        cp -r "$testhouse" "$work$testhouse_in"; }; then
+        echo "copying the tests in failed"
+        return 1
+    fi
+    # shellcheck disable=SC2086  # one requirement per word
+    in_root_for "$t_install" /opt/gateway/venv/bin/pip install --quiet --disable-pip-version-check \
+        --no-index --find-links "$testhouse_in" --target "$testlibs_in" $test_reqs ||
+        { echo "installing the test libraries (no index) failed"; return 1; }
+    local t0=$SECONDS rc=0 cap="at most $diff_examples examples each"
+    [ "$diff_examples" != 0 ] || cap="examples as written"
+    in_root_for "$t_tests" /usr/bin/env GATEWAY_REQUIRE_NATIVE=1 \
+        GATEWAY_DIFF_MAX_EXAMPLES="$diff_examples" PYTHONPATH="$testlibs_in" \
+        /usr/bin/env --chdir="$tests_in" /opt/gateway/venv/bin/python -m pytest -q -m "not slow" \
+        -p no:cacheprovider tests/test_native_differential.py tests/test_native_path.py || rc=$?
+    rm -rf "$work$tests_in" "$work$testlibs_in" "$work$testhouse_in"
+    [ "$rc" = 0 ] || { echo "pytest exited $rc after $((SECONDS - t0)) s"; return 1; }
+    echo "$(grep -E '^[0-9]+ passed' "$out_file" | tail -n 1 | sed 's/=//g'), property tests: $cap, $((SECONDS - t0)) s"
+}
+if [ "$wheel_kind" = pure ]; then
+    record SKIP "differential test of the native core" "GATEWAY_WHEEL=pure"
+elif native_tests >"$out_file" 2>&1; then
+    record PASS "tests/test_native_differential.py + test_native_path.py against the installed package (GATEWAY_REQUIRE_NATIVE=1)" "$(last_line)"
+else
+    record FAIL "native differential test in the root" "$(last_line); see logs/native-tests.log"
+fi
+cp "$out_file" "$logs/native-tests.log"
+
 umount "$work/proc"
 proc_mounted=""
 

@@ -9,6 +9,11 @@
 # image), x86_64 for make image-check on a PC. Both go through this same
 # code; only the platform tags differ.
 #
+# The gateway's wheel has the native ingest core (image/native-wheel.sh: for
+# aarch64 built in a bookworm arm64 root under qemu, as root; for x86_64 on
+# this host). GATEWAY_WHEEL=pure takes the pure-Python wheel (make wheel)
+# instead: the Python ingest path only, but no root, qemu or compiler needed.
+#
 # OUTDIR receives the wheels and requirements.txt: every wheel pinned by name,
 # version and sha256, so pip installs exactly these files (--require-hashes).
 set -euo pipefail
@@ -46,10 +51,28 @@ done
 # The gateway's own wheel, rebuilt from the working tree. Earlier wheels are
 # removed first: the version only changes on release, so a wheel of the same
 # name from an older tree would otherwise be taken for this one.
+kind="${GATEWAY_WHEEL:-native}"
+case "$kind" in
+    native | pure) ;;
+    *) echo "wheelhouse: GATEWAY_WHEEL must be native or pure, not '$kind'" >&2; exit 2 ;;
+esac
 rm -f dist/print_gateway-*.whl
-"${MAKE:-make}" --no-print-directory wheel
 shopt -s nullglob
-built=(dist/print_gateway-*-py3-none-any.whl)
+case "$kind" in
+    native)
+        "$root/image/native-wheel.sh" "$arch" dist
+        built=(dist/print_gateway-*-"${py_abi}"-"${py_abi}"-linux_"${arch}".whl)
+        # The native wheel's own tag (linux_ARCH: built on bookworm itself, not
+        # manylinux) is accepted for it alone; it comes last, so that no
+        # dependency is taken as a linux_ wheel when a manylinux one exists,
+        # and the check after the download refuses any that was.
+        platforms+=(--platform "linux_${arch}")
+        ;;
+    pure)
+        "${MAKE:-make}" --no-print-directory wheel
+        built=(dist/print_gateway-*-py3-none-any.whl)
+        ;;
+esac
 shopt -u nullglob
 if [ ${#built[@]} -ne 1 ]; then
     echo "wheelhouse: expected one gateway wheel in dist/, found ${#built[@]}" >&2
@@ -69,6 +92,18 @@ mkdir -p "$out"
     --python-version "$py_version" --implementation cp --abi "$py_abi" \
     --constraint image/constraints.txt \
     "$wheel"
+
+# Only the gateway's own wheel may be a plain linux_ wheel.
+shopt -s nullglob
+strays=()
+for whl in "$out"/*-linux_*.whl; do
+    [ "$(basename "$whl")" = "$(basename "$wheel")" ] || strays+=("$(basename "$whl")")
+done
+shopt -u nullglob
+if [ ${#strays[@]} -gt 0 ]; then
+    echo "wheelhouse: dependencies only as linux_ wheels (not manylinux): ${strays[*]}" >&2
+    exit 1
+fi
 
 # requirements.txt: one line per wheel, with its hash. Wheel file names are
 # NAME-VERSION-...; neither part contains a dash.
@@ -92,5 +127,5 @@ if [ -z "${seen[print_gateway]:-}" ]; then
     exit 1
 fi
 
-echo "wheelhouse ($arch, CPython $py_version): $out"
+echo "wheelhouse ($arch, CPython $py_version, $kind gateway wheel): $out"
 sed 's/ --hash=.*//; s/^/  /' "$out/requirements.txt"
