@@ -348,20 +348,32 @@ static int check_literal(struct check *c, const char *word, size_t n)
     return OK;
 }
 
+/* The opening of an object or array at c->p: its member count's place in
+ * the scratch (0 until it closes); EMPTY when it closes at once. */
+enum { EMPTY = 3 };
+
+static int open_container(struct check *c, int depth, uint8_t close, size_t *at)
+{
+    if (depth > GW_MAX_DEPTH)
+        return SLOW;
+    if (scratch_push(c->sc, 0, at) < 0)
+        return NOMEM;
+    c->p++;
+    skip_ws(&c->p, c->e);
+    if (c->p < c->e && *c->p == close) {
+        c->p++;
+        return EMPTY;
+    }
+    return OK;
+}
+
 static int check_object(struct check *c, int depth)
 {
     const struct gw_config *cfg = c->cfg;
     size_t at;
-    if (depth > GW_MAX_DEPTH)
-        return SLOW;
-    if (scratch_push(c->sc, 0, &at) < 0)
-        return NOMEM;
-    c->p++; /* '{' */
-    skip_ws(&c->p, c->e);
-    if (c->p < c->e && *c->p == '}') {
-        c->p++;
-        return OK;
-    }
+    int opened = open_container(c, depth, '}', &at);
+    if (opened != OK)
+        return opened == EMPTY ? OK : opened;
     const uint8_t *keys[GW_MAX_KEYS];
     size_t key_lens[GW_MAX_KEYS];
     uint32_t count = 0;
@@ -427,16 +439,9 @@ static int check_object(struct check *c, int depth)
 static int check_array(struct check *c, int depth)
 {
     size_t at;
-    if (depth > GW_MAX_DEPTH)
-        return SLOW;
-    if (scratch_push(c->sc, 0, &at) < 0)
-        return NOMEM;
-    c->p++; /* '[' */
-    skip_ws(&c->p, c->e);
-    if (c->p < c->e && *c->p == ']') {
-        c->p++;
-        return OK;
-    }
+    int opened = open_container(c, depth, ']', &at);
+    if (opened != OK)
+        return opened == EMPTY ? OK : opened;
     uint32_t count = 0;
     for (;;) {
         int r = check_value(c, depth, NULL);
