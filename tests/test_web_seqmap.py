@@ -61,7 +61,10 @@ def test_a_changed_byte_is_damage_at_that_seq(tmp_path, monkeypatch):
     ledger_dir = gateway.state_dir / "ledger"
     _first, path = list_segments(ledger_dir)[0]
     data = bytearray(path.read_bytes())
-    at = data.index(b"\x18{")  # the CBOR integer 123 (the event with i = 123)
+    # The event with i = 123: key "i" (0x61 0x69), then the CBOR integer 123
+    # (0x18 0x7b). The pair alone can also occur in a chain hash or a time,
+    # where a flip breaks two links instead of one.
+    at = data.index(b"ai\x18{") + 2
     data[at + 1] ^= 0x01  # 123 becomes 122: the frame is intact, its hash no longer matches
     path.write_bytes(bytes(data))
     scanned = {c.seq: c.damage for c in checked_entries(ledger_dir)}
