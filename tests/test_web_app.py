@@ -421,3 +421,36 @@ def test_reprint_and_report_answer_once_the_spool_has(env):
     assert all(d["account"] == "op" and d["role"] == "operator" for d in prints)
     page = get(app, "/reports", cookie)
     assert page.status == 200 and b"No daily report has been made yet" in page.body
+
+
+def test_verify_progress_is_measured_in_bytes_and_shown_as_a_progress_bar(env, tmp_path):
+    import json
+
+    from gateway.ledger.store import list_segments
+    from gateway.web.verifyrun import BackgroundVerify
+    from tests.test_ledger_verify import build
+
+    app, _backend, clock = env
+    build(tmp_path / "ledger", n=30)
+    total = sum(p.stat().st_size for _f, p in list_segments(tmp_path / "ledger"))
+    posted: list = []
+    verifier = BackgroundVerify(tmp_path, posted.append, lambda: (dt.UTC, "UTC"), clock, "box")
+    app.verifier = verifier
+    _, cookie = login(app, "aud")
+    assert post(app, "/verify", {"csrf": csrf_of(app, cookie)}, cookie).status == 303
+    verifier.thread.join(30)
+    assert not verifier.thread.is_alive() and len(posted) == 1
+    # Every byte checked but the result not yet taken on the loop: held below 100.
+    assert verifier.total_bytes == verifier.done_bytes == total
+    state = verifier.state()
+    assert state["running"] and state["percent"] == 99
+    verifier.done_bytes = total // 2
+    assert verifier.state()["percent"] == 50
+    page = get(app, "/verify", cookie).body.decode()
+    assert '<progress id="verify-progress" max="100" value="50">50 %</progress>' in page
+    figures = json.loads(get(app, "/api/status", cookie).body)
+    assert figures["verify_percent"] == "50 %" and figures["verify"] == "running: 50 %"
+    posted.pop()()
+    page = get(app, "/verify", cookie).body.decode()
+    assert 'value="100">100 %</progress>' in page and "ok: 30 entries" in page
+    assert json.loads(get(app, "/api/status", cookie).body)["verify_percent"] == "100 %"

@@ -321,6 +321,10 @@ def test_verify_runs_to_its_result(site):
     d.get(site["base"] + "/verify")
     d.find_element(By.ID, "verify-start").click()
     _wait(lambda: "ok:" in d.find_element(By.ID, "verify-state").text, "the verification")
+    bar = d.find_element(By.ID, "verify-progress")
+    assert bar.tag_name == "progress"
+    assert bar.get_attribute("value") == "100" and bar.get_attribute("max") == "100"
+    assert d.find_element(By.ID, "verify-percent").text == "100 %"
     assert d.find_element(By.LINK_TEXT, "Verification statement (HTML)")
     _shot(site, "verify")
 

@@ -144,6 +144,7 @@ def live_figures(status: Mapping[str, Any], verify: Mapping[str, Any]) -> dict[s
         "rate": ", ".join(f"{k}: {v:g}/s" for k, v in status.get("ingest_rates", {}).items()),
         "commit": f"p50 {status['sync_ms']['p50']} ms, p99 {status['sync_ms']['p99']} ms",
         "verify": verify.get("summary", "not run since start"),
+        "verify_percent": f"{verify['percent']} %" if "percent" in verify else "",
     }
     for p in status.get("printers", []):
         figures[f"printer:{p['name']}"] = (
@@ -459,15 +460,23 @@ def verify_page(state: Mapping[str, Any], user: str, role: str, csrf: str) -> st
     running = state.get("running")
     body = ""
     if running:
+        percent = int(state.get("percent", 0))
         body += (
-            f'<p id="verify-state">Verification running: {state.get("total", 0)} segments '
-            f"to check, {state.get('elapsed', 0):.1f} s so far.</p>"
-            "<progress>running</progress>"
+            f'<p id="verify-state">Verification running: {percent} % of '
+            f"{_size(state.get('total_bytes', 0))} in {state.get('total', 0)} segments "
+            f"checked, {state.get('elapsed', 0):.1f} s so far.</p>"
+            f'<p><progress id="verify-progress" max="100" value="{percent}">{percent} %</progress> '
+            f'<span id="verify-percent">{percent} %</span></p>'
             '<p class="note">This page reloads every 2 seconds; the gateway keeps ingesting.</p>'
         )
     elif state.get("summary"):
         cls = "good" if state.get("ok") else "bad"
-        body += f'<p id="verify-state" class="{cls}">{e(state["summary"])}</p>'
+        percent = int(state.get("percent", 100))
+        body += (
+            f'<p><progress id="verify-progress" max="100" value="{percent}">{percent} %</progress> '
+            f'<span id="verify-percent">{percent} %</span></p>'
+            f'<p id="verify-state" class="{cls}">{e(state["summary"])}</p>'
+        )
         if state.get("by"):
             body += f'<p class="note">Run by {e(state["by"])} at {e(state.get("at", ""))}.</p>'
         body += (
