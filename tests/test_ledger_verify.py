@@ -585,3 +585,25 @@ def test_a_truncated_archive_file_is_named_as_an_archive_error(tmp_path):
         assert result.file == str(archive / f"{first.name}.gz")
         assert "archive" in (result.reason or ""), (cut, result.reason)
         assert "segment header incomplete" not in (result.reason or "")
+
+
+def test_progress_counts_every_byte_once_and_changes_no_result(ledger):
+    total = sum(p.stat().st_size for _f, p in list_segments(ledger))
+    told: list[int] = []
+    with_progress = verify_ledger(ledger, None, 1, told.append)
+    assert with_progress == verify_ledger(ledger, None, 1)
+    assert with_progress.ok
+    assert sum(told) == total
+    assert len(told) >= 3  # at least once per segment, as the checks go
+
+
+def test_progress_of_a_damaged_segment_reads_it_again(ledger):
+    path = list_segments(ledger)[1][1]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    told: list[int] = []
+    result = verify_ledger(ledger, None, 1, told.append)
+    assert not result.ok
+    total = sum(p.stat().st_size for _f, p in list_segments(ledger))
+    assert sum(told) > total - path.stat().st_size  # the careful path counted its read too

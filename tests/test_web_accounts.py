@@ -81,3 +81,35 @@ def test_cli_before_first_start(tmp_path):
     r = _user("remove", "alice", "--state", str(state))
     assert r.returncode == 0
     assert "no accounts" in _user("list", "--state", str(state)).stdout
+
+
+def test_role_changes_and_the_last_admin(tmp_path):
+    store = AccountStore(tmp_path)
+    store.add(new_account("root", "admin", PW))
+    store.add(new_account("ann", "auditor", PW))
+    created = store.get("ann").created
+    assert created and created[:2] == "20"
+    store.set_role("ann", "operator", keep_admin=True)
+    store.set_password("ann", "another long one")
+    again = AccountStore(tmp_path).get("ann")
+    assert again.role == "operator" and again.created == created
+    with pytest.raises(AccountError, match="one of"):
+        store.set_role("ann", "root")
+    with pytest.raises(AccountError, match="last admin"):
+        store.set_role("root", "auditor", keep_admin=True)
+    with pytest.raises(AccountError, match="last admin"):
+        store.remove("root", keep_admin=True)
+    store.set_role("ann", "admin", keep_admin=True)
+    store.remove("root", keep_admin=True)
+    assert set(AccountStore(tmp_path).load()) == {"ann"}
+
+
+def test_accounts_without_a_created_time_still_load(tmp_path):
+    store = AccountStore(tmp_path)
+    store.add(new_account("old", "auditor", PW))
+    path = tmp_path / "web-users.json"
+    data = json.loads(path.read_text())
+    del data["accounts"]["old"]["created"]
+    path.write_text(json.dumps(data))
+    account = AccountStore(tmp_path).get("old")
+    assert account is not None and account.created == "" and check_password(account, PW)

@@ -22,7 +22,14 @@ import pytest
 
 from gateway.printing.emulator import Emulator
 from tests.gatewayproc import ROOT
-from tests.webtools import PASSWORD, ROLES, query_all_csv, send_events, web_gateway
+from tests.webtools import (
+    PASSWORD,
+    ROLES,
+    query_all_csv,
+    send_events,
+    system_entries,
+    web_gateway,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -321,6 +328,10 @@ def test_verify_runs_to_its_result(site):
     d.get(site["base"] + "/verify")
     d.find_element(By.ID, "verify-start").click()
     _wait(lambda: "ok:" in d.find_element(By.ID, "verify-state").text, "the verification")
+    bar = d.find_element(By.ID, "verify-progress")
+    assert bar.tag_name == "progress"
+    assert bar.get_attribute("value") == "100" and bar.get_attribute("max") == "100"
+    assert d.find_element(By.ID, "verify-percent").text == "100 %"
     assert d.find_element(By.LINK_TEXT, "Verification statement (HTML)")
     _shot(site, "verify")
 
@@ -383,3 +394,58 @@ def test_daily_report_made_and_listed_as_operator(site):
     row = d.find_element(By.CSS_SELECTOR, "#reports tbody tr").text
     assert day in row and "web:otto" in row
     _shot(site, "reports")
+
+
+def test_admin_adds_an_operator_who_logs_in_then_removes_them(site):
+    from selenium.webdriver.common.by import By
+
+    d = site["driver"]
+    _login(site, "operator")
+    d.get(site["base"] + "/accounts")
+    assert "Refused" in d.title  # 403 for anyone but an admin
+    _login(site, "admin")
+    d.find_element(By.LINK_TEXT, "Accounts").click()
+    _wait(lambda: "Accounts" in d.title, "the accounts page")
+    form = d.find_element(By.ID, "account-add")
+    form.find_element(By.NAME, "name").send_keys("olga")
+    form.find_element(By.CSS_SELECTOR, "select[name=role] option[value=operator]").click()
+    form.find_element(By.NAME, "password").send_keys(PASSWORD)
+    form.find_element(By.NAME, "password2").send_keys(PASSWORD)
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    _wait(lambda: "olga" in d.find_element(By.ID, "account-message").text, "the account added")
+    row = d.find_element(By.CSS_SELECTOR, "tr[data-account=olga]")
+    assert "operator" in row.text
+    _shot(site, "accounts")
+    admin = d.get_cookie("gw_session")
+    # olga logs in with the password the admin gave her.
+    d.delete_all_cookies()
+    d.get(site["base"] + "/")
+    d.find_element(By.NAME, "name").send_keys("olga")
+    d.find_element(By.NAME, "password").send_keys(PASSWORD)
+    d.find_element(By.CSS_SELECTOR, "form.login button").click()
+    _wait(lambda: "(operator)" in d.find_element(By.CSS_SELECTOR, "nav .who").text, "olga")
+    olga = d.get_cookie("gw_session")
+    # The admin removes her ...
+    d.delete_all_cookies()
+    d.add_cookie({"name": "gw_session", "value": admin["value"], "path": "/"})
+    d.get(site["base"] + "/accounts")
+    row = d.find_element(By.CSS_SELECTOR, "tr[data-account=olga]")
+    row.find_element(By.CSS_SELECTOR, "form[action='/accounts/remove'] button").click()
+    _wait(lambda: "session" in d.find_element(By.ID, "account-message").text, "the removal")
+    assert not d.find_elements(By.CSS_SELECTOR, "tr[data-account=olga]")
+    # ... and her session has ended: her cookie gets the login form.
+    d.delete_all_cookies()
+    d.add_cookie({"name": "gw_session", "value": olga["value"], "path": "/"})
+    d.get(site["base"] + "/")
+    assert d.find_elements(By.CSS_SELECTOR, "form.login")
+    assert not d.find_elements(By.CSS_SELECTOR, "nav .who")
+
+    def recorded() -> list:
+        return [
+            (e["detail"]["action"], e["detail"]["account"])
+            for e in system_entries(site["gateway"], "web_account")
+            if e["detail"]["name"] == "olga"
+        ]
+
+    _wait(lambda: len(recorded()) == 2, "the changes in the ledger")
+    assert recorded() == [("add", ROLES["admin"]), ("remove", ROLES["admin"])]

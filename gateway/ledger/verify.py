@@ -21,7 +21,7 @@ import multiprocessing
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,7 +245,13 @@ class _Clean:
     skipped: int = 0
 
 
-def _clean_segment(path: Path, watch: bool) -> _Clean | None:
+# Told the bytes just checked (an increment): once per read of a segment's
+# clean check (READ_CHUNK_BYTES, 4 MiB), per segment otherwise. For a progress
+# figure only; a segment found unclean is read again and counted again.
+Progress = Callable[[int], None]
+
+
+def _clean_segment(path: Path, watch: bool, progress: Progress | None = None) -> _Clean | None:
     """Check one segment on its own, as fast as Python allows; None if it is not clean.
 
     The same checks as SegmentReader.frames() and the chain loop below, in one
@@ -262,8 +268,11 @@ def _clean_segment(path: Path, watch: bool) -> _Clean | None:
     except FileNotFoundError:
         return None  # removed by retention since it was listed
     with f:
+        head = f.read(fmt.SEGMENT_HEADER_BYTES)
+        if progress is not None:
+            progress(len(head))
         try:
-            header = fmt.decode_segment_header(f.read(fmt.SEGMENT_HEADER_BYTES))
+            header = fmt.decode_segment_header(head)
         except fmt.HeaderDamaged:
             return None
         prev = header.prev_hash
@@ -297,6 +306,8 @@ def _clean_segment(path: Path, watch: bool) -> _Clean | None:
                     continue
                 need = end - pos
             more = f.read(max(READ_CHUNK_BYTES, need - avail))
+            if progress is not None:
+                progress(len(more))
             if not more:
                 if avail:
                     return None  # a torn, zero or damaged tail: the careful path says which
@@ -311,7 +322,7 @@ def _clean_segment(path: Path, watch: bool) -> _Clean | None:
 
 
 def _check_live_segments(
-    sources: list[_Source], watch: bool, jobs: int | None
+    sources: list[_Source], watch: bool, jobs: int | None, progress: Progress | None = None
 ) -> dict[int, _Clean | None]:
     """Each live segment checked on its own: in up to `jobs` processes when worth it."""
     live = [s for s in sources if not s.archived and s.twin is None]
@@ -323,22 +334,32 @@ def _check_live_segments(
         return {}  # retention is removing segments right now: the careful path copes
     workers = min(len(live), jobs if jobs else os.cpu_count() or 1)
     if workers <= 1 or total < PARALLEL_MIN_BYTES:
-        return {s.first: _clean_segment(s.path, watch) for s in live}
+        return {s.first: _clean_segment(s.path, watch, progress) for s in live}
     # Fork (cheap) unless another thread runs: forking then could copy a held
     # lock. "spawn" re-imports the main module, which must then be guarded.
     method = "fork" if threading.active_count() == 1 else "spawn"
     context = multiprocessing.get_context(method)
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         done = pool.map(_clean_segment, [s.path for s in live], [watch] * len(live))
-        return {s.first: clean for s, clean in zip(live, done, strict=True)}
+        out = {}
+        for s, clean in zip(live, done, strict=True):
+            out[s.first] = clean
+            if progress is not None and clean is not None:
+                progress(clean.size)
+        return out
 
 
 def verify_ledger(
-    directory: Path, archive_dir: Path | None = None, jobs: int | None = None
+    directory: Path,
+    archive_dir: Path | None = None,
+    jobs: int | None = None,
+    progress: Progress | None = None,
 ) -> VerifyResult:
     """Verify every segment under `directory` (and `archive_dir`); missing: an empty ledger.
 
     `jobs`: at most this many processes check live segments (default: one per CPU).
+    `progress`: told the bytes checked as they are (see `Progress`); the result
+    is the same with or without it.
     """
     # The mark is read before the segments: a running gateway only ever moves it
     # up to entries already on disk, so it cannot be ahead of what is read next.
@@ -373,7 +394,7 @@ def verify_ledger(
 
     chain = fmt.chain_hash
     # Archives need every byte hashed as it is read: the careful path only then.
-    checked = {} if hashing else _check_live_segments(sources, True, jobs)
+    checked = {} if hashing else _check_live_segments(sources, True, jobs, progress)
     for index, src in enumerate(sources):
         first, path = src.first, src.path
         last_segment = index == len(sources) - 1 and not src.archived
@@ -463,6 +484,8 @@ def verify_ledger(
                 if stream is not None:
                     seen[fmt.segment_name(first)] = (str(path), stream.digest())
                     result.bytes_read += stream.size
+                if progress is not None:
+                    progress(stream.size if stream is not None else reader.size)
             if src.twin is not None:
                 result.overlaps += 1
                 try:

@@ -9,6 +9,8 @@ so an account added or removed takes effect at the next login.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import fcntl
 import hashlib
 import hmac
@@ -67,6 +69,7 @@ class Account:
     n: int = SCRYPT_N
     r: int = SCRYPT_R
     p: int = SCRYPT_P
+    created: str = ""  # UTC, "YYYY-MM-DD HH:MM:SS"; "" for accounts made before it was kept
 
     def may(self, right: str) -> bool:
         return right in RIGHTS[self.role]
@@ -100,16 +103,20 @@ def new_account(name: str, role: str, password: str) -> Account:
         raise AccountError(f"the role is one of {', '.join(ROLES)}")
     check_new_password(password)
     salt = os.urandom(SALT_BYTES)
-    return Account(name, role, salt, hash_password(password, salt))
+    created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return Account(name, role, salt, hash_password(password, salt), created=created)
 
 
 def _encode(account: Account) -> dict:
-    return {
+    out = {
         "role": account.role,
         "scrypt": {"n": account.n, "r": account.r, "p": account.p},
         "salt": account.salt.hex(),
         "key": account.key.hex(),
     }
+    if account.created:
+        out["created"] = account.created
+    return out
 
 
 def _decode(name: str, data: dict) -> Account:
@@ -122,6 +129,7 @@ def _decode(name: str, data: dict) -> Account:
         int(params["n"]),
         int(params["r"]),
         int(params["p"]),
+        str(data.get("created", "")),
     )
 
 
@@ -203,13 +211,40 @@ class AccountStore:
             if old is None:
                 raise AccountError(f"no account named {name!r}")
             fresh = new_account(name, old.role, password)
-            accounts[name] = fresh
+            accounts[name] = dataclasses.replace(fresh, created=old.created)
 
         self._change(change)
 
-    def remove(self, name: str) -> None:
+    def set_role(self, name: str, role: str, keep_admin: bool = False) -> None:
+        """A new role (the account's sessions end). `keep_admin`: refuse to demote the
+        last admin (the console's rule; on the box the command line may)."""
+        if role not in ROLES:
+            raise AccountError(f"the role is one of {', '.join(ROLES)}")
+
         def change(accounts: dict[str, Account]) -> None:
-            if accounts.pop(name, None) is None:
+            old = accounts.get(name)
+            if old is None:
                 raise AccountError(f"no account named {name!r}")
+            if keep_admin and role != "admin":
+                _keep_an_admin(accounts, name, "demoted")
+            accounts[name] = dataclasses.replace(old, role=role)
 
         self._change(change)
+
+    def remove(self, name: str, keep_admin: bool = False) -> None:
+        """`keep_admin`: refuse to remove the last admin (the console's rule)."""
+
+        def change(accounts: dict[str, Account]) -> None:
+            if name not in accounts:
+                raise AccountError(f"no account named {name!r}")
+            if keep_admin:
+                _keep_an_admin(accounts, name, "removed")
+            del accounts[name]
+
+        self._change(change)
+
+
+def _keep_an_admin(accounts: dict[str, Account], name: str, what: str) -> None:
+    others = [a for a in accounts.values() if a.role == "admin" and a.name != name]
+    if accounts[name].role == "admin" and not others:
+        raise AccountError(f"{name!r} is the last admin and cannot be {what}")

@@ -561,6 +561,11 @@ class WebApp:
             )
         if path == "/reports":
             return self._reports(request, session)
+        if path == "/accounts":
+            refusal = self._refuse_accounts(request, session)
+            if refusal is not None:
+                return refusal
+            return self._accounts_page(session, request.query.get("done", "")[:200])
         if path == "/printers":
             message = request.query.get("done", "")
             return self._page(
@@ -592,6 +597,8 @@ class WebApp:
             if error:
                 return self._page(400, pages.message_page("Verify", error, user, role, csrf))
             return Response(303, b"", headers=[("location", "/verify")])
+        if path.startswith("/accounts/"):
+            return self._account_change(request, session, form)
         needs_print = path in ("/printers/test-page", "/reports/print") or (
             path.startswith("/entry/") and path.endswith("/reprint")
         )
@@ -649,6 +656,94 @@ class WebApp:
 
             return Later(start_reprint)
         return self._plain(404, "no such form")
+
+    # ---- accounts (admin)
+
+    def _refuse_accounts(self, request: Request, session: Session) -> Response | None:
+        if "accounts" in _rights(session.role):
+            return None
+        self._security(
+            f"accounts page refused to {session.account} ({session.role})", request.source
+        )
+        return self._page(
+            403,
+            pages.message_page(
+                "Refused",
+                "Accounts need the admin role.",
+                session.account,
+                session.role,
+                session.csrf,
+            ),
+        )
+
+    def _accounts_page(self, session: Session, message: str, error: str = "") -> Response:
+        try:
+            accounts = sorted(self.accounts.load().values(), key=lambda a: a.name)
+        except AccountError as exc:
+            accounts, error = [], str(exc)
+        return self._page(
+            400 if error else 200,
+            pages.accounts_page(
+                accounts, message, error, session.account, session.role, session.csrf
+            ),
+        )
+
+    def _account_change(self, request: Request, session: Session, form: dict[str, str]) -> Any:
+        """Add, change the role of, set the password of or remove an account: on a
+        worker thread (a hash, the file's fsync), then recorded and its sessions ended."""
+        refusal = self._refuse_accounts(request, session)
+        if refusal is not None:
+            return refusal
+        action = request.path.split("/", 2)[2]
+        if action not in ACCOUNT_ACTIONS:
+            return self._plain(404, "no such form")
+        name = form.get("name", "")[:64]
+        role = form.get("role", "")
+        password = form.get("password", "")
+        state_dir = self.backend.state_dir
+        if action in ("add", "password") and password != form.get("password2", ""):
+            return self._accounts_page(session, "", "the two passwords differ")
+
+        def job() -> str:
+            from gateway.web.accounts import new_account
+
+            store = AccountStore(state_dir)  # its own: the loop's store is read meanwhile
+            try:
+                if action == "add":
+                    store.add(new_account(name, role, password))
+                elif action == "role":
+                    store.set_role(name, role, keep_admin=True)
+                elif action == "password":
+                    store.set_password(name, password)
+                else:
+                    store.remove(name, keep_admin=True)
+            except AccountError as exc:
+                return str(exc)
+            return ""
+
+        def then(error: str) -> Response:
+            if error:
+                return self._accounts_page(session, "", error)
+            detail: dict[str, Any] = {**self._who(session, request), "action": action}
+            detail["name"] = name
+            if action in ("add", "role"):
+                detail["new_role"] = role
+            self._record("web_account", detail)
+            ended = self._end_sessions(name) if action != "add" else 0
+            done = ACCOUNT_ACTIONS[action].format(name=name, role=role)
+            if ended:
+                done += f" {ended} session(s) of {name} ended."
+            if session.sid not in self.sessions:
+                return _see_other("/")  # the admin changed their own account: log in again
+            return _see_other("/accounts?" + _qs(done=done))
+
+        return Work(job, then, pool="hash" if action in ("add", "password") else "pages")
+
+    def _end_sessions(self, name: str) -> int:
+        gone = [sid for sid, s in self.sessions.items() if s.account == name]
+        for sid in gone:
+            del self.sessions[sid]
+        return len(gone)
 
     # ---- the audit trail (worker thread)
 
@@ -848,6 +943,15 @@ class WebApp:
         return Response(
             200, b"", kind, [("content-disposition", f'attachment; filename="{name}"')], chunks
         )
+
+
+# The account forms (POST /accounts/ACTION) and what the page says once done.
+ACCOUNT_ACTIONS = {
+    "add": "Account {name} added ({role}).",
+    "role": "{name} is now {role}.",
+    "password": "Password of {name} set.",
+    "remove": "Account {name} removed.",
+}
 
 
 # The print outcomes a detail page shows, at most: a receipt on a few printers

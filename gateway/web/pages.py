@@ -73,7 +73,8 @@ def layout(
             '<nav><a href="/">Dashboard</a> <a href="/audit">Audit trail</a> '
             '<a href="/verify">Verify</a> <a href="/printers">Printers</a> '
             '<a href="/reports">Reports</a>'
-            f'<span class="who">{e(user)} ({e(role)})</span>'
+            + (' <a href="/accounts">Accounts</a>' if role == "admin" else "")
+            + f'<span class="who">{e(user)} ({e(role)})</span>'
             '<form method="post" action="/logout" class="inline">'
             f'<input type="hidden" name="csrf" value="{e(csrf)}">'
             '<button type="submit">Log out</button></form></nav>'
@@ -144,6 +145,7 @@ def live_figures(status: Mapping[str, Any], verify: Mapping[str, Any]) -> dict[s
         "rate": ", ".join(f"{k}: {v:g}/s" for k, v in status.get("ingest_rates", {}).items()),
         "commit": f"p50 {status['sync_ms']['p50']} ms, p99 {status['sync_ms']['p99']} ms",
         "verify": verify.get("summary", "not run since start"),
+        "verify_percent": f"{verify['percent']} %" if "percent" in verify else "",
     }
     for p in status.get("printers", []):
         figures[f"printer:{p['name']}"] = (
@@ -459,15 +461,23 @@ def verify_page(state: Mapping[str, Any], user: str, role: str, csrf: str) -> st
     running = state.get("running")
     body = ""
     if running:
+        percent = int(state.get("percent", 0))
         body += (
-            f'<p id="verify-state">Verification running: {state.get("total", 0)} segments '
-            f"to check, {state.get('elapsed', 0):.1f} s so far.</p>"
-            "<progress>running</progress>"
+            f'<p id="verify-state">Verification running: {percent} % of '
+            f"{_size(state.get('total_bytes', 0))} in {state.get('total', 0)} segments "
+            f"checked, {state.get('elapsed', 0):.1f} s so far.</p>"
+            f'<p><progress id="verify-progress" max="100" value="{percent}">{percent} %</progress> '
+            f'<span id="verify-percent">{percent} %</span></p>'
             '<p class="note">This page reloads every 2 seconds; the gateway keeps ingesting.</p>'
         )
     elif state.get("summary"):
         cls = "good" if state.get("ok") else "bad"
-        body += f'<p id="verify-state" class="{cls}">{e(state["summary"])}</p>'
+        percent = int(state.get("percent", 100))
+        body += (
+            f'<p><progress id="verify-progress" max="100" value="{percent}">{percent} %</progress> '
+            f'<span id="verify-percent">{percent} %</span></p>'
+            f'<p id="verify-state" class="{cls}">{e(state["summary"])}</p>'
+        )
         if state.get("by"):
             body += f'<p class="note">Run by {e(state["by"])} at {e(state.get("at", ""))}.</p>'
         body += (
@@ -524,6 +534,68 @@ def printers_page(
     if not may_print:
         reports += '<p class="note">Printing needs the operator or admin role.</p>'
     return layout("Printers", note + table + reports, user, role, csrf)
+
+
+def _role_select(name: str, selected: str = "") -> str:
+    options = "".join(
+        f'<option value="{r}"{" selected" if r == selected else ""}>{r}</option>'
+        for r in ("auditor", "operator", "admin")
+    )
+    return f'<select name="{e(name)}" aria-label="role">{options}</select>'
+
+
+def accounts_page(
+    accounts: list[Any], message: str, error: str, user: str, role: str, csrf: str
+) -> str:
+    """Every account with forms to change its role, set its password, remove it; and
+    a form to add one. Only admins get here (app.py)."""
+    token = f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+
+    def form(action: str, name: str, inner: str, button: str) -> str:
+        return (
+            f'<form method="post" action="/accounts/{action}" class="inline">{token}'
+            f'<input type="hidden" name="name" value="{e(name)}">{inner}'
+            f'<button type="submit">{button}</button></form>'
+        )
+
+    rows = []
+    for a in accounts:
+        pw = (
+            '<input type="password" name="password" aria-label="new password" '
+            'autocomplete="new-password" placeholder="new password" required>'
+            '<input type="password" name="password2" aria-label="new password again" '
+            'autocomplete="new-password" placeholder="again" required>'
+        )
+        rows.append(
+            f'<tr data-account="{e(a.name)}"><td>{e(a.name)}</td><td>{e(a.role)}</td>'
+            f"<td>{e(a.created or '-')}</td>"
+            f"<td>{form('role', a.name, _role_select('role', a.role), 'Set role')}</td>"
+            f"<td>{form('password', a.name, pw, 'Set password')}</td>"
+            f"<td>{form('remove', a.name, '', 'Remove')}</td></tr>"
+        )
+    table = (
+        '<div class="scroll"><table class="list" id="accounts"><thead><tr><th>Name</th>'
+        "<th>Role</th><th>Created (UTC)</th><th>New role</th><th>New password</th><th></th>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+    note = f'<p class="good" role="status" id="account-message">{e(message)}</p>' if message else ""
+    if error:
+        note += f'<p class="bad" role="alert" id="account-error">{e(error)}</p>'
+    add = (
+        '<h3>Add an account</h3><form method="post" action="/accounts/add" id="account-add">'
+        f"{token}"
+        '<label>Name <input name="name" autocomplete="off" required></label> '
+        f"<label>Role {_role_select('role', 'auditor')}</label> "
+        '<label>Password <input type="password" name="password" autocomplete="new-password" '
+        "required></label> "
+        '<label>Again <input type="password" name="password2" autocomplete="new-password" '
+        "required></label> "
+        '<button type="submit">Add</button></form>'
+        '<p class="note">A password is 10 to 1,024 characters. A new role, a new password '
+        "or a removal ends the account's sessions; the last admin cannot be demoted or "
+        "removed here. Every change is recorded in the ledger.</p>"
+    )
+    return layout("Accounts", note + table + add, user, role, csrf)
 
 
 # Charts: a fixed 600 x 160 drawing (it scales with the page), the last hour.
