@@ -144,19 +144,24 @@ def site(tmp_path_factory):
 
 def _wait(predicate, what: str, timeout: float = WAIT_S):
     """Poll `predicate` until truthy. An element that the page replaced or has not
-    drawn yet (a live update, the page loading after a POST) counts as not yet."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    drawn yet (a live update, the page loading after a POST or its own 2-second
+    reload) counts as not yet: the driver then raises a stale or missing element,
+    or, when the document went away in the middle of the call, a bare
+    WebDriverException ("Node with given id does not belong to the document").
+    An error that lasts to the deadline is reported with it."""
+    from selenium.common.exceptions import WebDriverException
 
     deadline = time.monotonic() + timeout
+    last_error = None
     while True:
         try:
             value = predicate()
-        except (StaleElementReferenceException, NoSuchElementException):
-            value = None
+        except WebDriverException as exc:
+            value, last_error = None, exc
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what} (last error: {last_error!r})")
         time.sleep(0.05)
 
 
