@@ -781,6 +781,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "ingest      {1m} / {5m} / {15m} events/s over 1 / 5 / 15 min".format(**st["ingest_rates"])
         + f", {st.get('ingest_path', 'python')} path",
         f"commits     p50 {st['sync_ms']['p50']} ms, p99 {st['sync_ms']['p99']} ms",
+        f"ack wait    p50 {st['ack_wait_ms']['p50']} ms, p99 {st['ack_wait_ms']['p99']} ms "
+        "(first read to acknowledged, last minute)",
         f"index       to seq {st['index']['indexed_seq']}, {st['index']['lag']} behind"
         + (f" ({st['index']['error']})" if st["index"]["error"] else "")
         if st["index"]["enabled"]

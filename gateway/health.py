@@ -114,6 +114,11 @@ class Health:
                 "p99": ledger.sync_ms_p99,
                 "samples": ledger.sync_samples,
             },
+            "ack_wait_ms": {
+                "p50": ledger.ack_wait_ms_p50,
+                "p99": ledger.ack_wait_ms_p99,
+                "samples": ledger.ack_wait_samples,
+            },
             "free_bytes": ledger.free_bytes,
             "index": {
                 "enabled": indexer is not None,

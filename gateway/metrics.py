@@ -52,6 +52,10 @@ def exposition(status: dict[str, Any]) -> str:
     metric("commit_seconds", "summary", "ledger commit duration",
            [(f'{{quantile="{q}"}}', status["sync_ms"][k] / 1000)
             for q, k in (("0.5", "p50"), ("0.99", "p99"))])  # fmt: skip
+    metric("ack_wait_seconds", "summary",
+           "per commit, from its first entry being read to its acknowledgements being queued",
+           [(f'{{quantile="{q}"}}', status["ack_wait_ms"][k] / 1000)
+            for q, k in (("0.5", "p50"), ("0.99", "p99"))])  # fmt: skip
     metric("commits_total", "counter", "ledger commit batches since start",
            [("", ledger["batches"])])  # fmt: skip
     metric("syncs_total", "counter", "fdatasync calls since start", [("", ledger["syncs"])])

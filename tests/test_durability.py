@@ -219,6 +219,46 @@ def test_status_reports_rates_sync_latency_and_free_space(gateway_factory):
     assert status["free_bytes"] > 0 and status["acks_pending"] == 0
 
 
+def test_ack_wait_counts_from_staging_to_durable_over_the_last_minute(tmp_path):
+    """The acknowledgement wait starts when a batch's first entry is staged (the turn
+    that read its line), so time spent waiting for the commit interval counts, and
+    only the last minute's commits are in the figure."""
+    from gateway.clock import FakeClock
+    from gateway.ledger.commit import ACK_WAIT_WINDOW_S
+    from gateway.loop import EventLoop
+
+    clock = FakeClock()
+    loop = EventLoop(clock)
+    ledger = Ledger(LedgerConfig(min_sync_interval_ms=200), tmp_path / "ledger", loop)
+    try:
+        ledger.open()
+        ledger.start()
+        published = []
+        ledger.subscribe(published.append)
+
+        def commit_one(wait_s: float) -> None:
+            count = len(published)
+            ledger.append(entries.encode_value({"kind": "event", "n": count}))
+            clock.advance(wait_s)  # staged, not yet committed: the loop has not run
+            deadline = time.monotonic() + 10
+            while len(published) == count and time.monotonic() < deadline:
+                loop.run_once(max_wait=0.01)
+            assert len(published) == count + 1
+
+        commit_one(0.25)  # the commit interval held this one back
+        commit_one(0.25)
+        stats = ledger.statistics()
+        assert stats.ack_wait_samples == 2
+        assert 250 <= stats.ack_wait_ms_p50 <= stats.ack_wait_ms_p99 < 300
+        assert stats.sync_ms_p99 < stats.ack_wait_ms_p99  # the sync itself is not the wait
+        clock.advance(ACK_WAIT_WINDOW_S + 1)
+        stats = ledger.statistics()
+        assert (stats.ack_wait_samples, stats.ack_wait_ms_p99) == (0, 0.0)  # a quiet minute
+    finally:
+        ledger.close()
+        loop.close()
+
+
 def test_a_busy_connection_is_served_in_turns_and_nothing_is_lost(gateway_factory):
     from gateway.ingest.server import ITEMS_PER_TURN
 

@@ -41,6 +41,7 @@ class Backend:
             "rejected": 3,
             "ingest_rates": {"1m": 1.5},
             "sync_ms": {"p50": 1.0, "p99": 2.0},
+            "ack_wait_ms": {"p50": 3.0, "p99": 4.5, "samples": 12},
             "printers": [
                 {
                     "name": "<b>p</b>",
@@ -389,10 +390,12 @@ def test_charts_of_the_last_hour(env):
     assert [round(v) for _, v in app.charts()["ingest"]] == [10, 10, 10]
     svg = get(app, "/chart/ingest.svg", cookie).body.decode()
     assert "<polyline" in svg and "10.0 events/s" in svg
-    assert b"2.0 ms" in get(app, "/chart/commit.svg", cookie).body
+    assert b"4.5 ms" in get(app, "/chart/ack.svg", cookie).body
+    assert get(app, "/chart/commit.svg", cookie).status == 404
     assert get(app, "/chart/ingest.svg").status == 303  # no session, no chart
     page = get(app, "/", cookie).body
-    assert b'src="/chart/ingest.svg"' in page and b'src="/chart/commit.svg"' in page
+    assert b'src="/chart/ingest.svg"' in page and b'src="/chart/ack.svg"' in page
+    assert b"p99 4.5 ms over 12 commits in the last minute" in page
 
 
 def test_reprint_and_report_answer_once_the_spool_has(env):

@@ -45,8 +45,13 @@ log = logging.getLogger("gateway.ops")
 # A commit pending this long makes the gateway unhealthy (watchdog pings stop):
 # an SD card syncs in well under a second; 10 s means the storage is stuck.
 SYNC_PENDING_LIMIT_S = 10.0
-# Commit durations kept for the status's p50/p99: the last 1,000 commits.
+# Commit durations and acknowledgement waits kept for the status's p50/p99:
+# the last 1,000 commits.
 SYNC_SAMPLES = 1000
+# The acknowledgement wait's p50/p99 cover the commits of the last 60 s (at most
+# the last 1,000), so that the dashboard's chart shows the present, not the
+# last busy minute of a quiet day.
+ACK_WAIT_WINDOW_S = 60.0
 # While entries are committed, the high-water mark is moved up to the durable
 # head at most this often, on a thread of its own (never on the commit path):
 # after a crash only entries synced in the last 10 s can be taken for a torn
@@ -94,6 +99,13 @@ class LedgerStatistics:
     sync_ms_p50: float
     sync_ms_p99: float
     sync_samples: int
+    # Per commit, from its first entry's staging (the loop turn that read the
+    # line) until the commit's result reached the loop, where its
+    # acknowledgements are queued: the longest any entry of the batch waited.
+    # Over the last ACK_WAIT_WINDOW_S; 0 with no commit in it.
+    ack_wait_ms_p50: float
+    ack_wait_ms_p99: float
+    ack_wait_samples: int
     error: str | None  # the last write error, while writes fail
     disk_full: bool
     free_bytes: int | None
@@ -136,6 +148,8 @@ class Ledger:
         self.batches = 0
         self.syncs = 0
         self.latencies: collections.deque[float] = collections.deque(maxlen=SYNC_SAMPLES)
+        # (when the result arrived, how long the batch's first entry waited)
+        self.waits: collections.deque[tuple[float, float]] = collections.deque(maxlen=SYNC_SAMPLES)
         self.disk_full = False
         self.free: int | None = None
         self.dropped = 0  # appends refused while damaged
@@ -309,11 +323,12 @@ class Ledger:
         self.batches += 1
         self.syncs += result.syncs
         self.latencies.append(result.elapsed_s)
+        now = self.clock.monotonic()
+        self.waits.append((now, now - result.batch.staged_at))
         self.writer.batch_done(result.batch)
         made_durable = tuple(self._in_flight)
         self._in_flight = []
         self._commit_if_idle()  # what was staged meanwhile goes to the disk at once
-        now = self.clock.monotonic()
         if now - self._marked_at >= MARK_INTERVAL_S and self.config.fsync != "off":
             self._marked_at = now
             try:
@@ -399,11 +414,13 @@ class Ledger:
 
     def statistics(self) -> LedgerStatistics:
         latencies = sorted(self.latencies)
+        since = self.clock.monotonic() - ACK_WAIT_WINDOW_S
+        waits = sorted(wait for at, wait in self.waits if at >= since)
 
-        def pick(q: float) -> float:
-            if not latencies:
+        def pick(q: float, samples: list[float] = latencies) -> float:
+            if not samples:
                 return 0.0
-            return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 2)
+            return round(samples[min(len(samples) - 1, int(q * len(samples)))] * 1000, 2)
 
         head = self.writer.durable
         return LedgerStatistics(
@@ -417,6 +434,9 @@ class Ledger:
             sync_ms_p50=pick(0.50),
             sync_ms_p99=pick(0.99),
             sync_samples=len(latencies),
+            ack_wait_ms_p50=pick(0.50, waits),
+            ack_wait_ms_p99=pick(0.99, waits),
+            ack_wait_samples=len(waits),
             error=str(self.error) if self.error is not None else None,
             disk_full=self.disk_full,
             free_bytes=self.free,

@@ -70,8 +70,9 @@ MAX_PER_PAGE = 500
 # matches costs a scan of the index; the page itself never needs one.
 COUNT_CAP = 10_000
 
-# The dashboard's charts: one sample of the ingest count and commit p99 per
-# tick (gateway/web/server.py, every 30 s), an hour's worth kept.
+# The dashboard's charts: one sample of the ingest count and the acknowledgement
+# wait's p99 (over the last minute's commits, gateway/ledger/commit.py) per tick
+# (gateway/web/server.py, every 30 s), an hour's worth kept.
 HISTORY_SAMPLES = 121
 
 CSP = "default-src 'self'; frame-ancestors 'none'"
@@ -218,7 +219,7 @@ class WebApp:
         from gateway.web.seqmap import SeqMap
 
         self.seqmap = SeqMap(backend.state_dir / "ledger")
-        # (clock, events since start, commit p99 ms), one per tick: the charts.
+        # (clock, events since start, ack wait p99 ms), one per tick: the charts.
         self.history: collections.deque[tuple[float, int, float]] = collections.deque(
             maxlen=HISTORY_SAMPLES
         )
@@ -310,10 +311,11 @@ class WebApp:
     def sample(self) -> None:
         """One point of the dashboard's charts (the server calls it every tick)."""
         status = self.backend.status()
-        self.history.append((self.clock(), int(status["events"]), float(status["sync_ms"]["p99"])))
+        wait_p99 = float(status["ack_wait_ms"]["p99"])
+        self.history.append((self.clock(), int(status["events"]), wait_p99))
 
     def charts(self) -> dict[str, list[tuple[float, float]]]:
-        """(seconds ago, value) series: ingest events/s between samples, commit p99 ms."""
+        """(seconds ago, value) series: ingest events/s between samples, ack wait p99 ms."""
         now = self.clock()
         points = list(self.history)
         rate = [
@@ -321,7 +323,7 @@ class WebApp:
             for (t0, n0, _), (t1, n1, _) in itertools.pairwise(points)
             if t1 > t0
         ]
-        return {"ingest": rate, "commit": [(now - t, p99) for t, _, p99 in points]}
+        return {"ingest": rate, "ack": [(now - t, p99) for t, _, p99 in points]}
 
     def tick(self) -> None:
         """Record the failed-login summaries whose interval ended; forget old sources."""
@@ -530,11 +532,11 @@ class WebApp:
             verify = self.verifier.state() if self.verifier else {}
             figures = pages.live_figures(self.backend.status(), verify)
             return Response(200, json.dumps(figures).encode(), "application/json")
-        if path in ("/chart/ingest.svg", "/chart/commit.svg"):
+        if path in ("/chart/ingest.svg", "/chart/ack.svg"):
             name = path.split("/")[2].split(".")[0]
             title, unit = {
                 "ingest": ("Ingest rate", "events/s"),
-                "commit": ("Commit time p99", "ms"),
+                "ack": ("Acknowledgement wait p99", "ms"),
             }[name]
             svg = pages.chart_svg(self.charts()[name], title, unit)
             return Response(200, svg.encode(), "image/svg+xml")

@@ -144,6 +144,8 @@ def live_figures(status: Mapping[str, Any], verify: Mapping[str, Any]) -> dict[s
         "rejected": f"{status['rejected']:,}",
         "rate": ", ".join(f"{k}: {v:g}/s" for k, v in status.get("ingest_rates", {}).items()),
         "commit": f"p50 {status['sync_ms']['p50']} ms, p99 {status['sync_ms']['p99']} ms",
+        "ack_wait": f"p50 {status['ack_wait_ms']['p50']} ms, p99 {status['ack_wait_ms']['p99']} ms"
+        f" over {status['ack_wait_ms']['samples']} commits in the last minute",
         "verify": verify.get("summary", "not run since start"),
         "verify_percent": f"{verify['percent']} %" if "percent" in verify else "",
     }
@@ -185,6 +187,7 @@ def dashboard(
         row("rejected", "Lines refused since start"),
         row("rate", "Ingest rate"),
         row("commit", "Commit time"),
+        row("ack_wait", "Acknowledgement wait"),
     ]
     if fingerprint:
         rows.append(
@@ -211,8 +214,8 @@ def dashboard(
         "<h3>The last hour</h3>"
         '<p class="charts"><img src="/chart/ingest.svg" alt="ingest rate over the last hour" '
         'data-chart="/chart/ingest.svg" width="600" height="160">'
-        '<img src="/chart/commit.svg" alt="commit time p99 over the last hour" '
-        'data-chart="/chart/commit.svg" width="600" height="160"></p>'
+        '<img src="/chart/ack.svg" alt="acknowledgement wait p99 over the last hour" '
+        'data-chart="/chart/ack.svg" width="600" height="160"></p>'
         f'<h3>Printers</h3><table class="figures">{printers}</table>'
         '<h3>Recent security events</h3><table class="list"><thead><tr><th>When</th>'
         f"<th>What</th><th>Source</th></tr></thead><tbody>{events}</tbody></table>"
