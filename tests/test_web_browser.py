@@ -433,7 +433,14 @@ def test_admin_adds_an_operator_who_logs_in_then_removes_them(site):
     # The admin removes her ...
     d.delete_all_cookies()
     d.add_cookie({"name": "gw_session", "value": admin["value"], "path": "/"})
-    d.get(site["base"] + "/accounts")
+    _wait(
+        lambda: (
+            d.get(site["base"] + "/accounts"),
+            "from 127.0.0.1"
+            in d.find_element(By.CSS_SELECTOR, "tr[data-account=olga] .login").text,
+        )[1],
+        "olga's last login on the accounts page",
+    )
     row = d.find_element(By.CSS_SELECTOR, "tr[data-account=olga]")
     row.find_element(By.CSS_SELECTOR, "form[action='/accounts/remove'] button").click()
     _wait(lambda: "session" in d.find_element(By.ID, "account-message").text, "the removal")

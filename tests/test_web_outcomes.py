@@ -1,4 +1,5 @@
-"""An entry's print outcomes on its detail page: found through the query index."""
+"""An entry's print outcomes and covering reports on its detail page, and the
+accounts' last logins: found through the query index (gateway/web/related.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import json
 import time
 
 from gateway.audit.query import Filters, QueryView
-from gateway.web import app as webapp
-from gateway.web import pages
-from gateway.web.app import _covers, print_outcomes
+from gateway.web import pages, related
+from gateway.web.related import covering_reports, covers
+from tests.gatewayproc import run_gateway_command
 from tests.webtools import send_events, web_gateway
 
 WAIT_S = 30.0
@@ -21,6 +22,10 @@ def _events(state_dir) -> dict[str, int]:
     return {
         r["record"]["event"]["event_type"] + str(r["record"]["event"]["i"]): r["seq"] for r in rows
     }
+
+
+def print_outcomes(state_dir, seq):
+    return related.find_outcomes(state_dir, seq).rows
 
 
 def test_a_receipts_outcome_is_found_and_other_entries_have_none(tmp_path):
@@ -55,13 +60,13 @@ def test_a_receipts_outcome_is_found_and_other_entries_have_none(tmp_path):
 
 
 def test_which_print_entries_cover_a_seq():
-    assert _covers({"job": "12/paper", "type": "status_page", "seqs": []}, 12)
-    assert _covers({"job": "40/paper", "type": "reprint", "seqs": [12]}, 12)
-    assert not _covers({"job": "40/paper", "type": "reprint", "seqs": [120]}, 12)
-    assert not _covers({"job": "121/paper", "type": "receipt", "seqs": [121]}, 12)
-    assert _covers({"job": "90/office", "type": "report", "seqs": [10, 20]}, 12)
-    assert not _covers({"job": "90/office", "type": "report", "seqs": [13, 20]}, 12)
-    assert not _covers({"job": "x", "type": "receipt", "seqs": ["12"]}, 12)
+    assert covers({"job": "12/paper", "type": "status_page", "seqs": []}, 12)
+    assert covers({"job": "40/paper", "type": "reprint", "seqs": [12]}, 12)
+    assert not covers({"job": "40/paper", "type": "reprint", "seqs": [120]}, 12)
+    assert not covers({"job": "121/paper", "type": "receipt", "seqs": [121]}, 12)
+    assert covers({"job": "90/office", "type": "report", "seqs": [10, 20]}, 12)
+    assert not covers({"job": "90/office", "type": "report", "seqs": [13, 20]}, 12)
+    assert not covers({"job": "x", "type": "receipt", "seqs": ["12"]}, 12)
 
 
 def test_the_outcomes_table_shows_time_printer_and_outcome_as_text():
@@ -90,13 +95,13 @@ def test_the_outcomes_table_shows_time_printer_and_outcome_as_text():
 
 
 def test_without_an_index_a_detail_reads_a_bounded_tail_and_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(webapp, "MAX_OUTCOME_TAIL", 20)
+    monkeypatch.setattr(related, "MAX_TAIL", 20)
     gateway, _base = web_gateway(tmp_path, index={"enabled": False})
     try:
         send_events(
             gateway, [json.dumps({"event_type": "receipt.print", "i": i}) for i in range(30)]
         )
-        found = webapp.find_outcomes(gateway.state_dir, 3)
+        found = related.find_outcomes(gateway.state_dir, 3)
         assert found.cut and found.covered_to == 20  # the ledger's first 20 entries only
         with QueryView(gateway.state_dir, 20) as view:
             assert view.tail_cut and view.from_ledger == 20
@@ -107,3 +112,51 @@ def test_without_an_index_a_detail_reads_a_bounded_tail_and_says_so(tmp_path, mo
     record = {"seq": 3, "kind": "event", "hash": "ab", "event": {"event_type": "t"}}
     page = pages.entry_detail(record, "ok", dt.UTC, "UTC", False, "u", "auditor", "t", [], 20)
     assert "Print entries after seq 20 were not looked at" in page
+
+
+def test_the_daily_reports_whose_range_holds_an_entry(tmp_path):
+    gateway, _base = web_gateway(tmp_path)
+    try:
+        send_events(gateway, [json.dumps({"event_type": "other", "i": i}) for i in range(6)])
+        seqs = sorted(_events(gateway.state_dir).values())
+        assert covering_reports(gateway.state_dir, seqs[2]).rows == []  # none made yet
+        today = gateway.export()[-1]["received_at"][:10]
+        config = ["--config", str(gateway.config_path)]
+        for _ in range(2):  # the day's report and a second copy (a new number)
+            done = run_gateway_command("report", "--date", today, "--printer", "paper", *config)
+            assert done.returncode == 0, done
+        send_events(gateway, [json.dumps({"event_type": "other", "i": 9})])
+        later = max(_events(gateway.state_dir).values())
+        deadline = time.monotonic() + WAIT_S
+        while len(covering_reports(gateway.state_dir, seqs[2]).rows) < 2:
+            assert time.monotonic() < deadline, "the report entries did not come"
+            time.sleep(0.1)
+        for seq in (seqs[0], seqs[2], seqs[-1]):
+            found = covering_reports(gateway.state_dir, seq)
+            assert not found.cut and [r["number"] for r in found.rows] == [1, 2]
+            assert all(r["first_seq"] <= seq <= r["last_seq"] for r in found.rows)
+        assert covering_reports(gateway.state_dir, later).rows == []  # after the reports' end
+    finally:
+        gateway.stop()
+
+
+def test_the_reports_section_links_each_report_and_its_anchor():
+    record = {"seq": 5, "kind": "event", "hash": "ab", "event": {"event_type": "t"}}
+    report = {
+        "seq": 40,
+        "kind": "report",
+        "number": 3,
+        "date": "2026-12-01",
+        "first_seq": 1,
+        "last_seq": 30,
+        "last_hash": "cd" * 32,
+        "printer": "<b>office</b>",
+    }
+    args = (record, "ok", dt.UTC, "UTC", False, "u", "auditor", "t", [], None)
+    page = pages.entry_detail(*args, [report])
+    section = page[page.index('id="covering-reports"') :]
+    assert '<a href="/entry/40">3</a>' in section and "1-30" in section
+    assert "30:" + "cd" * 8 in section and "&lt;b&gt;office&lt;/b&gt;" in section
+    assert "No daily report covers this entry yet" in pages.entry_detail(*args, [])
+    assert "Report entries after seq 12 were not looked at" in pages.entry_detail(*args, [], 12)
+    assert "Daily reports" not in pages.entry_detail(*args)  # not looked up: no section

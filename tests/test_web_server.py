@@ -213,6 +213,30 @@ def test_failed_logins_are_slowed_and_summarised(console):
     assert detail["failures"] == 4
 
 
+def test_the_accounts_page_shows_each_last_login(console):
+    _gateway, base = console
+    for name in ("otto", "ada"):
+        b = Browser(base)
+        response, _ = b.login(name)
+        assert response.status == 303
+    deadline = time.monotonic() + 30
+    while True:
+        response, page = b.request("GET", "/accounts")  # ada's session
+        assert response.status == 200
+        rows = {
+            m.group(1).decode(): m.group(2).decode()
+            for m in re.finditer(rb'data-account="([^"]+)".*?<td class="login">(.*?)</td>', page)
+        }
+        if "from 127.0.0.1" in rows.get("otto", "") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert set(rows) == {"audrey", "otto", "ada"}
+    assert rows["audrey"] == "never"
+    for name in ("otto", "ada"):
+        assert re.fullmatch(r'<a href="/entry/\d+">[-0-9 :]{19}</a> from 127\.0\.0\.1', rows[name])
+    assert rows["otto"] != rows["ada"]  # each its own entry
+
+
 def _read_all(sock: socket.socket) -> bytes:
     chunks = []
     while True:

@@ -34,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 from gateway import zone
 from gateway.web import pages
 from gateway.web.accounts import Account, AccountError, AccountStore, check_password
+from gateway.web.related import covering_reports, find_outcomes, last_logins
 
 COOKIE = "gw_session"
 # Sessions end after 15 minutes without a request, and 8 hours after the
@@ -567,7 +568,17 @@ class WebApp:
             refusal = self._refuse_accounts(request, session)
             if refusal is not None:
                 return refusal
-            return self._accounts_page(session, request.query.get("done", "")[:200])
+            message = request.query.get("done", "")[:200]
+            state_dir = self.backend.state_dir
+            try:
+                names = list(self.accounts.load())  # on the loop: the store's cache is its own
+            except AccountError:
+                return self._accounts_page(session, message)  # the page says what is wrong
+
+            def job() -> dict[str, dict[str, Any]]:
+                return last_logins(state_dir, names)
+
+            return Work(job, lambda logins: self._accounts_page(session, message, logins=logins))
         if path == "/printers":
             message = request.query.get("done", "")
             return self._page(
@@ -678,15 +689,31 @@ class WebApp:
             ),
         )
 
-    def _accounts_page(self, session: Session, message: str, error: str = "") -> Response:
+    def _accounts_page(
+        self,
+        session: Session,
+        message: str,
+        error: str = "",
+        logins: dict[str, dict[str, Any]] | None = None,
+    ) -> Response:
+        """`logins`: each account's last `web_login` entry (None: not looked up)."""
         try:
             accounts = sorted(self.accounts.load().values(), key=lambda a: a.name)
         except AccountError as exc:
             accounts, error = [], str(exc)
+        tz, note = self.backend.zone()
         return self._page(
             400 if error else 200,
             pages.accounts_page(
-                accounts, message, error, session.account, session.role, session.csrf
+                accounts,
+                message,
+                error,
+                session.account,
+                session.role,
+                session.csrf,
+                logins,
+                tz,
+                note,
             ),
         )
 
@@ -888,11 +915,11 @@ class WebApp:
         def job() -> Any:
             item = seqmap.get(seq)
             if item is None or item.damage:
-                return item, None
-            return item, find_outcomes(state_dir, seq)
+                return item, None, None
+            return item, find_outcomes(state_dir, seq), covering_reports(state_dir, seq)
 
         def then(result: Any) -> Response:
-            item, outcomes = result
+            item, outcomes, reports = result
             if item is None or (item.seq != seq and not item.damage):
                 return self._page(
                     404,
@@ -919,6 +946,8 @@ class WebApp:
                     csrf,
                     outcomes.rows,
                     outcomes.covered_to if outcomes.cut else None,
+                    reports.rows,
+                    reports.covered_to if reports.cut else None,
                 ),
             )
 
@@ -954,61 +983,6 @@ ACCOUNT_ACTIONS = {
     "password": "Password of {name} set.",
     "remove": "Account {name} removed.",
 }
-
-
-# The print outcomes a detail page shows, at most: a receipt on a few printers
-# and its reprints are a handful; bounded work for an entry printed very often.
-MAX_OUTCOMES = 50
-# A detail page reads at most this many entries the index has not taken yet
-# (tens of ms) to find print outcomes there; further ones are not looked at
-# and the page says so (an index far behind, or none).
-MAX_OUTCOME_TAIL = 10_000
-
-
-@dataclasses.dataclass
-class Outcomes:
-    rows: list[dict[str, Any]]
-    covered_to: int  # print entries up to this seq were looked at
-    cut: bool  # more entries than that exist: the index lags (or there is none)
-
-
-def print_outcomes(state_dir: Path, seq: int) -> list[dict[str, Any]]:
-    return find_outcomes(state_dir, seq).rows
-
-
-def find_outcomes(state_dir: Path, seq: int) -> Outcomes:
-    """The `print` entries whose job covers entry `seq`, oldest first (docs/printing.md).
-
-    A receipt's or reprint's `print` entry lists the event as `seqs[0]`, a
-    report's its range `[first, last]`; a job queued by a request entry
-    (reprint, report, status page) is `<its seq>/<printer>`. Both are found in
-    the query index's full text (the phrases `seqs N` and `job N`: the entry's
-    JSON there reads `"job": "N/printer"` and `"seqs": [N`), after `seq` only
-    (a job ends after the entry that queued it), then checked field by field.
-    """
-    from gateway.audit.query import Filters, QueryView
-
-    found: dict[int, dict[str, Any]] = {}
-    with QueryView(state_dir, MAX_OUTCOME_TAIL) as view:
-        for phrase in (f"seqs {seq}", f"job {seq}"):
-            f = Filters(kind="print", text=phrase, limit=MAX_OUTCOMES, order="asc", after_seq=seq)
-            for r in view.page(f):
-                record = r["record"]
-                if _covers(record, seq):
-                    found[r["seq"]] = record
-        covered_to, cut = view.covered_to, view.tail_cut
-    return Outcomes([found[s] for s in sorted(found)][:MAX_OUTCOMES], covered_to, cut)
-
-
-def _covers(record: dict[str, Any], seq: int) -> bool:
-    if str(record.get("job", "")).split("/", 1)[0] == str(seq):
-        return True
-    seqs = record.get("seqs")
-    if not isinstance(seqs, list) or not seqs or not all(isinstance(s, int) for s in seqs):
-        return False
-    if record.get("type") == "report":
-        return seqs[0] <= seq <= seqs[-1]
-    return seqs[0] == seq
 
 
 def _see_other(location: str) -> Response:

@@ -340,16 +340,42 @@ def _value(value: Any) -> str:
     return f"<code>{e(_json(value))}</code>"
 
 
+def _lag_note(element_id: str, what: str, covered_to: int | None) -> str:
+    if covered_to is None:
+        return ""
+    return (
+        f'<p class="note" id="{element_id}">{what} after seq {int(covered_to)} were not '
+        "looked at: the query index is far behind the ledger (or absent).</p>"
+    )
+
+
+def covering_reports(reports: list[dict[str, Any]], covered_to: int | None = None) -> str:
+    """The numbered daily reports whose range holds an entry, with their anchors."""
+    lag = _lag_note("reports-lag", "Report entries", covered_to)
+    if not reports:
+        return (
+            '<h3>Daily reports</h3><p id="covering-reports" class="note">No daily report '
+            "covers this entry yet.</p>" + lag
+        )
+    rows = "".join(
+        f'<tr><td><a href="/entry/{int(r["seq"])}">{e(r.get("number"))}</a></td>'
+        f"<td>{e(r.get('date'))}</td><td>{e(r.get('first_seq'))}-{e(r.get('last_seq'))}</td>"
+        f'<td class="hash">{e(r.get("last_seq"))}:{e(str(r.get("last_hash") or "")[:16])}</td>'
+        f"<td>{e(r.get('printer'))}</td></tr>"
+        for r in reports
+    )
+    return (
+        '<h3>Daily reports</h3><table class="list" id="covering-reports"><thead><tr>'
+        "<th>Number</th><th>Day</th><th>Seqs</th><th>Anchor (seq:hash)</th><th>Printer</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table>" + lag
+    )
+
+
 def print_outcomes(
     outcomes: list[dict[str, Any]], tz: dt.tzinfo, zone_note: str, covered_to: int | None = None
 ) -> str:
     """The `print` entries of an entry's jobs: time, printer, job type, outcome."""
-    lag = (
-        f'<p class="note" id="outcomes-lag">Print entries after seq {int(covered_to)} were not '
-        "looked at: the query index is far behind the ledger (or absent).</p>"
-        if covered_to is not None
-        else ""
-    )
+    lag = _lag_note("outcomes-lag", "Print entries", covered_to)
     if not outcomes:
         return (
             '<h3>Print outcomes</h3><p id="outcomes" class="note">No print entry names this '
@@ -391,7 +417,12 @@ def entry_detail(
     csrf: str,
     outcomes: list[dict[str, Any]] | None = None,
     outcomes_to: int | None = None,
+    reports: list[dict[str, Any]] | None = None,
+    reports_to: int | None = None,
 ) -> str:
+    """One entry: its fields, the diff, its print outcomes and the daily reports
+    that cover it (`outcomes`, `reports`: None leaves a section out; `*_to`: the
+    lookup stopped at that seq, the index being far behind)."""
     seq = record["seq"]
     rows = [
         f"<tr><th>Seq</th><td>{seq}</td></tr>",
@@ -450,6 +481,8 @@ def entry_detail(
         )
     if outcomes is not None:
         body += print_outcomes(outcomes, tz, zone_note, outcomes_to)
+    if reports is not None:
+        body += covering_reports(reports, reports_to)
     if may_print and record["kind"] == "event":
         body += (
             f'<form method="post" action="/entry/{seq}/reprint">'
@@ -548,10 +581,35 @@ def _role_select(name: str, selected: str = "") -> str:
 
 
 def accounts_page(
-    accounts: list[Any], message: str, error: str, user: str, role: str, csrf: str
+    accounts: list[Any],
+    message: str,
+    error: str,
+    user: str,
+    role: str,
+    csrf: str,
+    logins: Mapping[str, Mapping[str, Any]] | None = None,
+    tz: dt.tzinfo = dt.UTC,
+    zone_note: str = "UTC",
 ) -> str:
-    """Every account with forms to change its role, set its password, remove it; and
-    a form to add one. Only admins get here (app.py)."""
+    """Every account with its last login and forms to change its role, set its
+    password, remove it; and a form to add one. Only admins get here (app.py).
+    `logins`: each account's last `web_login` entry (None: not looked up)."""
+
+    def last_login(name: str) -> str:
+        if logins is None:
+            return ""
+        record = logins.get(name)
+        if record is None:
+            return "never"
+        received = record.get("received_at")
+        when = (
+            dt.datetime.fromisoformat(received).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+            if isinstance(received, str)
+            else "?"
+        )
+        source = record.get("detail", {}).get("source", "")
+        return f'<a href="/entry/{int(record["seq"])}">{e(when)}</a> from {e(source)}'
+
     token = f'<input type="hidden" name="csrf" value="{e(csrf)}">'
 
     def form(action: str, name: str, inner: str, button: str) -> str:
@@ -571,14 +629,15 @@ def accounts_page(
         )
         rows.append(
             f'<tr data-account="{e(a.name)}"><td>{e(a.name)}</td><td>{e(a.role)}</td>'
-            f"<td>{e(a.created or '-')}</td>"
+            f'<td>{e(a.created or "-")}</td><td class="login">{last_login(a.name)}</td>'
             f"<td>{form('role', a.name, _role_select('role', a.role), 'Set role')}</td>"
             f"<td>{form('password', a.name, pw, 'Set password')}</td>"
             f"<td>{form('remove', a.name, '', 'Remove')}</td></tr>"
         )
     table = (
         '<div class="scroll"><table class="list" id="accounts"><thead><tr><th>Name</th>'
-        "<th>Role</th><th>Created (UTC)</th><th>New role</th><th>New password</th><th></th>"
+        "<th>Role</th><th>Created (UTC)</th>"
+        f"<th>Last login ({e(zone_note)})</th><th>New role</th><th>New password</th><th></th>"
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
     note = f'<p class="good" role="status" id="account-message">{e(message)}</p>' if message else ""
