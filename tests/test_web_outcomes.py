@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 
 from gateway.audit.query import Filters, QueryView
@@ -160,3 +161,19 @@ def test_the_reports_section_links_each_report_and_its_anchor():
     assert "No daily report covers this entry yet" in pages.entry_detail(*args, [])
     assert "Report entries after seq 12 were not looked at" in pages.entry_detail(*args, [], 12)
     assert "Daily reports" not in pages.entry_detail(*args)  # not looked up: no section
+
+
+def test_last_login_cells_say_never_older_or_when_and_from_where():
+    from types import SimpleNamespace
+
+    accounts = [SimpleNamespace(name=n, role="auditor", created="") for n in ("a", "b", "c")]
+    login = {"seq": 77, "received_at": "2026-12-02T10:00:00.000000Z", "detail": {"source": "::1"}}
+    tz = dt.timezone(dt.timedelta(hours=1))
+    page = pages.accounts_page(accounts, "", "", "u", "admin", "t", {"a": login, "b": None}, tz)
+    cells = dict(re.findall(r'data-account="(\w)".*?<td class="login">(.*?)</td>', page))
+    assert cells == {
+        "a": '<a href="/entry/77">2026-12-02 11:00:00</a> from ::1',
+        "b": f"before its last {related.MAX_LOGIN_ROWS} console actions",
+        "c": "never",
+    }
+    assert '<td class="login"></td>' in pages.accounts_page(accounts, "", "", "u", "admin", "t")

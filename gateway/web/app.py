@@ -575,7 +575,7 @@ class WebApp:
             except AccountError:
                 return self._accounts_page(session, message)  # the page says what is wrong
 
-            def job() -> dict[str, dict[str, Any]]:
+            def job() -> dict[str, dict[str, Any] | None]:
                 return last_logins(state_dir, names)
 
             return Work(job, lambda logins: self._accounts_page(session, message, logins=logins))
@@ -694,7 +694,7 @@ class WebApp:
         session: Session,
         message: str,
         error: str = "",
-        logins: dict[str, dict[str, Any]] | None = None,
+        logins: dict[str, dict[str, Any] | None] | None = None,
     ) -> Response:
         """`logins`: each account's last `web_login` entry (None: not looked up)."""
         try:

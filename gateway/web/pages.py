@@ -587,20 +587,25 @@ def accounts_page(
     user: str,
     role: str,
     csrf: str,
-    logins: Mapping[str, Mapping[str, Any]] | None = None,
+    logins: Mapping[str, Mapping[str, Any] | None] | None = None,
     tz: dt.tzinfo = dt.UTC,
     zone_note: str = "UTC",
 ) -> str:
     """Every account with its last login and forms to change its role, set its
     password, remove it; and a form to add one. Only admins get here (app.py).
-    `logins`: each account's last `web_login` entry (None: not looked up)."""
+    `logins`: each account's last `web_login` entry, None for one older than what
+    was read (gateway/web/related.py); `logins` None: not looked up."""
 
     def last_login(name: str) -> str:
         if logins is None:
             return ""
-        record = logins.get(name)
-        if record is None:
+        if name not in logins:
             return "never"
+        record = logins[name]
+        if record is None:
+            from gateway.web.related import MAX_LOGIN_ROWS
+
+            return f"before its last {MAX_LOGIN_ROWS} console actions"
         received = record.get("received_at")
         when = (
             dt.datetime.fromisoformat(received).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")

@@ -95,15 +95,16 @@ def covering_reports(state_dir: Path, seq: int) -> Found:
     return Found(found, covered_to, cut)
 
 
-def last_logins(state_dir: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+def last_logins(state_dir: Path, names: Iterable[str]) -> dict[str, dict[str, Any] | None]:
     """Each named account's latest `web_login` entry (its `received_at`, role and
-    source in `detail`); an account never logged in (or not in what was read)
-    is left out."""
-    found: dict[str, dict[str, Any]] = {}
+    source in `detail`); None where the newest MAX_LOGIN_ROWS entries naming the
+    account hold no login (it is older); an account with none is left out."""
+    found: dict[str, dict[str, Any] | None] = {}
     with QueryView(state_dir, MAX_TAIL) as view:
         for name in names:
             f = Filters(kind="system", text=f"account {name}", limit=MAX_LOGIN_ROWS, order="desc")
-            for r in view.page(f):
+            rows = view.page(f)
+            for r in rows:
                 record = r["record"]
                 detail = record.get("detail")
                 if (
@@ -113,4 +114,7 @@ def last_logins(state_dir: Path, names: Iterable[str]) -> dict[str, dict[str, An
                 ):
                     found[name] = record
                     break
+            else:
+                if len(rows) == MAX_LOGIN_ROWS:
+                    found[name] = None
     return found
