@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 from gateway import zone
 from gateway.web import pages
 from gateway.web.accounts import Account, AccountError, AccountStore, check_password
-from gateway.web.related import covering_reports, find_outcomes, last_logins
+from gateway.web.related import entry_lookups, last_logins
 
 COOKIE = "gw_session"
 # Sessions end after 15 minutes without a request, and 8 hours after the
@@ -916,7 +916,7 @@ class WebApp:
             item = seqmap.get(seq)
             if item is None or item.damage:
                 return item, None, None
-            return item, find_outcomes(state_dir, seq), covering_reports(state_dir, seq)
+            return item, *entry_lookups(state_dir, seq)
 
         def then(result: Any) -> Response:
             item, outcomes, reports = result

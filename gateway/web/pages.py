@@ -340,6 +340,14 @@ def _value(value: Any) -> str:
     return f"<code>{e(_json(value))}</code>"
 
 
+def _local_time(received: Any, tz: dt.tzinfo, missing: str) -> str:
+    """A record's `received_at` (RFC 3339, as the index gives it) in the zone; `missing`
+    when it is not a string."""
+    if not isinstance(received, str):
+        return missing
+    return dt.datetime.fromisoformat(received).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _lag_note(element_id: str, what: str, covered_to: int | None) -> str:
     if covered_to is None:
         return ""
@@ -383,12 +391,7 @@ def print_outcomes(
         )
     rows = []
     for r in outcomes:
-        received = r.get("received_at")
-        when = (
-            dt.datetime.fromisoformat(received).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
-            if isinstance(received, str)
-            else "-"
-        )
+        when = _local_time(r.get("received_at"), tz, "-")
         outcome = str(r.get("outcome"))
         cls = "good" if outcome == "printed" else "bad"
         uncertain = " (delivery uncertain)" if r.get("uncertain") else ""
@@ -606,12 +609,7 @@ def accounts_page(
             from gateway.web.related import MAX_LOGIN_ROWS
 
             return f"before its last {MAX_LOGIN_ROWS} console actions"
-        received = record.get("received_at")
-        when = (
-            dt.datetime.fromisoformat(received).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
-            if isinstance(received, str)
-            else "?"
-        )
+        when = _local_time(record.get("received_at"), tz, "?")
         source = record.get("detail", {}).get("source", "")
         return f'<a href="/entry/{int(record["seq"])}">{e(when)}</a> from {e(source)}'
 

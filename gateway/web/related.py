@@ -8,6 +8,8 @@ MAX_TAIL entries:
   `seq` (its receipt, reprints, a report's range, a request entry's own job);
 - `covering_reports(state_dir, seq)`: the numbered daily reports whose range
   holds entry `seq`;
+- `entry_lookups(state_dir, seq)`: both, over one view (the detail page: the
+  unindexed tail is read once);
 - `last_logins(state_dir, names)`: each account's latest `web_login` entry (the
   accounts file is not written at every login; the ledger has them anyway).
 """
@@ -55,16 +57,45 @@ def find_outcomes(state_dir: Path, seq: int) -> Found:
     JSON there reads `"job": "N/printer"` and `"seqs": [N`), after `seq` only
     (a job ends after the entry that queued it), then checked field by field.
     """
-    found: dict[int, dict[str, Any]] = {}
     with QueryView(state_dir, MAX_TAIL) as view:
-        for phrase in (f"seqs {seq}", f"job {seq}"):
-            f = Filters(kind="print", text=phrase, limit=MAX_OUTCOMES, order="asc", after_seq=seq)
-            for r in view.page(f):
-                record = r["record"]
-                if covers(record, seq):
-                    found[r["seq"]] = record
-        covered_to, cut = view.covered_to, view.tail_cut
-    return Found([found[s] for s in sorted(found)][:MAX_OUTCOMES], covered_to, cut)
+        return _outcomes(view, seq)
+
+
+def covering_reports(state_dir: Path, seq: int) -> Found:
+    """The `report` entries whose range [first_seq, last_seq] holds `seq`, oldest
+    first: a report is recorded after the day it covers, so only report entries
+    after `seq` are read, at most MAX_REPORTS of them."""
+    with QueryView(state_dir, MAX_TAIL) as view:
+        return _reports(view, seq)
+
+
+def entry_lookups(state_dir: Path, seq: int) -> tuple[Found, Found]:
+    """(find_outcomes, covering_reports) of entry `seq`, from one view."""
+    with QueryView(state_dir, MAX_TAIL) as view:
+        return _outcomes(view, seq), _reports(view, seq)
+
+
+def _outcomes(view: QueryView, seq: int) -> Found:
+    found: dict[int, dict[str, Any]] = {}
+    for phrase in (f"seqs {seq}", f"job {seq}"):
+        f = Filters(kind="print", text=phrase, limit=MAX_OUTCOMES, order="asc", after_seq=seq)
+        for r in view.page(f):
+            record = r["record"]
+            if covers(record, seq):
+                found[r["seq"]] = record
+    rows = [found[s] for s in sorted(found)][:MAX_OUTCOMES]
+    return Found(rows, view.covered_to, view.tail_cut)
+
+
+def _reports(view: QueryView, seq: int) -> Found:
+    found = []
+    f = Filters(kind="report", limit=MAX_REPORTS, order="asc", after_seq=seq)
+    for r in view.page(f):
+        record = r["record"]
+        first, last = record.get("first_seq"), record.get("last_seq")
+        if isinstance(first, int) and isinstance(last, int) and first <= seq <= last:
+            found.append(record)
+    return Found(found, view.covered_to, view.tail_cut)
 
 
 def covers(record: dict[str, Any], seq: int) -> bool:
@@ -77,22 +108,6 @@ def covers(record: dict[str, Any], seq: int) -> bool:
     if record.get("type") == "report":
         return seqs[0] <= seq <= seqs[-1]
     return seqs[0] == seq
-
-
-def covering_reports(state_dir: Path, seq: int) -> Found:
-    """The `report` entries whose range [first_seq, last_seq] holds `seq`, oldest
-    first: a report is recorded after the day it covers, so only report entries
-    after `seq` are read, at most MAX_REPORTS of them."""
-    found = []
-    with QueryView(state_dir, MAX_TAIL) as view:
-        f = Filters(kind="report", limit=MAX_REPORTS, order="asc", after_seq=seq)
-        for r in view.page(f):
-            record = r["record"]
-            first, last = record.get("first_seq"), record.get("last_seq")
-            if isinstance(first, int) and isinstance(last, int) and first <= seq <= last:
-                found.append(record)
-        covered_to, cut = view.covered_to, view.tail_cut
-    return Found(found, covered_to, cut)
 
 
 def last_logins(state_dir: Path, names: Iterable[str]) -> dict[str, dict[str, Any] | None]:
