@@ -26,7 +26,7 @@ def test_segment_header_round_trip(first_seq):
     data = fmt.encode_segment_header(first_seq, PREV)
     assert len(data) == fmt.SEGMENT_HEADER_BYTES == 64
     assert data[:8] == b"PGWLEDGR"
-    assert data[8:10] == b"\x00\x01"
+    assert data[8:10] == b"\x00\x02"  # version 2: frames mark their sync units
     assert data[10:16] == bytes(6)
     assert data[16:24] == first_seq.to_bytes(8, "big")
     assert data[24:56] == PREV
@@ -59,11 +59,17 @@ def _sealed(body: bytes) -> bytes:
     return body + blake3(body).digest()[:8]
 
 
+def test_version_1_segment_headers_are_still_read():
+    old = fmt.encode_segment_header(5, PREV, version=1)
+    assert old == _sealed(struct.pack(">8sHHIQ32s", b"PGWLEDGR", 1, 0, 0, 5, PREV))
+    assert fmt.decode_segment_header(old) == fmt.SegmentHeader(5, PREV, 0, 1)
+
+
 def test_segment_header_fields_are_checked_even_when_check_matches():
-    good = struct.pack(">8sHHIQ32s", b"PGWLEDGR", 1, 0, 0, 5, PREV)
+    good = struct.pack(">8sHHIQ32s", b"PGWLEDGR", 2, 0, 0, 5, PREV)
     assert fmt.decode_segment_header(_sealed(good)).first_seq == 5
-    bad_magic = struct.pack(">8sHHIQ32s", b"PGWLEDGX", 1, 0, 0, 5, PREV)
-    bad_version = struct.pack(">8sHHIQ32s", b"PGWLEDGR", 2, 0, 0, 5, PREV)
+    bad_magic = struct.pack(">8sHHIQ32s", b"PGWLEDGX", 2, 0, 0, 5, PREV)
+    bad_version = struct.pack(">8sHHIQ32s", b"PGWLEDGR", 3, 0, 0, 5, PREV)
     zero_seq = struct.pack(">8sHHIQ32s", b"PGWLEDGR", 1, 0, 0, 0, PREV)
     for body in (bad_magic, bad_version, zero_seq):
         with pytest.raises(fmt.HeaderDamaged):
@@ -96,6 +102,24 @@ def test_frame_round_trip(payload):
 def test_frame_header_matches_encode_frame():
     frame, _ = fmt.encode_frame(2**64 - 1, b"abc", PREV)
     assert fmt.frame_header(3, 2**64 - 1) == frame[:16]
+    marked, _ = fmt.encode_frame(2**64 - 1, b"abc", PREV, unit_start=True)
+    assert fmt.frame_header(3, 2**64 - 1, unit_start=True) == marked[:16]
+
+
+@pytest.mark.parametrize("length", [0, 3, fmt.MAX_PAYLOAD_BYTES])
+def test_a_unit_start_is_bit_31_of_the_length_and_is_hashed(length):
+    payload = b"\xa0" * length if length < 100 else b""
+    plain, plain_digest = fmt.encode_frame(7, payload, PREV)
+    marked, marked_digest = fmt.encode_frame(7, payload, PREV, unit_start=True)
+    assert marked[0] == plain[0] | 0x80 and marked[1:12] == plain[1:12]
+    assert marked[12:16] == zlib.crc32(marked[:12]).to_bytes(4, "big")
+    assert fmt.parse_frame_header(marked) == fmt.parse_frame_header(plain) == (len(payload), 7)
+    assert fmt.is_unit_start(marked) and not fmt.is_unit_start(plain)
+    assert fmt.frame_length(marked) == fmt.frame_length(plain) == len(payload)
+    # The bit is part of the stored bytes: the chain hash covers it.
+    assert marked_digest == fmt.chain_hash(PREV, marked[:-32]) != plain_digest
+    header = fmt.frame_header(length, 1, unit_start=True)
+    assert fmt.parse_frame_header(header) == (length, 1)
 
 
 def test_every_single_bit_flip_of_a_frame_header_is_detected():

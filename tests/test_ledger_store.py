@@ -280,7 +280,7 @@ def _big_ledger(directory: Path) -> tuple[Path, list[tuple[int, int, int]]]:
     return path, frames
 
 
-def test_damage_far_from_the_tail_makes_open_refuse_rather_than_discard(tmp_path, monkeypatch):
+def test_damage_far_from_the_tail_is_kept_as_damage_rather_than_discarded(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "MAX_TORN_BYTES", 256)
     d = tmp_path / "l"
     path, frames = _big_ledger(d)
@@ -288,13 +288,184 @@ def test_damage_far_from_the_tail_makes_open_refuse_rather_than_discard(tmp_path
     flip(path, offset + 11)  # low byte of entry 2's seq: its header CRC fails
     damaged = path.read_bytes()
 
-    with pytest.raises(LedgerCorruption) as info:
-        LedgerWriter(d, segment_bytes=64 << 20).open()
-    exc = info.value
-    assert (exc.file, exc.offset, exc.seq) == (str(path), offset, seq)
-    assert str(path) in str(exc) and f"offset {offset}" in str(exc)
+    writer = LedgerWriter(d, segment_bytes=64 << 20).open()
+    damage = writer.damage
+    assert damage is not None
+    assert (damage.file, damage.offset, damage.first_seq) == (str(path), offset, seq)
+    assert damage.last_seq == len(frames)  # every seq the file holds stays given out
+    assert "damage, not a torn write" in damage.reason
+    assert writer.next_seq == len(frames) + 1
     assert path.read_bytes() == damaged  # nothing truncated
     assert not (d / store.QUARANTINE_DIR).exists()
+
+
+def test_unreadable_bytes_past_the_torn_bound_are_damage_holding_every_seq_they_could(
+    tmp_path, monkeypatch
+):
+    # No frame can be read after the bad one: the range named is as many seqs as
+    # the bytes could hold, so none of them is ever given out again.
+    monkeypatch.setattr(store, "MAX_TORN_BYTES", 256)
+    d = tmp_path / "l"
+    path, frames = _big_ledger(d)
+    offset = frames[1][0]
+    data = bytearray(path.read_bytes())
+    data[offset:] = b"\x55" * (len(data) - offset)
+    path.write_bytes(bytes(data))
+
+    writer = LedgerWriter(d, segment_bytes=64 << 20).open()
+    damage = writer.damage
+    assert damage is not None and (damage.first_seq, damage.offset) == (2, offset)
+    assert damage.last_seq == 1 + (len(data) - offset) // fmt.FRAME_OVERHEAD
+    assert damage.last_seq >= len(frames)
+    assert "more than one unsynced write" in damage.reason
+
+
+# ------------------------------------------------- (c') a later sync unit proves the earlier synced
+
+
+def _units_ledger(directory: Path) -> tuple[Path, list[tuple[int, int, int]]]:
+    """Twelve entries in three commits of four (units starting at seqs 1, 5 and 9);
+    the high-water mark is at seq 0, as after a crash soon after a start."""
+    writer = LedgerWriter(directory, segment_bytes=1 << 20).open()
+    commit(writer, [payload(i) for i in range(12)], batch=4)
+    assert hwm.read_mark(directory).seq == 0
+    (path,) = seg_paths(directory)
+    frames = frames_of(path)
+    data = path.read_bytes()
+    assert [seq for o, _e, seq in frames if fmt.is_unit_start(data, o)] == [1, 5, 9]
+    return path, frames
+
+
+@pytest.mark.parametrize("where", ["payload", "chain hash", "frame header", "zeros"])
+def test_damage_in_a_synced_unit_before_the_last_is_kept_and_its_seqs_never_given_again(
+    tmp_path, where
+):
+    d = tmp_path / "l"
+    path, frames = _units_ledger(d)
+    offset, end, _seq = frames[5]  # seq 6, in the unit of seqs 5-8
+    data = bytearray(path.read_bytes())
+    if where == "payload":
+        data[offset + 20] ^= 0x01
+    elif where == "chain hash":
+        data[end - 1] ^= 0x80
+    elif where == "frame header":
+        data[offset + 5] ^= 0x10
+    else:  # a page of the synced unit read back as zeros
+        data[offset : frames[7][1]] = bytes(frames[7][1] - offset)
+    path.write_bytes(bytes(data))
+
+    writer = LedgerWriter(d, segment_bytes=1 << 20).open()
+    damage = writer.damage
+    assert damage is not None, "recovery cut entries that a completed sync covered"
+    assert (damage.first_seq, damage.last_seq, damage.offset) == (6, 12, offset)
+    assert damage.good == Head(5, chain_hashes_upto(data, frames, 5))
+    assert "sync unit starting at offset" in damage.reason
+    assert path.read_bytes() == bytes(data) and not quarantined(d)
+    assert writer.next_seq == 13 and writer.recovery is None
+    with pytest.raises(store.LedgerDamaged):
+        writer.append(payload(99))
+
+    seq_of_loss, cut = writer.accept_loss(entries.encode_system(T0, "loss", {}))
+    assert seq_of_loss == 13 and cut is not None and cut.offset == offset
+    result = verify_ledger(d)
+    assert result.ok and [(x["first_seq"], x["last_seq"]) for x in result.as_json()["losses"]] == [
+        (6, 12)
+    ]
+
+
+def test_damage_before_the_mark_names_every_seq_the_file_holds_after_it(tmp_path):
+    # Entries after the mark's seq were synced (and may have been acknowledged)
+    # since the mark was written: the range must run past the mark to the last
+    # of them, or accept-loss would give their seqs to new entries.
+    d = tmp_path / "l"
+    path, frames = _units_ledger(d)
+    data = path.read_bytes()
+    hwm.write_mark(d, hwm.Mark(8, chain_hashes_upto(data, frames, 8)))
+    flip(path, frames[2][0] + 20)  # seq 3's payload
+
+    writer = LedgerWriter(d, segment_bytes=1 << 20).open()
+    damage = writer.damage
+    assert damage is not None and (damage.first_seq, damage.last_seq) == (3, 12)
+    assert writer.next_seq == 13
+    loss_seq, _cut = writer.accept_loss(entries.encode_system(T0, "loss", {}))
+    assert loss_seq == 13
+
+
+def chain_hashes_upto(
+    data: bytes | bytearray, frames: list[tuple[int, int, int]], seq: int
+) -> bytes:
+    _offset, end, got = frames[seq - 1]
+    assert got == seq
+    return bytes(data[end - 32 : end])
+
+
+@pytest.mark.parametrize("where", ["payload", "frame header", "zeros to the end"])
+def test_damage_in_the_last_unit_is_still_a_torn_write(tmp_path, where):
+    d = tmp_path / "l"
+    path, frames = _units_ledger(d)
+    offset, _end, seq = frames[9]  # seq 10, in the last unit (seqs 9-12)
+    data = bytearray(path.read_bytes())
+    if where == "payload":
+        data[offset + 20] ^= 0x01
+    elif where == "frame header":
+        data[offset + 5] ^= 0x10
+    else:
+        data[offset:] = bytes(len(data) - offset)
+    path.write_bytes(bytes(data))
+
+    writer = LedgerWriter(d, segment_bytes=1 << 20).open()
+    assert writer.damage is None
+    assert writer.recovery is not None and writer.recovery.offset == offset
+    assert writer.next_seq == seq
+    assert list(quarantined(d).values()) == [bytes(data[offset:])]
+
+
+def test_a_unit_start_forged_in_the_last_unit_s_payload_is_not_taken_for_a_later_unit(tmp_path):
+    # Frames are followed while their headers hold: a header inside a payload is
+    # never looked at then, whatever its bytes.
+    d = tmp_path / "l"
+    path, frames = _units_ledger(d)
+    forged = fmt.frame_header(10, 14, unit_start=True)  # as seq 14 would start a unit
+    writer = LedgerWriter(d, segment_bytes=1 << 20).open()
+    commit(writer, [entries.encode_system(T0, "note", {"x": forged * 3})])
+    data = bytearray(path.read_bytes())
+    offset = frames[-1][1]  # the new entry, seq 13, a unit of its own
+    data[offset + 20] ^= 0x01  # its payload is damaged, before the forged headers
+    path.write_bytes(bytes(data))
+    assert data.find(forged) > offset + 20
+
+    writer = LedgerWriter(d, segment_bytes=1 << 20).open()
+    assert writer.damage is None and writer.recovery is not None
+    assert writer.next_seq == 13
+
+
+def test_a_version_1_segment_is_recovered_as_before_and_filled_unmarked(tmp_path):
+    """A ledger written before sync units were marked: the old rule (the torn tail
+    may be anywhere in the last MAX_TORN_BYTES after the mark) until the next
+    segment, which is version 2."""
+    d = tmp_path / "l"
+    d.mkdir()
+    path = d / fmt.segment_name(1)
+    out = bytearray(fmt.encode_segment_header(1, fmt.GENESIS_HASH, version=1))
+    prev = fmt.GENESIS_HASH
+    for i in range(12):
+        frame, prev = fmt.encode_frame(i + 1, payload(i), prev)
+        out += frame
+    path.write_bytes(bytes(out))
+    frames = frames_of(path)
+    flip(path, frames[5][0] + 20)  # seq 6, damaged: without marks it looks torn
+
+    writer = LedgerWriter(d, segment_bytes=2000).open()
+    assert writer.damage is None and writer.next_seq == 6
+    commit(writer, [payload(i, pad=200) for i in range(8)], batch=2)
+    segments = seg_paths(d)
+    assert len(segments) >= 2
+    old = path.read_bytes()
+    assert not any(fmt.is_unit_start(old, o) for o, _e, _s in frames_of(path))
+    new = segments[1].read_bytes()
+    assert fmt.decode_segment_header(new).version == 2
+    assert fmt.is_unit_start(new, fmt.SEGMENT_HEADER_BYTES)
+    assert_verifies(d, 5 + 8)
 
 
 def test_payload_damage_far_from_the_tail_is_left_for_verify(tmp_path, monkeypatch):
@@ -662,7 +833,15 @@ def test_per_entry_sync_writes_the_same_bytes_as_batch_mode(tmp_path):
 
     (batch_files, batch_syncs), (entry_files, entry_syncs) = results[False], results[True]
     assert len(batch_files) >= 4
-    assert entry_files == batch_files
+    # The same entries; per-entry mode marks every frame as a unit start.
+    assert entry_files.keys() == batch_files.keys()
+    for name, data in entry_files.items():
+        batch_data = batch_files[name]
+        assert len(data) == len(batch_data)
+        for offset, end, _seq in frames_of_bytes(data[64:], 64):
+            assert fmt.is_unit_start(data, offset)
+            assert data[offset + 1 : offset + 12] == batch_data[offset + 1 : offset + 12]
+            assert data[offset + 16 : end - 32] == batch_data[offset + 16 : end - 32]
     # Per-entry mode really syncs once per entry (plus new segment headers).
     assert batch_syncs < len(payloads)
     assert entry_syncs >= len(payloads) + len(batch_files) - 1
@@ -685,6 +864,9 @@ def test_a_large_batch_is_synced_in_units_that_end_at_frame_boundaries(tmp_path,
     starts = [0, *write.sync_points]
     largest_frame = max(e - o for o, e, _s in frames_of_bytes(bytes(write.data)))
     assert all(b - a < 1000 + largest_frame for a, b in itertools.pairwise(starts))
+    # The first frame of each unit, and only those, carry UNIT_START.
+    marked = [o for o, _e, _s in frames_of_bytes(bytes(write.data)) if write.data[o] & 0x80]
+    assert marked == starts
     syncs = store.write_batch(batch, {}, True)
     assert syncs == len(write.sync_points) + 1
     writer.batch_done(batch)

@@ -323,7 +323,12 @@ def rewrite(directory: Path, seq_to_change: int, new_payload: bytes) -> None:
         out = bytearray(fmt.encode_segment_header(first, prev))
         for start, end, seq in frames:
             body = data[start + fmt.FRAME_HEADER_BYTES : end - fmt.HASH_BYTES]
-            frame, prev = fmt.encode_frame(seq, new_payload if seq == seq_to_change else body, prev)
+            frame, prev = fmt.encode_frame(
+                seq,
+                new_payload if seq == seq_to_change else body,
+                prev,
+                fmt.is_unit_start(data, start),
+            )
             out += frame
         path.write_bytes(bytes(out))
 

@@ -152,7 +152,18 @@ def test_a_million_lines_leave_rss_flat():
         end = len(buf)
         for _ in range(4 * BLOCK_LINES):  # every call moves on, or ends the block
             pos, n, stop, frames, flags, last = scanner.scan(
-                buf, pos, head, k % 4 == 0, seq, prev, budget, room, empty, unit_left, *line_limit
+                buf,
+                pos,
+                head,
+                k % 4 == 0,
+                seq,
+                prev,
+                budget,
+                room,
+                empty,
+                unit_left,
+                k % 3 == 0,  # the first frame starts a sync unit
+                *line_limit,
             )
             calls += 1
             assert len(flags) == n and (len(frames) > 0) == (n > 0)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import yaml
 from gatewayproc import AckClient, GatewayProcess, event_line, run_gateway_command, wait_for
 
+from gateway.ledger import format as fmt
 from gateway.ledger.store import list_segments
 
 FULL = os.environ.get("GATEWAY_FAULTS") == "full"
@@ -173,6 +174,40 @@ def step_flip_after_clean_stop(gw, model, rng):
         _accept_loss(gw, model)
 
 
+def _unit_starts(data: bytes) -> list[int]:
+    """Offsets of the frames of a segment that start a sync unit (header-walked)."""
+    starts, pos = [], fmt.SEGMENT_HEADER_BYTES
+    while pos + fmt.FRAME_HEADER_BYTES <= len(data):
+        length, _seq = fmt.parse_frame_header(data, pos)
+        if fmt.is_unit_start(data, pos):
+            starts.append(pos)
+        pos += length + fmt.FRAME_OVERHEAD
+    return starts
+
+
+def step_flip_after_kill(gw, model, rng):
+    """Damage where a completed sync covered it, after a crash: anywhere in the
+    newest segment before its newest sync unit. It must be reported as damage,
+    never cut as a torn write (which would give its acknowledged seqs again)."""
+    _send(gw, model, rng.randint(1, 200))
+    gw.kill()
+    _first, newest = list_segments(gw.state_dir / "ledger")[-1]
+    data = bytearray(newest.read_bytes())
+    starts = _unit_starts(bytes(data))
+    if len(starts) < 2:
+        gw.start()
+        return
+    at = rng.randrange(fmt.SEGMENT_HEADER_BYTES, starts[-1])
+    data[at] ^= 1 << rng.randrange(8)
+    newest.write_bytes(bytes(data))
+    model.log.append(
+        f"killed, then flipped a bit of {newest.name} at {at} (newest unit {starts[-1]})"
+    )
+    gw.start()
+    assert "ledger damaged" in _status(gw)["health"], gw.log_text()[-2000:]
+    _accept_loss(gw, model)
+
+
 STEPS = [
     (step_send, 8),
     (step_kill, 3),
@@ -180,6 +215,7 @@ STEPS = [
     (step_disk_full, 1),
     (step_delete_newest_while_running, 1),
     (step_flip_after_clean_stop, 1),
+    (step_flip_after_kill, 1),
 ]
 
 

@@ -61,13 +61,13 @@ def checked_entries(
         else:
             begin = from_seq - 1  # its chain hash is the first link's input
     try:
-        for seq, payload, digest in reader.entries(begin, to_seq):
+        for seq, stored, digest in reader.frames(begin, to_seq):
             if seq < from_seq:
                 prev = digest
                 continue
             damage = None
+            payload = stored[fmt.FRAME_HEADER_BYTES :]
             if check:
-                stored = fmt.frame_header(len(payload), seq) + bytes(payload)
                 if prev is None:
                     damage = "the entry before it is not in the ledger"
                 elif fmt.chain_hash(prev, stored) != digest:
@@ -93,7 +93,7 @@ class Cursor:
         self.reader = LedgerReader(ledger_dir)
         self.base = self.reader.base()
         self._firsts = [first for first, _path in list_segments(ledger_dir)]
-        self._it: Iterator[tuple[int, memoryview, bytes]] | None = None
+        self._it: Iterator[tuple[int, memoryview, bytes]] | None = None  # (seq, stored, hash)
         self._pos = 0  # the last seq read
         self._prev: bytes | None = None  # its chain hash
 
@@ -105,7 +105,7 @@ class Cursor:
             begin, self._prev = self.base.seq + 1, self.base.hash
         else:
             begin, self._prev = seq - 1, None
-        self._it = self.reader.entries(begin)
+        self._it = self.reader.frames(begin)
         self._pos = begin - 1
 
     def get(self, seq: int) -> Checked | None:
@@ -121,12 +121,12 @@ class Cursor:
             self._start(seq)
         assert self._it is not None
         try:
-            for found, payload, digest in self._it:
+            for found, stored, digest in self._it:
                 prev, self._prev, self._pos = self._prev, digest, found
                 if found < seq:
                     continue
                 damage = None
-                stored = fmt.frame_header(len(payload), found) + bytes(payload)
+                payload = stored[fmt.FRAME_HEADER_BYTES :]
                 if prev is None or fmt.chain_hash(prev, stored) != digest:
                     damage = HASH_MISMATCH
                 record, undecodable = _record(found, digest, payload)

@@ -94,7 +94,7 @@ class FastPath:
             self._head_for = key
             self._head = entries.event_head(received, session.source)
         buf, pos = proto.unread()
-        room, empty, unit_left = writer.fast_limits()
+        room, empty, unit_left, unit_start = writer.fast_limits()
         pos, events, stop, frames, flags, last_hash = self.scanner.scan(
             buf,
             pos,
@@ -106,6 +106,7 @@ class FastPath:
             room,
             empty,
             unit_left,
+            unit_start,
             proto.max_line_bytes,  # a reload changes new connections' limit only
         )
         if events:

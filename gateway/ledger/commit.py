@@ -240,7 +240,7 @@ class Ledger:
             staged = self._staged
             pos = 0
             for seq in range(first, first + count):
-                length = int.from_bytes(frames[pos : pos + 4], "big")
+                length = fmt.frame_length(frames, pos)
                 start = pos + fmt.FRAME_HEADER_BYTES
                 end = start + length
                 digest = frames[end : end + fmt.HASH_BYTES]

@@ -6,8 +6,8 @@ docs/ledger-format.md is the normative description; keep the two in step.
 Segment file:   [segment header, 64 bytes] [frame] [frame] ...
 Segment header: magic "PGWLEDGR" | version u16 | reserved u16 (0) | skipped u32
                 | first_seq u64 | prev_hash 32 bytes | check = BLAKE3(first 56 bytes)[:8]
-Frame:          length u32 | seq u64 | crc32(length||seq) u32 | payload (CBOR, `length`
-                bytes) | chain hash 32 bytes
+Frame:          length u32 (bit 31: the frame starts a sync unit) | seq u64
+                | crc32(length||seq) u32 | payload (CBOR) | chain hash 32 bytes
 Chain hash:     h(seq) = BLAKE3(h(seq-1) || length||seq||crc||payload); h(0) = GENESIS.
 
 All integers are big-endian.
@@ -24,7 +24,11 @@ from blake3 import blake3
 from gateway.errors import GatewayError
 
 MAGIC = b"PGWLEDGR"
-VERSION = 1
+# Version 2 segments mark the first frame of each sync unit (UNIT_START), so
+# that start-up recovery can tell a torn write from damage to synced entries;
+# version 1 segments (written before) never set the bit and are read as before.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 HASH_BYTES = 32
 SEGMENT_HEADER_BYTES = 64
 FRAME_HEADER_BYTES = 16  # length u32 + seq u64 + crc32 u32
@@ -35,6 +39,12 @@ FRAME_OVERHEAD = FRAME_HEADER_BYTES + HASH_BYTES
 # leaves room for any allowed max_line_bytes (capped at 8 MiB in config.py) and
 # lets a reader reject an absurd length without allocating it.
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+
+# Bit 31 of a frame's length field: this frame is the first of a sync unit
+# (docs/ledger-format.md, "Sync units"). The writer syncs the unit before it
+# writes any byte of the next, so a unit start found after a bad frame proves
+# that the bad frame was covered by a completed sync: damage, not a torn write.
+UNIT_START = 0x8000_0000
 
 # The chain starts from a fixed, documented value rather than zeros so that a
 # hash of an empty prefix can never be confused with an all-zero region.
@@ -53,14 +63,17 @@ class SegmentHeader:
     # Seqs given up for good just before first_seq (`gateway accept-loss`): the
     # chain continues from prev_hash, the hash of seq first_seq - skipped - 1.
     skipped: int = 0
+    version: int = VERSION
 
 
 class HeaderDamaged(GatewayError, ValueError):
     """A segment or frame header fails its check: damage, not a torn write."""
 
 
-def encode_segment_header(first_seq: int, prev_hash: bytes, skipped: int = 0) -> bytes:
-    body = _SEG_BODY.pack(MAGIC, VERSION, 0, skipped, first_seq, prev_hash)
+def encode_segment_header(
+    first_seq: int, prev_hash: bytes, skipped: int = 0, version: int = VERSION
+) -> bytes:
+    body = _SEG_BODY.pack(MAGIC, version, 0, skipped, first_seq, prev_hash)
     return body + blake3(body).digest()[:8]
 
 
@@ -74,21 +87,23 @@ def decode_segment_header(data: bytes) -> SegmentHeader:
     magic, version, _r1, skipped, first_seq, prev_hash = _SEG_BODY.unpack(body)
     if magic != MAGIC:
         raise HeaderDamaged("not a ledger segment (bad magic)")
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         raise HeaderDamaged(f"unsupported segment format version {version}")
     if first_seq < 1 or skipped >= first_seq:
         raise HeaderDamaged("segment first_seq must be at least 1 and above its skipped seqs")
-    return SegmentHeader(first_seq, prev_hash, skipped)
+    return SegmentHeader(first_seq, prev_hash, skipped, version)
 
 
-def frame_header(length: int, seq: int) -> bytes:
-    ls = _FRAME_LEN_SEQ.pack(length, seq)
+def frame_header(length: int, seq: int, unit_start: bool = False) -> bytes:
+    ls = _FRAME_LEN_SEQ.pack(length | (UNIT_START if unit_start else 0), seq)
     return ls + zlib.crc32(ls).to_bytes(4, "big")
 
 
-def encode_frame(seq: int, payload: bytes, prev_hash: bytes) -> tuple[bytes, bytes]:
+def encode_frame(
+    seq: int, payload: bytes, prev_hash: bytes, unit_start: bool = False
+) -> tuple[bytes, bytes]:
     """Return (frame bytes, chain hash of this entry). frame_header(), inlined: hot path."""
-    ls = _FRAME_LEN_SEQ.pack(len(payload), seq)
+    ls = _FRAME_LEN_SEQ.pack(len(payload) | (UNIT_START if unit_start else 0), seq)
     stored = ls + _CRC.pack(zlib.crc32(ls)) + payload
     digest = blake3(prev_hash + stored).digest()
     return stored + digest, digest
@@ -99,13 +114,25 @@ def parse_frame_header(data: bytes | memoryview, offset: int = 0) -> tuple[int, 
 
     Raises HeaderDamaged when the header's CRC does not match or the length is
     impossible. The caller must supply at least FRAME_HEADER_BYTES bytes.
+    The UNIT_START bit is not part of the length (is_unit_start reads it).
     """
     length, seq, crc = _FRAME_HEADER.unpack_from(data, offset)
     if zlib.crc32(data[offset : offset + 12]) != crc:
         raise HeaderDamaged("frame header CRC does not match")
+    length &= ~UNIT_START
     if length > MAX_PAYLOAD_BYTES:
         raise HeaderDamaged(f"frame length {length} exceeds the maximum")
     return length, seq
+
+
+def frame_length(data: bytes | memoryview, offset: int = 0) -> int:
+    """The payload length of a frame known to be good (no check)."""
+    return int.from_bytes(data[offset : offset + 4], "big") & ~UNIT_START
+
+
+def is_unit_start(data: bytes | memoryview, offset: int = 0) -> bool:
+    """Whether the frame at offset starts a sync unit (its header already checked)."""
+    return bool(data[offset] & 0x80)
 
 
 def chain_hash(prev_hash: bytes, stored: bytes | memoryview) -> bytes:

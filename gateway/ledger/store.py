@@ -8,7 +8,9 @@ frame at the live tail as the end of the ledger.
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -202,6 +204,114 @@ class SegmentReader:
         self.damage = reason
 
 
+@dataclass(frozen=True, slots=True)
+class LaterUnit:
+    """A sync unit found after a bad frame: its first frame's offset and seq."""
+
+    offset: int
+    seq: int
+
+
+def find_later_unit(path: Path, offset: int, seq: int, size: int) -> LaterUnit | None:
+    """The first sync unit that starts after the frame at `offset` (seq `seq`,
+    which failed a check), or None.
+
+    The writer syncs each unit before it writes any byte of the next, so such a
+    unit proves that a completed sync covered the bad frame: damage, not a torn
+    write. Frames are walked while their headers hold (a unit start found so can
+    only be a real one); where the headers break, the rest of the file is searched
+    for a unit start header with a good CRC and a seq that could follow. A header
+    forged inside an event's payload could be found there: recovery then reports
+    damage instead of cutting, the safe way round (nothing is ever cut for it).
+    """
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        size = min(size, len(m))
+        pos, expect = _walk_frames(m, offset, seq, size, stop_at_unit=offset)
+        if pos < size and not _is_unit_start_of(m, pos, expect):
+            pos, expect = _search_unit_start(m, pos, expect, size)
+        return LaterUnit(pos, expect) if pos < size else None
+
+
+def last_seq_held(path: Path, offset: int, seq: int, size: int) -> int:
+    """The highest seq that the bytes of `path` from `offset` (where seq `seq`
+    begins) to `size` may hold: the seqs a damaged range must give up so that
+    none of them is ever given out again.
+
+    Frames are followed by their headers; where they break, from the next unit
+    start found (as in find_later_unit); where none is found, the bytes left are
+    counted as if full of the smallest frames (an upper bound)."""
+    if size <= offset:
+        return seq - 1
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        size = min(size, len(m))
+        pos, expect = offset, seq
+        while True:
+            pos, expect = _walk_frames(m, pos, expect, size)
+            if pos >= size:
+                return expect - 1
+            found, found_seq = _search_unit_start(m, pos, expect, size)
+            if found >= size:
+                return expect - 1 + (size - pos) // fmt.FRAME_OVERHEAD
+            pos, expect = found, found_seq
+
+
+def _is_unit_start_of(m: mmap.mmap, pos: int, expect: int) -> bool:
+    """A good frame header at pos with seq `expect` that starts a unit."""
+    if pos + fmt.FRAME_HEADER_BYTES > len(m):
+        return False
+    try:
+        _length, seq = fmt.parse_frame_header(m, pos)
+    except fmt.HeaderDamaged:
+        return False
+    return seq == expect and fmt.is_unit_start(m, pos)
+
+
+def _walk_frames(
+    m: mmap.mmap, pos: int, expect: int, size: int, stop_at_unit: int | None = None
+) -> tuple[int, int]:
+    """Follow frame headers from pos (seq `expect`) while they hold and their frames
+    end within `size`. Returns (where the walk stopped, the seq expected there):
+    `size` when the frames reach the end; with `stop_at_unit`, the first unit start
+    after that offset. A frame that runs past the end stops the walk at `size`."""
+    while pos + fmt.FRAME_HEADER_BYTES <= size:
+        try:
+            length, seq = fmt.parse_frame_header(m, pos)
+        except fmt.HeaderDamaged:
+            return pos, expect
+        if seq != expect:
+            return pos, expect
+        if stop_at_unit is not None and pos > stop_at_unit and fmt.is_unit_start(m, pos):
+            return pos, expect
+        pos += length + fmt.FRAME_OVERHEAD
+        expect += 1
+    return (size if pos >= size or stop_at_unit is not None else pos), expect
+
+
+def _search_unit_start(m: mmap.mmap, pos: int, expect: int, size: int) -> tuple[int, int]:
+    """Search (pos, size) for a unit start header with a good CRC whose seq could
+    follow `expect` (at most one per FRAME_OVERHEAD bytes). Returns (its offset,
+    its seq), or (size, expect) when there is none."""
+    if pos + fmt.FRAME_HEADER_BYTES >= size:
+        return size, expect
+    lo, hi = expect + 1, expect + 1 + (size - pos) // fmt.FRAME_OVERHEAD
+    lo_bytes, hi_bytes = lo.to_bytes(8, "big"), hi.to_bytes(8, "big")
+    same = next((i for i in range(8) if lo_bytes[i] != hi_bytes[i]), 8)
+    common = lo_bytes[:same]  # the seq bytes every candidate's header begins with
+    # Byte 0 of a unit start: bit 7 set, the length's top bits (at most 16 MiB) 0 or 1.
+    candidate = re.compile(rb"(?=[\x80\x81]...%s)" % re.escape(common), re.DOTALL)
+    for match in candidate.finditer(m, pos + 1, size):
+        at = match.start()
+        if at + fmt.FRAME_HEADER_BYTES > size:
+            break
+        try:
+            _length, seq = fmt.parse_frame_header(m, at)
+        except fmt.HeaderDamaged:
+            continue
+        if lo <= seq <= hi and fmt.is_unit_start(m, at):
+            return at, seq
+    return size, expect
+
+
 def newest_segment_is_torn(path: Path) -> bool:
     """A segment whose creation never completed: shorter than its header, or only zeros.
 
@@ -249,6 +359,15 @@ class LedgerReader:
         (including a missing segment) raises LedgerCorruption; hashes are not
         checked here (that is `verify`'s job).
         """
+        hdr = fmt.FRAME_HEADER_BYTES
+        for seq, stored, digest in self.frames(from_seq, to_seq):
+            yield seq, stored[hdr:], digest
+
+    def frames(
+        self, from_seq: int = 1, to_seq: int | None = None
+    ) -> Iterator[tuple[int, memoryview, bytes]]:
+        """As `entries`, with each entry's stored bytes (frame header and payload,
+        what its chain hash covers) in place of its payload."""
         segments = list_segments(self.directory)
         start = 0
         for i, (first, _path) in enumerate(segments):
@@ -281,7 +400,7 @@ class LedgerReader:
                 for _offset, seq, stored, digest in reader.frames():
                     if seq < from_seq:
                         continue
-                    yield seq, stored[fmt.FRAME_HEADER_BYTES :], bytes(digest)
+                    yield seq, stored, bytes(digest)
                     if seq == to_seq:
                         return
                 if reader.tail == TailState.DAMAGED or (
@@ -437,6 +556,10 @@ class LedgerWriter:
         self._staged_first = 1
         self._staged_at = 0.0
         self._unit_start = 0  # where the current sync unit began in the open write
+        self._unit_open = False  # the current sync unit holds a frame (the next is not its first)
+        # The live segment marks unit starts (version 2). A version 1 segment
+        # continued after an upgrade is filled as it was written, unmarked.
+        self._mark_units = True
         self.segments_created = 0
         self.sync = True  # False: fsync "off" (benchmarks): the mark is not synced either
         self.opened = False
@@ -613,9 +736,12 @@ class LedgerWriter:
                     reason = reader.damage or f"{reader.tail} tail"
         if mark is not None and covered >= first - 1 - header.skipped:
             if last_seq < covered:
+                # Entries after the mark's may have been acknowledged since it
+                # was written: every seq the file may still hold is in the range.
+                held = last_seq_held(path, damage_offset, last_seq + 1, size)
                 self._damaged_at(
                     last_seq + 1,
-                    covered,
+                    max(covered, held),
                     str(path),
                     damage_offset,
                     (reason or "the segment ends")
@@ -638,14 +764,27 @@ class LedgerWriter:
                 return
         discarded = size - good_end
         if discarded:
-            if discarded > MAX_TORN_BYTES:
-                raise LedgerCorruption(
+            later = find_later_unit(path, good_end, last_seq + 1, size)
+            if later is not None or discarded > MAX_TORN_BYTES:
+                if later is not None:
+                    why = (
+                        f"{reason}; the sync unit starting at offset {later.offset} (seq "
+                        f"{later.seq}) was written after a completed sync covered it"
+                    )
+                else:
+                    why = (
+                        f"{reason}; {discarded} bytes follow the last good entry, more than "
+                        "one unsynced write can leave behind"
+                    )
+                self._damaged_at(
+                    last_seq + 1,
+                    last_seq_held(path, good_end, last_seq + 1, size),
                     str(path),
                     good_end,
-                    last_seq + 1,
-                    f"{reason}; {discarded} bytes follow the last good entry, more than one "
-                    "unsynced write can leave behind: this is damage, not a torn write",
+                    why + ": damage, not a torn write",
+                    Head(last_seq, prev),
                 )
+                return
             quarantined, digest_hex = self._quarantine(path, good_end)
             with open(path, "r+b") as f:
                 f.truncate(good_end)
@@ -660,6 +799,7 @@ class LedgerWriter:
             )
         self._seg_path = path
         self._seg_size = good_end
+        self._mark_units = header.version >= 2
         self.next_seq = last_seq + 1
         self.last_hash = prev
 
@@ -732,6 +872,7 @@ class LedgerWriter:
         self.damage = None
         hwm.forget_damage(self.directory)
         self._seg_size = fmt.SEGMENT_HEADER_BYTES
+        self._mark_units = True
         self.next_seq = first
         self.last_hash = damage.good.hash
         self.durable = Head(first - 1, damage.good.hash)
@@ -815,7 +956,9 @@ class LedgerWriter:
         self._staged_first = self.next_seq
 
     def _new_write(self, path: Path, offset: int, create: bool = False) -> SegmentWrite:
+        """A write is always synced before the next one starts: a new sync unit."""
         self._unit_start = 0
+        self._unit_open = False
         return SegmentWrite(path, offset, bytearray(), create)
 
     @property
@@ -831,18 +974,17 @@ class LedgerWriter:
         if self.damage is not None:
             raise LedgerDamaged(self.damage.describe())
         seq = self.next_seq
-        frame, digest = fmt.encode_frame(seq, payload, self.last_hash)
-        size = len(frame)
+        size = len(payload) + fmt.FRAME_OVERHEAD
         if self._seg_size + size > self.segment_bytes and self._seg_size > fmt.SEGMENT_HEADER_BYTES:
             self._rotate()
+        frame, digest = fmt.encode_frame(
+            seq, payload, self.last_hash, self._mark_units and not self._unit_open
+        )
         if not self._staged_entries:
             self._staged_at = self.clock()
         w = self._writes[-1]
         w.data += frame
-        end = len(w.data)
-        if self.per_entry_sync or end - self._unit_start >= SYNC_UNIT_BYTES:
-            w.sync_points.append(end)
-            self._unit_start = end
+        self._end_frames(w)
         self._seg_size += size
         self._staged_bytes += size
         self._staged_entries += 1
@@ -850,15 +992,26 @@ class LedgerWriter:
         self.last_hash = digest
         return seq
 
-    def fast_limits(self) -> tuple[int, bool, int]:
+    def _end_frames(self, w: SegmentWrite) -> None:
+        """After frames were added to `w`: the unit holds a frame; end it at its size."""
+        self._unit_open = True
+        end = len(w.data)
+        if self.per_entry_sync or end - self._unit_start >= SYNC_UNIT_BYTES:
+            w.sync_points.append(end)
+            self._unit_start = end
+            self._unit_open = False
+
+    def fast_limits(self) -> tuple[int, bool, int, bool]:
         """For frames made elsewhere (gateway/ingest/fast.py): the bytes the live
-        segment may still take, whether it holds no entry yet, and the bytes left
-        in the current sync unit (1 with a sync point after every frame)."""
+        segment may still take, whether it holds no entry yet, the bytes left in
+        the current sync unit (1 with a sync point after every frame), and
+        whether the next frame starts a unit (and so carries UNIT_START)."""
         unit_used = len(self._writes[-1].data) - self._unit_start
         return (
             self.segment_bytes - self._seg_size,
             self._seg_size <= fmt.SEGMENT_HEADER_BYTES,
             1 if self.per_entry_sync else SYNC_UNIT_BYTES - unit_used,
+            self._mark_units and not self._unit_open,
         )
 
     def append_frames(self, frames: bytes, count: int, last_hash: bytes) -> int:
@@ -873,10 +1026,7 @@ class LedgerWriter:
             self._staged_at = self.clock()
         w = self._writes[-1]
         w.data += frames
-        end = len(w.data)
-        if self.per_entry_sync or end - self._unit_start >= SYNC_UNIT_BYTES:
-            w.sync_points.append(end)
-            self._unit_start = end
+        self._end_frames(w)
         size = len(frames)
         self._seg_size += size
         self._staged_bytes += size
@@ -906,6 +1056,7 @@ class LedgerWriter:
         self._seg_path = self.directory / fmt.segment_name(seq)
         w = self._new_write(self._seg_path, 0, create=True)
         w.data += fmt.encode_segment_header(seq, self.last_hash)
+        self._mark_units = True
         self._writes.append(w)
         self._seg_size = fmt.SEGMENT_HEADER_BYTES
         self._staged_bytes += fmt.SEGMENT_HEADER_BYTES

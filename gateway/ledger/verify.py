@@ -261,6 +261,7 @@ def _clean_segment(path: Path, watch: bool, progress: Progress | None = None) ->
     retention's records among the frames are collected as well.
     """
     unpack = fmt._FRAME_HEADER.unpack_from
+    not_unit_start = ~fmt.UNIT_START
     hdr, hash_bytes = fmt.FRAME_HEADER_BYTES, fmt.HASH_BYTES
     records: list[tuple[int, str, dict[str, Any]]] | None = [] if watch else None
     try:
@@ -288,6 +289,7 @@ def _clean_segment(path: Path, watch: bool, progress: Progress | None = None) ->
                 # The header's CRC is not checked here: the chain hash covers the
                 # header too, so a damaged one fails below all the same.
                 length, seq, _crc = unpack(buf, pos)
+                length &= not_unit_start
                 if seq != expect or length > fmt.MAX_PAYLOAD_BYTES:
                     return None
                 end = pos + hdr + length + hash_bytes

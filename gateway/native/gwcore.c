@@ -13,7 +13,8 @@
  * - cbor2's defaults for the event: definite lengths, shortest integer and
  *   length forms, every float as a binary64 (0xfb), text for every string;
  * - format.py: length u32 | seq u64 | crc32 u32 (big-endian) | payload |
- *   BLAKE3(previous hash || header || payload).
+ *   BLAKE3(previous hash || header || payload), with bit 31 of the length
+ *   set on the first frame of a sync unit (UNIT_START).
  */
 #define _GNU_SOURCE
 #include "gwcore.h"
@@ -26,6 +27,7 @@
 #include "blake3/blake3.h"
 
 #define FRAME_HEADER_BYTES 16
+#define UNIT_START 0x80000000u /* format.UNIT_START: bit 31 of the length field */
 
 /* ---- output buffers */
 
@@ -906,10 +908,11 @@ static int may_hold_card(const uint8_t *p, size_t n)
     return 0;
 }
 
-/* One line: OK with the frame appended, SLOW, or NOMEM. */
+/* One line: OK with the frame appended, SLOW, or NOMEM. `unit_start` is
+ * UNIT_START when the frame is the first of a sync unit, else 0. */
 static int take_line(const struct gw_config *cfg, const uint8_t *line, size_t n,
-                     struct scratch *sc, struct gw_state *st, struct gw_buf *frames,
-                     uint8_t *flags_out)
+                     struct scratch *sc, struct gw_state *st, uint32_t unit_start,
+                     struct gw_buf *frames, uint8_t *flags_out)
 {
     if (cfg->cards && may_hold_card(line, n))
         return SLOW;
@@ -942,7 +945,7 @@ static int take_line(const struct gw_config *cfg, const uint8_t *line, size_t n,
     emit_value(&m);
     o = emit_flags(m.o, flags);
     size_t payload = (size_t)(o - frame) - FRAME_HEADER_BYTES;
-    put_be(frame, payload, 4);
+    put_be(frame, payload | unit_start, 4);
     put_be(frame + 4, st->seq, 8);
     put_be(frame + 12, crc32_ieee(frame, 12), 4);
     blake3_hasher h;
@@ -986,7 +989,9 @@ int gw_scan(const struct gw_config *cfg, const uint8_t *in, size_t len,
         if (buf_reserve(flags, 1) < 0)
             goto nomem;
         size_t before = frames->len;
-        int r = take_line(cfg, line, n, &sc, &state, frames, flags->data + flags->len);
+        uint32_t unit_start = lim->unit_start && events == 0 ? UNIT_START : 0;
+        int r = take_line(cfg, line, n, &sc, &state, unit_start, frames,
+                          flags->data + flags->len);
         if (r == NOMEM)
             goto nomem;
         if (r == SLOW) {
@@ -994,7 +999,7 @@ int gw_scan(const struct gw_config *cfg, const uint8_t *in, size_t len,
             break;
         }
         uint8_t *frame = frames->data + before;
-        size_t payload = ((size_t)frame[0] << 24) | ((size_t)frame[1] << 16) |
+        size_t payload = ((size_t)(frame[0] & 0x7f) << 24) | ((size_t)frame[1] << 16) |
                          ((size_t)frame[2] << 8) | frame[3];
         size_t size = FRAME_HEADER_BYTES + payload + GW_HASH_BYTES;
         if (written + size > lim->room && !(lim->segment_empty && events == 0)) {

@@ -84,6 +84,9 @@ struct gw_limits {
     /* Bytes until the current sync unit is full: the scan stops (GW_FULL)
      * after the frame that reaches it, so the caller can mark the sync point. */
     size_t unit_left;
+    /* The first frame of this call starts a sync unit: its length field gets
+     * bit 31 (UNIT_START, docs/ledger-format.md "Sync units"). */
+    int unit_start;
 };
 
 struct gw_state {

@@ -101,7 +101,7 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwds)
 
 PyDoc_STRVAR(scan_doc,
 "scan(buf, pos, head, unsynced, seq, prev_hash, max_events, room, segment_empty, unit_left,\n"
-"     max_line_bytes=None)\n"
+"     unit_start, max_line_bytes=None)\n"
 "--\n\n"
 "Take the plain events of buf[pos:] (see gateway/native/gwcore.h).\n"
 "max_line_bytes: the connection's own limit, when not the Scanner's.\n"
@@ -113,13 +113,13 @@ PyDoc_STRVAR(scan_doc,
 
 static PyObject *Scanner_scan(Scanner *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 10 && nargs != 11) {
-        PyErr_SetString(PyExc_TypeError, "scan() takes 10 or 11 arguments");
+    if (nargs != 11 && nargs != 12) {
+        PyErr_SetString(PyExc_TypeError, "scan() takes 11 or 12 arguments");
         return NULL;
     }
     size_t max_line = self->cfg.max_line_bytes;
-    if (nargs == 11 && args[10] != Py_None) {
-        Py_ssize_t n = PyLong_AsSsize_t(args[10]);
+    if (nargs == 12 && args[11] != Py_None) {
+        Py_ssize_t n = PyLong_AsSsize_t(args[11]);
         if (n == -1 && PyErr_Occurred())
             return NULL;
         if (n < 0) {
@@ -149,6 +149,9 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *const *args, Py_ssize_t n
     Py_ssize_t unit_left = PyLong_AsSsize_t(args[9]);
     if (unit_left == -1 && PyErr_Occurred())
         return NULL;
+    int unit_start = PyObject_IsTrue(args[10]);
+    if (unit_start < 0)
+        return NULL;
     char *head, *prev;
     Py_ssize_t head_len, prev_len;
     if (PyBytes_AsStringAndSize(args[2], &head, &head_len) < 0 ||
@@ -176,6 +179,7 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *const *args, Py_ssize_t n
         .room = room < 0 ? 0 : (size_t)room,
         .segment_empty = segment_empty,
         .unit_left = unit_left <= 0 ? 1 : (size_t)unit_left,
+        .unit_start = unit_start,
     };
     struct gw_state st;
     st.seq = seq;

@@ -459,9 +459,10 @@ static size_t check_lines(const struct gw_config *cfg, const uint8_t *in, size_t
 
 /* Walk `events` frames; check each and the chain. `before_last`: the bytes of
  * all frames but the last (for the sync unit check). */
-static void check_frames(const struct gw_config *cfg, const struct gw_state *before,
-                         const struct gw_state *after, const struct gw_buf *frames,
-                         const struct gw_buf *flags, size_t events, size_t *before_last) {
+static void check_frames(const struct gw_config *cfg, const struct gw_limits *lim,
+                         const struct gw_state *before, const struct gw_state *after,
+                         const struct gw_buf *frames, const struct gw_buf *flags, size_t events,
+                         size_t *before_last) {
     CHECK(flags->len == events);
     CHECK(events == 0 || (frames->data != NULL && flags->data != NULL));
     uint8_t hash[GW_HASH_BYTES];
@@ -470,7 +471,9 @@ static void check_frames(const struct gw_config *cfg, const struct gw_state *bef
     for (size_t i = 0; i < events; i++) {
         CHECK(frames->len - off >= FRAME_OVERHEAD);
         const uint8_t *f = frames->data + off;
-        uint32_t length = be32(f);
+        uint32_t length = be32(f) & 0x7FFFFFFFu;
+        /* bit 31 (UNIT_START) on the first frame of a call that starts a unit, only */
+        CHECK((be32(f) >> 31) == (i == 0 && lim->unit_start));
         CHECK(be64(f + 4) == before->seq + i);
         CHECK(be32(f + 12) == crc32_of(f, 12));
         CHECK(length <= frames->len - off - FRAME_OVERHEAD);
@@ -575,6 +578,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     base.room = SIZES[(c1 >> 3) & 7];
     base.unit_left = SIZES[c2 & 7];
     base.segment_empty = (c2 >> 3) & 1;
+    base.unit_start = (c2 >> 6) & 1;
     struct gw_limits lim = base;
 
     struct gw_state st;
@@ -637,7 +641,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         CHECK(frames.len <= frames.cap && flags.len <= flags.cap);
 
         size_t before_last = 0;
-        check_frames(&cfg, &before, &st, &frames, &flags, res.events, &before_last);
+        check_frames(&cfg, &lim, &before, &st, &frames, &flags, res.events, &before_last);
         size_t total = frames.len;
         if (res.stop == GW_BUDGET)
             CHECK(res.events == lim.max_events);
