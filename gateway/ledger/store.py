@@ -977,9 +977,7 @@ class LedgerWriter:
         size = len(payload) + fmt.FRAME_OVERHEAD
         if self._seg_size + size > self.segment_bytes and self._seg_size > fmt.SEGMENT_HEADER_BYTES:
             self._rotate()
-        frame, digest = fmt.encode_frame(
-            seq, payload, self.last_hash, self._mark_units and not self._unit_open
-        )
+        frame, digest = fmt.encode_frame(seq, payload, self.last_hash, self._next_starts_unit)
         if not self._staged_entries:
             self._staged_at = self.clock()
         w = self._writes[-1]
@@ -1011,8 +1009,14 @@ class LedgerWriter:
             self.segment_bytes - self._seg_size,
             self._seg_size <= fmt.SEGMENT_HEADER_BYTES,
             1 if self.per_entry_sync else SYNC_UNIT_BYTES - unit_used,
-            self._mark_units and not self._unit_open,
+            self._next_starts_unit,
         )
+
+    @property
+    def _next_starts_unit(self) -> bool:
+        """Whether the next frame gets UNIT_START (the same with fsync "off", where
+        nothing is synced: docs/ledger-format.md "Sync units" says what follows)."""
+        return self._mark_units and not self._unit_open
 
     def append_frames(self, frames: bytes, count: int, last_hash: bytes) -> int:
         """Stage `count` consecutive frames as `append` would have, one by one;
