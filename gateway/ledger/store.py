@@ -977,12 +977,21 @@ class LedgerWriter:
         size = len(payload) + fmt.FRAME_OVERHEAD
         if self._seg_size + size > self.segment_bytes and self._seg_size > fmt.SEGMENT_HEADER_BYTES:
             self._rotate()
-        frame, digest = fmt.encode_frame(seq, payload, self.last_hash, self._next_starts_unit)
+        # _next_starts_unit and _end_frames, inlined: the hot path of every entry.
+        frame, digest = fmt.encode_frame(
+            seq, payload, self.last_hash, self._mark_units and not self._unit_open
+        )
         if not self._staged_entries:
             self._staged_at = self.clock()
         w = self._writes[-1]
         w.data += frame
-        self._end_frames(w)
+        end = len(w.data)
+        if self.per_entry_sync or end - self._unit_start >= SYNC_UNIT_BYTES:
+            w.sync_points.append(end)
+            self._unit_start = end
+            self._unit_open = False
+        else:
+            self._unit_open = True
         self._seg_size += size
         self._staged_bytes += size
         self._staged_entries += 1
