@@ -239,8 +239,9 @@ class Ledger:
         if self._keep_entries:
             staged = self._staged
             pos = 0
+            not_unit_start = ~fmt.UNIT_START  # the length field without the unit start bit
             for seq in range(first, first + count):
-                length = fmt.frame_length(frames, pos)
+                length = int.from_bytes(frames[pos : pos + 4], "big") & not_unit_start
                 start = pos + fmt.FRAME_HEADER_BYTES
                 end = start + length
                 digest = frames[end : end + fmt.HASH_BYTES]

@@ -125,11 +125,6 @@ def parse_frame_header(data: bytes | memoryview, offset: int = 0) -> tuple[int, 
     return length, seq
 
 
-def frame_length(data: bytes | memoryview, offset: int = 0) -> int:
-    """The payload length of a frame known to be good (no check)."""
-    return int.from_bytes(data[offset : offset + 4], "big") & ~UNIT_START
-
-
 def is_unit_start(data: bytes | memoryview, offset: int = 0) -> bool:
     """Whether the frame at offset starts a sync unit (its header already checked)."""
     return bool(data[offset] & 0x80)
